@@ -23,3 +23,7 @@ class InputError(Error):
 
 class GenerationError(Error):
     """Generation failed inside the engine."""
+
+
+class ResourceError(Error):
+    """The engine ran out of memory or could not start its threads."""

@@ -1,0 +1,37 @@
+/* kernels.h - the numeric building blocks the vision encoder and decoder are
+ * written in.  Model code says what to compute; how (SIMD, BLAS, threads) is
+ * decided here.  Activations are fp32; weights stay in their checkpoint
+ * dtype (F32, F16 or BF16) and are widened on the fly. */
+#ifndef SV_KERNELS_H
+#define SV_KERNELS_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "threadpool.h"
+
+/* y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
+void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
+
+/* dst[W.cols] = W[row, :] as fp32 (embedding lookup). */
+void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row);
+
+/* y = (x - mean) / sqrt(var + eps) * w + b per row: x, y [n, dim]; y may alias x. */
+void sv_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps);
+
+/* y = x / sqrt(mean(x^2) + eps) * w per row: x, y [n, dim]; y may alias x. */
+void sv_rmsnorm(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps);
+
+/* x = gelu_tanh(x) elementwise: x[n]. */
+void sv_gelu_tanh(float *x, int64_t n);
+
+/* gate = silu(gate) * up elementwise: gate, up [n]. */
+void sv_silu_mul(float *gate, const float *up, int64_t n);
+
+/* x = softmax(x) in place: x[n]. */
+void sv_softmax(float *x, int64_t n);
+
+/* y += x: x, y [n]. */
+void sv_add(float *y, const float *x, int64_t n);
+
+#endif

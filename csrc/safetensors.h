@@ -1,0 +1,61 @@
+/* safetensors.h - memory-mapped safetensors checkpoints, single-file or
+ * sharded (model.safetensors.index.json).
+ *
+ * Every header is validated before any tensor is handed out: known dtype,
+ * shape product without overflow, data_offsets matching the shape, inside the
+ * file and not overlapping.  Tensor data points straight into the mapping
+ * (read-only); nothing is copied at open time. */
+#ifndef SV_SAFETENSORS_H
+#define SV_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "smolvision.h"
+
+typedef enum { ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL } st_dtype;
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER_BYTES (100u << 20) /* the format's own limit */
+#define ST_MAX_TENSORS 1000000
+#define ST_MAX_SHARDS 1024
+
+typedef struct {
+    const char *name;   /* NUL-terminated, owned by the archive */
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int64_t numel;
+    const void *data;   /* inside the read-only mapping */
+    size_t nbytes;
+    int file;           /* index into st_archive.files */
+} st_tensor;
+
+typedef struct {
+    char *path;
+    void *map;
+    size_t size;
+} st_file;
+
+typedef struct {
+    st_file *files;
+    int n_files;
+    st_tensor *tensors;  /* sorted by name for st_find */
+    size_t n_tensors;
+} st_archive;
+
+/* Opens model_dir/model.safetensors.index.json if present, otherwise
+ * model_dir/model.safetensors.  On failure sets the last error and leaves
+ * *a empty (safe to st_close). */
+sv_status st_open_dir(st_archive *a, const char *model_dir);
+
+/* Opens one .safetensors file. */
+sv_status st_open_file(st_archive *a, const char *path);
+
+const st_tensor *st_find(const st_archive *a, const char *name);
+void st_close(st_archive *a);
+
+const char *st_dtype_name(st_dtype t);
+size_t st_dtype_size(st_dtype t);
+
+#endif

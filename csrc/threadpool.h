@@ -1,0 +1,21 @@
+/* threadpool.h - a persistent pool of worker threads owned by one model.
+ *
+ * sv_pool_run() splits the index range [0, n) into contiguous chunks, one per
+ * thread, runs fn on each and returns when all are done.  The caller's thread
+ * takes a chunk too, so a pool of 1 thread runs everything inline. */
+#ifndef SV_THREADPOOL_H
+#define SV_THREADPOOL_H
+
+#include <stdint.h>
+
+typedef struct sv_pool sv_pool;
+
+/* fn processes items [begin, end); thread is 0..n_threads-1 (for per-thread scratch). */
+typedef void (*sv_task_fn)(void *arg, int64_t begin, int64_t end, int thread);
+
+sv_pool *sv_pool_create(int n_threads); /* NULL on failure */
+void sv_pool_free(sv_pool *pool);
+int sv_pool_threads(const sv_pool *pool);
+void sv_pool_run(sv_pool *pool, sv_task_fn fn, void *arg, int64_t n);
+
+#endif

@@ -1,0 +1,18 @@
+"""smolvision: a fast, exact CPU inference engine for SmolVLM vision-language models.
+
+    import smolvision
+    with smolvision.load("path/to/SmolVLM-Instruct") as model:
+        ...
+"""
+from ._native import build_info, version
+from .config import Config, TextConfig, VisionConfig
+from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,
+                     TokenizerError)
+from .model import Model, load
+
+__version__ = version()
+
+__all__ = [
+    "Config", "Error", "GenerationError", "ImageError", "InputError", "Model", "ModelError",
+    "ResourceError", "TextConfig", "TokenizerError", "VisionConfig", "build_info", "load",
+]

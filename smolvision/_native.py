@@ -1,0 +1,49 @@
+"""The only module that touches the cffi `ffi` and `lib` objects.
+
+Everything else in the package calls through here, so status codes become
+exceptions in exactly one place.
+"""
+from __future__ import annotations
+
+from typing import NoReturn, Type
+
+from . import errors
+
+try:
+    from ._smolvision import ffi, lib
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "smolvision's C engine is not built: install with `pip install .`, or for development "
+        "run `cmake -S . -B build && cmake --build build` and use PYTHONPATH=." ) from exc
+
+__all__ = ["ffi", "lib", "check", "last_error", "build_info", "version"]
+
+
+def last_error() -> str:
+    """The C library's message for the last failure on this thread."""
+    return ffi.string(lib.sv_last_error()).decode("utf-8", "replace")
+
+
+def raise_status(status: int, error: Type[errors.Error]) -> NoReturn:
+    """Raises the exception for a failed C call; `error` is the class for the caller's domain."""
+    message = last_error() or f"smolvision C call failed with status {status}"
+    if status == lib.SV_ERR_ARG:
+        raise errors.InputError(message)
+    if status == lib.SV_ERR_NOMEM:
+        raise errors.ResourceError(message)
+    raise error(message)
+
+
+def check(status: int, error: Type[errors.Error] = errors.Error) -> None:
+    """Turns an sv_status into an exception; `error` is the class for the caller's domain."""
+    if status != lib.SV_OK:
+        raise_status(status, error)
+
+
+def version() -> str:
+    return ffi.string(lib.sv_version()).decode()
+
+
+def build_info() -> str:
+    """How the C library was built, e.g. 'blas=scipy-openblas32 sanitize=off'."""
+    return ffi.string(lib.sv_build_info()).decode()

