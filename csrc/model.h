@@ -65,6 +65,7 @@ struct sv_model {
     size_t n_vectors;
     int n_threads;
     sv_pool *pool;
+    struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before
