@@ -8,11 +8,12 @@ from ._native import build_info, version
 from .config import Config, TextConfig, VisionConfig
 from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,
                      TokenizerError)
+from .generation import GenerationResult, SamplingParams, Timings
 from .model import Model, load
 
 __version__ = version()
 
 __all__ = [
-    "Config", "Error", "GenerationError", "ImageError", "InputError", "Model", "ModelError",
+    "Config", "Error", "GenerationError", "GenerationResult", "SamplingParams", "Timings", "ImageError", "InputError", "Model", "ModelError",
     "ResourceError", "TextConfig", "TokenizerError", "VisionConfig", "build_info", "load",
 ]
