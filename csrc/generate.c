@@ -26,6 +26,7 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
     if (!m || !s || !result) return sv_fail(SV_ERR_ARG, "sv_generate: model, sampling and result must not be NULL");
     memset(result, 0, sizeof *result);
     result->finish_reason = SV_FINISH_LENGTH;
+    result->n_prompt = n;
     sv_sampler smp;
     sv_status st = sv_sampler_init(&smp, s, m->cfg.vocab_size);
     if (st != SV_OK) return st;
@@ -37,7 +38,6 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
         return st;
     }
     for (int32_t i = 0; i < n; i++) sv_sampler_observe(&smp, ids[i]);
-    result->n_prompt = n;
 
     double t0 = now_seconds();
     /* The sampler rewrites the logits in place; they are the state's buffer,

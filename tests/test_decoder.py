@@ -295,16 +295,16 @@ def test_stream_ids_yields_the_generated_ids(gqa_model, gqa_dir):
 def test_closing_a_stream_early_stops_the_engine(gqa_model, gqa_dir):
     ids = text_ids(gqa_dir)
     start = time.perf_counter()
-    gqa_model.generate_ids(ids, max_tokens=400, eos_token_ids=())
+    gqa_model.generate_ids(ids, max_tokens=150, eos_token_ids=())
     full = time.perf_counter() - start
 
-    stream = gqa_model.stream_ids(ids, max_tokens=400, eos_token_ids=())
+    stream = gqa_model.stream_ids(ids, max_tokens=150, eos_token_ids=())
     start = time.perf_counter()
     head = [next(stream) for _ in range(3)]
     stream.close()
     early = time.perf_counter() - start
     assert len(head) == 3
-    assert early < full / 4  # the worker stopped instead of finishing 400 ids
+    assert early < full / 4  # the worker stopped instead of finishing 150 ids
     assert gqa_model._lock.acquire(blocking=False)  # and released the model
     gqa_model._lock.release()
 
