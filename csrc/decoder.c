@@ -4,9 +4,15 @@
  *
  * Prompts run in chunks of at most PREFILL_CHUNK rows: each chunk goes
  * through all layers with batched matmuls, its keys and values are appended
- * to the cache, and its queries attend causally to everything cached.  So the
- * scratch is O(chunk * width + threads * context) and no [n, n] score matrix
- * ever exists.  Decoding is the same path with a chunk of one row. */
+ * to the cache, and its queries attend causally to everything cached.  A
+ * chunk's attention is two matmuls per KV head (scores = Q K^T, out = P V),
+ * all query heads of a GQA group at once; a single decoded row uses plain dot
+ * products instead.  So the scratch is O(chunk * (width + context)) and no
+ * [n, n] score matrix ever exists.
+ *
+ * The cache keeps K as rows [position, head_dim] and V transposed
+ * [head_dim, position], the layouts both matmuls and the decode loops read
+ * contiguously. */
 #include "decoder.h"
 
 #include <math.h>
@@ -28,7 +34,7 @@ struct sv_decoder {
     int busy;
     int n_threads;
     float *k_cache;       /* [layers, kv_heads, capacity, head_dim] */
-    float *v_cache;       /* [layers, kv_heads, capacity, head_dim] */
+    float *v_cache;       /* [layers, kv_heads, head_dim, capacity]: transposed */
     float *x;             /* [chunk, hidden]: the residual stream */
     float *xn;            /* [chunk, hidden]: normed input / projection output */
     float *q;             /* [chunk, heads * head_dim] */
@@ -37,7 +43,11 @@ struct sv_decoder {
     float *gate, *up;     /* [chunk, intermediate] */
     float *cos, *sin;     /* [chunk, head_dim / 2] */
     float *inv_freq;      /* [head_dim / 2] */
-    float *scores;        /* [n_threads, capacity]: one query's attention row per thread */
+    float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
+    float *group_scores;  /* [group * chunk, capacity]: their attention weights */
+    float *group_out;     /* [group * chunk, head_dim] */
+    float *v_keys;        /* [head_dim, capacity]: V^T of the keys so far, contiguous */
+    float *scores;        /* [n_threads, capacity]: one decoded query's attention row per thread */
     float *logits;        /* [vocab] */
     int64_t bytes;        /* everything above */
 };
@@ -103,10 +113,13 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     int64_t ch = s->chunk;
     int64_t cache_floats = (int64_t)c->text_layers * kvd * capacity;
     /* All scratch is one block, carved in the order of the struct. */
-    int64_t sizes[] = {ch * d, ch * d, ch * qd, ch * kvd, ch * kvd, ch * qd, ch * f, ch * f,
-                       ch * half, ch * half, half, (int64_t)s->n_threads * capacity, c->vocab_size};
-    float **slots[] = {&s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->gate, &s->up,
-                       &s->cos, &s->sin, &s->inv_freq, &s->scores, &s->logits};
+    int64_t gch = ch * (c->text_heads / c->text_kv_heads);
+    int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
+                       ch * half, ch * half,     half,       gch * hd,  gch * capacity, gch * hd,
+                       hd * capacity, (int64_t)s->n_threads * capacity, c->vocab_size};
+    float **slots[] = {&s->x,   &s->xn,  &s->q,        &s->k,            &s->v,         &s->att,
+                       &s->gate, &s->up, &s->cos,      &s->sin,          &s->inv_freq,  &s->group_q,
+                       &s->group_scores, &s->group_out, &s->v_keys,      &s->scores,    &s->logits};
     int64_t scratch_floats = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) scratch_floats += sizes[i];
     s->bytes = (int64_t)sizeof(float) * (2 * cache_floats + scratch_floats);
@@ -173,15 +186,33 @@ static void apply_rope(float *rows, int64_t n, int64_t n_heads, int64_t hd, cons
     }
 }
 
+/* a . b over n floats, in eight independent partial sums so the compiler
+ * can keep them in vector registers. */
+static float dot(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
 typedef struct {
     const sv_config *c;
     sv_decoder *s;
     int64_t layer, n, pos0;
 } attention_job;
 
-/* One task = one (query head, query row) pair: softmax(q K^T / sqrt(hd)) V
- * over the cached positions 0..pos (causal). */
-static void attention_task(void *arg, int64_t begin, int64_t end, int thread) {
+/* The cache base of (layer, kv head): K rows at k_cache + base, V^T rows at
+ * v_cache + base (both regions are capacity * head_dim floats). */
+static int64_t cache_base(const sv_config *c, const sv_decoder *s, int64_t layer, int64_t kv_head) {
+    return (layer * c->text_kv_heads + kv_head) * s->capacity * c->head_dim;
+}
+
+/* Decode attention, one task per (query head, row): softmax(q K^T / sqrt(hd)) V
+ * over the cached positions 0..pos. */
+static void attention_rows_task(void *arg, int64_t begin, int64_t end, int thread) {
     const attention_job *j = arg;
     const sv_config *c = j->c;
     sv_decoder *s = j->s;
@@ -190,31 +221,55 @@ static void attention_task(void *arg, int64_t begin, int64_t end, int thread) {
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = s->scores + (int64_t)thread * cap;
     for (int64_t t = begin; t < end; t++) {
-        int64_t h = t / j->n, i = t % j->n, pos = j->pos0 + i;
-        int64_t kv_base = ((j->layer * c->text_kv_heads) + h / group) * cap * hd;
-        const float *q = s->q + i * qd + h * hd;
-        const float *K = s->k_cache + kv_base, *V = s->v_cache + kv_base;
-        float max = -INFINITY;
-        for (int64_t p = 0; p <= pos; p++) {
-            const float *kp = K + p * hd;
-            float dot = 0.0f;
-            for (int64_t k = 0; k < hd; k++) dot += q[k] * kp[k];
-            scores[p] = dot * scale;
-            if (scores[p] > max) max = scores[p];
-        }
-        float sum = 0.0f;
-        for (int64_t p = 0; p <= pos; p++) {
-            scores[p] = expf(scores[p] - max);
-            sum += scores[p];
-        }
-        float inv = 1.0f / sum;
+        int64_t h = t / j->n, i = t % j->n, keys = j->pos0 + i + 1;
+        int64_t base = cache_base(c, s, j->layer, h / group);
+        const float *q = s->q + i * qd + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
+        for (int64_t p = 0; p < keys; p++) scores[p] = dot(q, K + p * hd, hd) * scale;
+        sv_softmax(scores, keys);
         float *out = s->att + i * qd + h * hd;
-        memset(out, 0, (size_t)hd * sizeof *out);
-        for (int64_t p = 0; p <= pos; p++) {
-            const float *vp = V + p * hd;
-            float w = scores[p] * inv;
-            for (int64_t k = 0; k < hd; k++) out[k] += w * vp[k];
-        }
+        for (int64_t k = 0; k < hd; k++) out[k] = dot(scores, Vt + k * cap, keys);
+    }
+}
+
+/* Chunk attention, softmax step: row r of group_scores [group * n, keys] is
+ * query row r % n, which sees keys 0..pos0 + r % n (causal); the rest is 0. */
+static void causal_softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const attention_job *j = arg;
+    int64_t keys = j->pos0 + j->n;
+    float scale = 1.0f / sqrtf((float)j->c->head_dim);
+    for (int64_t r = begin; r < end; r++) {
+        float *row = j->s->group_scores + r * keys;
+        int64_t seen = j->pos0 + r % j->n + 1;
+        for (int64_t p = 0; p < seen; p++) row[p] *= scale;
+        sv_softmax(row, seen);
+        memset(row + seen, 0, (size_t)(keys - seen) * sizeof *row);
+    }
+}
+
+/* Chunk attention: for each KV head, its group's queries at once as
+ * scores = Q K^T and out = P V, two matmuls over the keys 0..pos0+n. */
+static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0) {
+    const sv_config *c = &m->cfg;
+    sv_decoder *s = m->decoder;
+    int64_t hd = c->head_dim, qd = (int64_t)c->text_heads * hd, cap = s->capacity;
+    int64_t group = c->text_heads / c->text_kv_heads, keys = pos0 + n, rows = group * n;
+    attention_job job = {c, s, layer, n, pos0};
+    for (int64_t kvh = 0; kvh < c->text_kv_heads; kvh++) {
+        int64_t base = cache_base(c, s, layer, kvh);
+        for (int64_t g = 0; g < group; g++)
+            for (int64_t i = 0; i < n; i++)
+                memcpy(s->group_q + (g * n + i) * hd, s->q + i * qd + (kvh * group + g) * hd, (size_t)hd * 4);
+        sv_matrix K = {s->k_cache + base, ST_F32, keys, hd};
+        sv_matmul(m->pool, s->group_scores, s->group_q, rows, &K, NULL);
+        sv_pool_run(m->pool, causal_softmax_task, &job, rows);
+        for (int64_t k = 0; k < hd; k++)
+            memcpy(s->v_keys + k * keys, s->v_cache + base + k * cap, (size_t)keys * sizeof(float));
+        sv_matrix Vt = {s->v_keys, ST_F32, hd, keys};
+        sv_matmul(m->pool, s->group_out, s->group_scores, rows, &Vt, NULL);
+        for (int64_t g = 0; g < group; g++)
+            for (int64_t i = 0; i < n; i++)
+                memcpy(s->att + i * qd + (kvh * group + g) * hd, s->group_out + (g * n + i) * hd, (size_t)hd * 4);
     }
 }
 
@@ -245,14 +300,20 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
         sv_matmul(m->pool, s->v, s->xn, n, &w->v, w->v_b);
         apply_rope(s->q, n, c->text_heads, hd, s->cos, s->sin);
         apply_rope(s->k, n, kvh, hd, s->cos, s->sin);
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t h = 0; h < kvh; h++) {
-                size_t at = (size_t)(((l * kvh + h) * cap + pos0 + i) * hd);
-                memcpy(s->k_cache + at, s->k + i * kvd + h * hd, (size_t)hd * sizeof(float));
-                memcpy(s->v_cache + at, s->v + i * kvd + h * hd, (size_t)hd * sizeof(float));
+        for (int64_t h = 0; h < kvh; h++) {
+            int64_t base = cache_base(c, s, l, h);
+            for (int64_t i = 0; i < n; i++) {
+                const float *k = s->k + i * kvd + h * hd, *v = s->v + i * kvd + h * hd;
+                memcpy(s->k_cache + base + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
+                for (int64_t e = 0; e < hd; e++) s->v_cache[base + e * cap + pos0 + i] = v[e];
             }
-        attention_job job = {c, s, l, n, pos0};
-        sv_pool_run(m->pool, attention_task, &job, c->text_heads * n);
+        }
+        if (n == 1) {
+            attention_job job = {c, s, l, n, pos0};
+            sv_pool_run(m->pool, attention_rows_task, &job, c->text_heads);
+        } else {
+            attention_chunk(m, l, n, pos0);
+        }
         sv_matmul(m->pool, s->xn, s->att, n, &w->o, w->o_b);
         sv_add(s->x, s->xn, n * d);
 

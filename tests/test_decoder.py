@@ -111,17 +111,20 @@ def test_image_token_logits_match_transformers(any_model_dir):
 #   4 * (2 * layers * kv_heads * head_dim * capacity                       KV cache
 #        + chunk * (2 * hidden + 2 * heads * head_dim + 2 * kv_heads * head_dim
 #                   + 2 * intermediate + head_dim) + head_dim / 2          per-chunk rows, RoPE
-#        + threads * capacity + vocab)                                     attention rows, logits
-# with capacity = the context rounded up to 256 and chunk = min(256, capacity):
-# no [n, n] buffer exists at any length.
+#        + group * chunk * (2 * head_dim + capacity)                       one GQA group's Q, P, out
+#        + head_dim * capacity + threads * capacity + vocab)               V^T of the keys, decode rows, logits
+# with capacity = the context rounded up to 256, chunk = min(256, capacity)
+# and group = heads / kv_heads: no [n, n] buffer exists at any length.
 def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
     t = config.text
     capacity = min(-(-n_tokens // 256) * 256, t.max_position_embeddings)
     chunk = min(256, capacity)
+    group = t.num_attention_heads // t.num_key_value_heads
     q_dim, kv_dim = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
     per_row = 2 * t.hidden_size + 2 * q_dim + 2 * kv_dim + 2 * t.intermediate_size + t.head_dim
     floats = (2 * t.num_hidden_layers * kv_dim * capacity + chunk * per_row + t.head_dim // 2
-              + threads * capacity + t.vocab_size)
+              + group * chunk * (2 * t.head_dim + capacity)
+              + t.head_dim * capacity + threads * capacity + t.vocab_size)
     return 4 * floats
 
 
