@@ -161,7 +161,7 @@ def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool =
 
 def _rename_to_nested(out: Path) -> None:
     """Rewrites the checkpoint with the older text-model tensor names."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.torch import load_file, save_file
 
     def rename(key: str) -> str:
         if key == "lm_head.weight":
@@ -173,26 +173,12 @@ def _rename_to_nested(out: Path) -> None:
     index = out / "model.safetensors.index.json"
     files = sorted(out.glob("*.safetensors"))
     for f in files:
-        tensors = _load_any(f)
+        tensors = load_file(str(f))
         save_file({rename(k): v for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
     if index.exists():
         data = json.loads(index.read_text())
         data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2))
-
-
-def _load_any(path: Path) -> dict:
-    """Loads a safetensors file as numpy, keeping BF16 as raw uint16 bits (numpy has no bfloat16)."""
-    from safetensors import safe_open
-    import numpy as np
-    import torch
-
-    out = {}
-    with safe_open(str(path), "pt") as f:
-        for k in f.keys():
-            t = f.get_tensor(k)
-            out[k] = t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
-    return out
 
 
 def main() -> None:
