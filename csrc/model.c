@@ -99,8 +99,8 @@ static sv_status parse_vision(const cfg_ctx *c, const json_value *v, sv_config *
     if (cfg->vision_hidden % cfg->vision_heads)
         return sv_fail(SV_ERR_FORMAT, "%s: vision hidden_size %d is not divisible by num_attention_heads %d", c->path,
                        cfg->vision_hidden, cfg->vision_heads);
-    if (cfg->image_size % cfg->patch_size)
-        return sv_fail(SV_ERR_FORMAT, "%s: vision image_size %d is not a multiple of patch_size %d", c->path,
+    if (cfg->image_size < cfg->patch_size)
+        return sv_fail(SV_ERR_FORMAT, "%s: vision image_size %d is smaller than patch_size %d", c->path,
                        cfg->image_size, cfg->patch_size);
     return SV_OK;
 }
@@ -191,6 +191,8 @@ sv_status sv_parse_config(const char *text, size_t len, const char *path, sv_con
     if (s != SV_OK) return s;
     cfg->tie_word_embeddings = tie;
 
+    /* The patch conv has stride patch_size and no padding: pixels past the
+     * last whole patch are ignored (SmolVLM-Instruct: 384 / 14 -> 27). */
     int32_t side = cfg->image_size / cfg->patch_size;
     if (side % cfg->scale_factor)
         return sv_fail(SV_ERR_FORMAT, "%s: %d patches per side is not a multiple of scale_factor %d", path, side,

@@ -21,13 +21,14 @@ from pathlib import Path
 CACHE = Path(os.environ.get("SMOLVISION_TEST_CACHE", Path.home() / ".cache" / "smolvision-tests"))
 
 VARIANTS = {
-    # Instruct-like geometry: MHA, untied head, patch 14, scale factor 3, BF16 weights.
+    # Instruct-like geometry: MHA, untied head, patch 14, scale factor 3, BF16 weights; like
+    # Instruct's 384 / 14, the tile size is not a multiple of the patch size (90 / 14 -> 6 patches).
     "mha": dict(
         vision=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                    patch_size=14, image_size=84),
+                    patch_size=14, image_size=90),
         text=dict(hidden_size=128, intermediate_size=344, num_hidden_layers=3, num_attention_heads=4,
                   num_key_value_heads=4, rope_theta=273768.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
-        scale_factor=3, tie=False, vocab="instruct", dtype="bfloat16", longest_edge=336),
+        scale_factor=3, tie=False, vocab="instruct", dtype="bfloat16", longest_edge=360),
     # 256M-like geometry: GQA, tied head, patch 16, scale factor 4, F32 weights.
     "gqa": dict(
         vision=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3,

@@ -1,6 +1,8 @@
 """Loading: every fixture shape loads and its parsed config matches transformers'."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import smolvision
@@ -59,3 +61,9 @@ def test_two_models_live_side_by_side(mha_dir, gqa_dir):
 
 def test_build_info_names_the_blas():
     assert smolvision.build_info().startswith("blas=")
+
+
+@pytest.mark.skipif(not os.environ.get("SMOLVISION_EXPECT_SANITIZE"),
+                    reason="only meaningful in the sanitizer run (.ci/run sets SMOLVISION_EXPECT_SANITIZE=1)")
+def test_sanitizer_run_really_uses_the_sanitized_library():
+    assert "sanitize=on" in smolvision.build_info()
