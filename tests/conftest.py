@@ -27,7 +27,7 @@ def model_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mha_dir(model_factory) -> Path:
-    """MHA, untied head, patch 14, scale factor 3, BF16 weights, one file."""
+    """MHA, untied head, patch 14 on 90-pixel tiles, scale factor 3, BF16 weights, one file."""
     return model_factory("mha")
 
 
