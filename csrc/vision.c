@@ -11,9 +11,10 @@
  * All tiles of a pass go through every weight matmul as one batch of rows
  * (x is [tiles*patches, hidden]); attention runs per (tile, head, block of
  * queries) over the model's thread pool.  Activations live in scratch
- * allocated once per call; a call with more tiles than fit a fixed memory
- * budget runs them in several equal passes, so memory stays bounded however
- * many tiles are passed. */
+ * allocated once per call and freed before it returns (nothing is held
+ * between calls); a call with more tiles than one pass takes (PASS_MAX_TILES,
+ * or fewer when they would exceed PASS_BUDGET_BYTES) runs them in several
+ * equal passes, so memory stays bounded however many tiles are passed. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,10 @@
 
 /* No real batch of images comes near this; beyond it the count is a caller bug. */
 #define MAX_TILES 4096
-/* Activation bytes per pass; larger calls run in several passes. */
+/* A pass holds at most this many tiles and bytes of activations; larger calls
+ * run in several equal passes.  16 tiles of SmolVLM are ~12k rows per matmul,
+ * already far past where a bigger batch makes the weights cheaper to stream. */
+#define PASS_MAX_TILES 16
 #define PASS_BUDGET_BYTES ((size_t)256 << 20)
 /* Queries per attention work item: small enough to balance threads, large
  * enough to keep scheduling overhead negligible. */
@@ -32,7 +36,7 @@
 
 /* Shapes of one encode, all derived from the config. */
 typedef struct {
-    int64_t side;     /* patches per tile side: image_size / patch_size */
+    int64_t side;     /* patches per tile side: image_size / patch_size, rounded down */
     int64_t patches;  /* patches per tile: side^2 */
     int64_t hidden, inter, heads, head_dim, patch_dim; /* patch_dim = 3 * p * p */
     int64_t wide;     /* columns of the wide scratch: max(3 * hidden, inter, patch_dim) */
@@ -200,10 +204,11 @@ static void attention(sv_pool *pool, const vision_shape *s, float *out, const fl
 
 /* ---- the stages of one pass ---- */
 
-/* rows[tile*patches + py*side + px, (c*p + y)*p + x] = pixels[tile, c, py*p + y, px*p + x]:
- * each patch flattened in the conv kernel's (c, y, x) order, patches in raster order. */
-static void gather_patches(float *rows, const float *pixels, int64_t tiles, int64_t side, int64_t p) {
-    int64_t S = side * p;
+/* rows[tile*patches + py*side + px, (c*p + y)*p + x] = pixels[tile, c, py*p + y, px*p + x]
+ * for pixels[tiles, 3, S, S]: each patch flattened in the conv kernel's (c, y, x)
+ * order, patches in raster order.  Like the stride-p conv, this ignores the
+ * pixels past the last whole patch when S is not a multiple of p. */
+static void gather_patches(float *rows, const float *pixels, int64_t tiles, int64_t S, int64_t side, int64_t p) {
     for (int64_t t = 0; t < tiles; t++)
         for (int64_t py = 0; py < side; py++)
             for (int64_t px = 0; px < side; px++) {
@@ -219,7 +224,7 @@ static void gather_patches(float *rows, const float *pixels, int64_t tiles, int6
 static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, const float *pixels, int64_t tiles) {
     const vision_weights *w = &m->vision;
     int64_t P = s->patches;
-    gather_patches(sc->wide, pixels, tiles, s->side, m->cfg.patch_size);
+    gather_patches(sc->wide, pixels, tiles, m->cfg.image_size, s->side, m->cfg.patch_size);
     sv_matmul(m->pool, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
     /* Position ids: transformers buckets fractional patch coordinates over a
      * patch mask; for a full tile that gives patch i position i (checked by
@@ -308,6 +313,7 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
 
     size_t tile_bytes = (size_t)s.patches * (size_t)(2 * s.hidden + s.wide) * sizeof(float);
     int64_t per_pass_max = (int64_t)(PASS_BUDGET_BYTES / tile_bytes);
+    if (per_pass_max > PASS_MAX_TILES) per_pass_max = PASS_MAX_TILES;
     if (per_pass_max < 1) per_pass_max = 1;
     int64_t passes = (n_tiles + per_pass_max - 1) / per_pass_max;
     int64_t per_pass = (n_tiles + passes - 1) / passes; /* equal passes rather than a full one and a remnant */

@@ -61,6 +61,13 @@ def test_parity_random_tiles(any_model_dir, n_tiles):
     check_parity(any_model_dir, pixels)
 
 
+def test_parity_several_passes(any_model_dir):
+    """More tiles than one pass of the encoder holds (16), so they run as two passes of 10."""
+    with smolvision.load(any_model_dir) as model:
+        pixels = random_tiles(model, 20, seed=20)
+    check_parity(any_model_dir, pixels)
+
+
 def test_parity_nested_naming(model_factory):
     model_dir = model_factory("mha", naming="nested")
     with smolvision.load(model_dir) as model:
