@@ -9,8 +9,9 @@
  * token) and the bias-free connector projection into the text hidden size.
  *
  * All tiles of a pass go through every weight matmul as one batch of rows
- * (x is [tiles*patches, hidden]); attention runs per (tile, head, block of
- * queries) over the model's thread pool.  Activations live in scratch
+ * (x is [tiles*patches, hidden]); attention runs per (tile, head) as two
+ * sv_matmul products on head-major copies of q, k, v, so it runs on the same
+ * fast kernels and thread pool as the weights.  Activations live in scratch
  * allocated once per call and freed before it returns (nothing is held
  * between calls); a call with more tiles than one pass takes (PASS_MAX_TILES,
  * or fewer when they would exceed PASS_BUDGET_BYTES) runs them in several
@@ -30,9 +31,6 @@
  * already far past where a bigger batch makes the weights cheaper to stream. */
 #define PASS_MAX_TILES 16
 #define PASS_BUDGET_BYTES ((size_t)256 << 20)
-/* Queries per attention work item: small enough to balance threads, large
- * enough to keep scheduling overhead negligible. */
-#define QUERY_BLOCK 32
 
 /* Shapes of one encode, all derived from the config. */
 typedef struct {
@@ -50,7 +48,11 @@ typedef struct {
     float *x;       /* [rows, hidden] residual stream; later the pixel-shuffled tokens */
     float *t;       /* [rows, hidden] normed input, attention output, MLP output */
     float *wide;    /* [rows, wide]: gathered patches, or q | k | v, or the MLP hidden */
-    float *scores;  /* [threads, patches] one attention row per thread */
+    /* one tile's attention, heads side by side: */
+    float *qh, *kh; /* [heads, patches, head_dim] each; qh pre-scaled by 1/sqrt(head_dim) */
+    float *vt;      /* [heads, head_dim, patches] */
+    float *probs;   /* [patches, patches] one head's scores, then probabilities */
+    float *outt;    /* [hidden, patches] the attention output, transposed */
 } vision_scratch;
 
 static vision_shape shape_of(const sv_config *c) {
@@ -83,25 +85,34 @@ static void scratch_free(vision_scratch *sc) {
     free(sc->x);
     free(sc->t);
     free(sc->wide);
-    free(sc->scores);
+    free(sc->qh);
+    free(sc->kh);
+    free(sc->vt);
+    free(sc->probs);
+    free(sc->outt);
     memset(sc, 0, sizeof *sc);
 }
 
 /* Allocates activations for passes of `tiles` tiles. */
-static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles, int threads) {
-    size_t rows, n_x, n_wide, n_scores;
+static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles) {
+    size_t rows, n_x, n_wide, n_tile, n_probs;
     memset(sc, 0, sizeof *sc);
     if (!mul_size((size_t)tiles, (size_t)s->patches, &rows) || !mul_size(rows, (size_t)s->hidden, &n_x) ||
-        !mul_size(rows, (size_t)s->wide, &n_wide) || !mul_size((size_t)threads, (size_t)s->patches, &n_scores) ||
-        n_wide > SIZE_MAX / sizeof(float) || n_x > SIZE_MAX / sizeof(float))
+        !mul_size(rows, (size_t)s->wide, &n_wide) || !mul_size((size_t)s->patches, (size_t)s->hidden, &n_tile) ||
+        !mul_size((size_t)s->patches, (size_t)s->patches, &n_probs) || n_wide > SIZE_MAX / sizeof(float) ||
+        n_x > SIZE_MAX / sizeof(float) || n_probs > SIZE_MAX / sizeof(float))
         return sv_fail(SV_ERR_NOMEM, "vision encoder: activations for %lld tiles overflow the address space",
                        (long long)tiles);
     sc->tiles = tiles;
     sc->x = malloc(n_x * sizeof(float));
     sc->t = malloc(n_x * sizeof(float));
     sc->wide = malloc(n_wide * sizeof(float));
-    sc->scores = malloc(n_scores * sizeof(float));
-    if (!sc->x || !sc->t || !sc->wide || !sc->scores) {
+    sc->qh = malloc(n_tile * sizeof(float));
+    sc->kh = malloc(n_tile * sizeof(float));
+    sc->vt = malloc(n_tile * sizeof(float));
+    sc->outt = malloc(n_tile * sizeof(float));
+    sc->probs = malloc(n_probs * sizeof(float));
+    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs) {
         scratch_free(sc);
         return sv_fail(SV_ERR_NOMEM, "vision encoder: out of memory for the activations of %lld tiles",
                        (long long)tiles);
@@ -156,50 +167,60 @@ static void add_rows(sv_pool *pool, float *y, const float *x, int64_t rows, int6
 
 typedef struct {
     const vision_shape *s;
-    const float *q, *k, *v;  /* [tiles*patches, hidden] each, heads side by side */
-    float *out;              /* [tiles*patches, hidden] */
-    float *scores;           /* [threads, patches] */
-    int64_t blocks;          /* query blocks per (tile, head) */
+    const float *q, *k, *v; /* one tile's [patches, hidden] each */
+    vision_scratch *sc;
+    float *out;             /* one tile's [patches, hidden] */
     float scale;
-} attention_job;
+} heads_job;
 
-/* Items are (tile, head, query block); each query row attends to every patch
- * of its own tile: softmax(q k^T * scale) v, bidirectional, no mask. */
-static void attention_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const attention_job *j = arg;
-    const vision_shape *s = j->s;
-    int64_t P = s->patches, H = s->hidden, hd = s->head_dim;
-    float *score = j->scores + (int64_t)thread * P;
-    for (int64_t item = begin; item < end; item++) {
-        int64_t block = item % j->blocks, head = item / j->blocks % s->heads, tile = item / j->blocks / s->heads;
-        int64_t base = tile * P, col = head * hd;
-        int64_t first = block * QUERY_BLOCK, last = first + QUERY_BLOCK < P ? first + QUERY_BLOCK : P;
-        for (int64_t i = first; i < last; i++) {
-            const float *qi = j->q + (base + i) * H + col;
-            for (int64_t p = 0; p < P; p++) {
-                const float *kp = j->k + (base + p) * H + col;
-                float dot = 0.0f;
-                for (int64_t d = 0; d < hd; d++) dot += qi[d] * kp[d];
-                score[p] = dot * j->scale;
-            }
-            sv_softmax(score, P);
-            float *oi = j->out + (base + i) * H + col;
-            memset(oi, 0, (size_t)hd * sizeof *oi);
-            for (int64_t p = 0; p < P; p++) {
-                const float *vp = j->v + (base + p) * H + col;
-                float w = score[p];
-                for (int64_t d = 0; d < hd; d++) oi[d] += w * vp[d];
+/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
+static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t h = 0; h < j->s->heads; h++) {
+            const float *q = j->q + i * H + h * hd, *k = j->k + i * H + h * hd, *v = j->v + i * H + h * hd;
+            float *qh = j->sc->qh + (h * P + i) * hd, *kh = j->sc->kh + (h * P + i) * hd;
+            float *vt = j->sc->vt + h * hd * P + i;
+            for (int64_t d = 0; d < hd; d++) {
+                qh[d] = q[d] * j->scale;
+                kh[d] = k[d];
+                vt[d * P] = v[d];
             }
         }
-    }
 }
 
-/* out = per-tile multi-head self-attention of q, k, v: all [tiles*patches, hidden]. */
-static void attention(sv_pool *pool, const vision_shape *s, float *out, const float *q, const float *k,
-                      const float *v, float *scores, int64_t tiles) {
-    attention_job j = {s, q, k, v, out, scores, (s->patches + QUERY_BLOCK - 1) / QUERY_BLOCK,
-                       (float)(1.0 / sqrt((double)s->head_dim))};
-    sv_pool_run(pool, attention_task, &j, tiles * s->heads * j.blocks);
+/* Patch rows [begin, end) of out from the transposed outt. */
+static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->s->patches, H = j->s->hidden;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t c = 0; c < H; c++) j->out[i * H + c] = j->sc->outt[c * P + i];
+}
+
+static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    for (int64_t i = begin; i < end; i++) sv_softmax(j->y + i * j->dim, j->dim);
+}
+
+/* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
+ * Every patch attends to every patch of its tile (bidirectional, no mask):
+ * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v,
+ * computed as out^T = v^T probs^T so both products are sv_matmul's y = x W^T. */
+static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, float *out, const float *q,
+                      const float *k, const float *v) {
+    int64_t P = s->patches, hd = s->head_dim;
+    heads_job j = {s, q, k, v, sc, out, (float)(1.0 / sqrt((double)hd))};
+    rows_job probs_rows = {sc->probs, NULL, NULL, NULL, P, 0};
+    sv_matrix probs = {sc->probs, ST_F32, P, P};
+    sv_pool_run(pool, split_heads_task, &j, P);
+    for (int64_t h = 0; h < s->heads; h++) {
+        sv_matrix keys = {sc->kh + h * P * hd, ST_F32, P, hd};
+        sv_matmul(pool, sc->probs, sc->qh + h * P * hd, P, &keys, NULL);  /* [queries, keys] */
+        sv_pool_run(pool, softmax_task, &probs_rows, P);
+        sv_matmul(pool, sc->outt + h * hd * P, sc->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
+    }
+    sv_pool_run(pool, merge_heads_task, &j, P);
 }
 
 /* ---- the stages of one pass ---- */
@@ -246,7 +267,10 @@ static void encoder_layer(const sv_model *m, const vision_shape *s, const vision
     sv_matmul(m->pool, q, sc->t, rows, &l->q, l->q_b);
     sv_matmul(m->pool, k, sc->t, rows, &l->k, l->k_b);
     sv_matmul(m->pool, v, sc->t, rows, &l->v, l->v_b);
-    attention(m->pool, s, sc->t, q, k, v, sc->scores, tiles);
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t at = t * s->patches * H;
+        attention(m->pool, s, sc, sc->t + at, q + at, k + at, v + at);
+    }
     sv_matmul(m->pool, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
     add_rows(m->pool, sc->x, q, rows, H);
 
@@ -319,7 +343,7 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
     int64_t per_pass = (n_tiles + passes - 1) / passes; /* equal passes rather than a full one and a remnant */
 
     vision_scratch sc;
-    sv_status st = scratch_alloc(&sc, &s, per_pass, sv_pool_threads(m->pool));
+    sv_status st = scratch_alloc(&sc, &s, per_pass);
     if (st) return st;
     for (int64_t first = 0; first < n_tiles; first += per_pass) {
         int64_t tiles = n_tiles - first < per_pass ? n_tiles - first : per_pass;
