@@ -90,7 +90,8 @@ def test_tiles_are_independent(gqa_dir):
         batch = model.encode_pixel_values(pixels)
         alone = model.encode_pixel_values(pixels[2:3])
         seq = model.config.image_seq_len
-    np.testing.assert_array_equal(batch[2 * seq:3 * seq], alone)
+    # Equal up to fp32 summation order (BLAS may block a batch differently); a leak between tiles is O(1).
+    assert relative_error(batch[2 * seq:3 * seq], alone) < 1e-5
 
 
 def synthetic_image(height: int, width: int):
@@ -152,7 +153,7 @@ def test_bad_arguments(mha_dir):
             model.encode_pixel_values(np.concatenate([good, np.zeros_like(good)]))
         # A non-contiguous view is copied, not misread.
         strided = np.concatenate([good, good])[::2]
-        np.testing.assert_array_equal(model.encode_pixel_values(strided), model.encode_pixel_values(good))
+        assert relative_error(model.encode_pixel_values(strided), model.encode_pixel_values(good)) < 1e-6
 
 
 def test_c_api_rejects_bad_arguments(mha_dir):
