@@ -44,7 +44,6 @@ typedef struct {
 
 /* Activations of one pass of up to `tiles` tiles (rows = tiles * patches). */
 typedef struct {
-    int64_t tiles;
     float *x;       /* [rows, hidden] residual stream; later the pixel-shuffled tokens */
     float *t;       /* [rows, hidden] normed input, attention output, MLP output */
     float *wide;    /* [rows, wide]: gathered patches, or q | k | v, or the MLP hidden */
@@ -103,7 +102,6 @@ static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_
         n_x > SIZE_MAX / sizeof(float) || n_probs > SIZE_MAX / sizeof(float))
         return sv_fail(SV_ERR_NOMEM, "vision encoder: activations for %lld tiles overflow the address space",
                        (long long)tiles);
-    sc->tiles = tiles;
     sc->x = malloc(n_x * sizeof(float));
     sc->t = malloc(n_x * sizeof(float));
     sc->wide = malloc(n_wide * sizeof(float));
@@ -288,16 +286,16 @@ static void encoder_layer(const sv_model *m, const vision_shape *s, const vision
  *   out[i*(side/scale) + j, (a*scale + b)*hidden + d] = in[(i*scale + a)*side + j*scale + b, d]
  * which is what the reference's view/permute/reshape sequence works out to. */
 static void pixel_shuffle(float *out, const float *in, const vision_shape *s, int64_t tiles) {
-    int64_t side = s->side, sc = s->scale, grid = side / sc, H = s->hidden;
+    int64_t side = s->side, sf = s->scale, grid = side / sf, H = s->hidden;
     for (int64_t t = 0; t < tiles; t++) {
         const float *tin = in + t * s->patches * H;
         float *tout = out + t * s->patches * H;
         for (int64_t i = 0; i < grid; i++)
             for (int64_t j = 0; j < grid; j++)
-                for (int64_t a = 0; a < sc; a++)
-                    for (int64_t b = 0; b < sc; b++)
-                        memcpy(tout + ((i * grid + j) * sc * sc + a * sc + b) * H,
-                               tin + ((i * sc + a) * side + j * sc + b) * H, (size_t)H * sizeof *tout);
+                for (int64_t a = 0; a < sf; a++)
+                    for (int64_t b = 0; b < sf; b++)
+                        memcpy(tout + ((i * grid + j) * sf * sf + a * sf + b) * H,
+                               tin + ((i * sf + a) * side + j * sf + b) * H, (size_t)H * sizeof *tout);
     }
 }
 
