@@ -100,5 +100,5 @@ def test_text_logits_match_gguf(hf_model, processor):
     scale = rounded.abs().max()
     assert (ours - rounded).abs().max() <= 1e-4 * scale
     # BF16 rounding of the dequantized weights moves logits only slightly and keeps the top token.
-    assert (ours - unrounded).abs().max() <= 0.05 * scale
+    assert (ours - unrounded).abs().max() <= 0.02 * scale
     assert torch.equal(ours.argmax(-1), unrounded.argmax(-1))
