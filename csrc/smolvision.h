@@ -139,6 +139,13 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
  * [tokens, tokens] buffer. */
 int64_t sv_decoder_state_bytes(const sv_model *m);
 
+/* ---- vision ---- */
+
+/* The image features of full, normalized tiles (transformers' get_image_features):
+ * pixel_values[n_tiles, 3, image_size, image_size] -> out[n_tiles * image_seq_len, text_hidden].
+ * All-zero tiles (batch padding, which transformers drops) are refused with SV_ERR_ARG. */
+sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_tiles, float *out);
+
 /* SV_CDEF_END */
 
 #ifdef __cplusplus
