@@ -372,3 +372,26 @@ def test_eos_ids_come_from_generation_config(gqa_model, gqa_dir):
     import json
     expected = json.loads((gqa_dir / "generation_config.json").read_text())["eos_token_id"]
     assert list(gqa_model.eos_token_ids) == (expected if isinstance(expected, list) else [expected])
+
+
+def test_own_image_features_feed_the_decoder(any_model_dir):
+    """End to end below the preprocessing: our vision encoder's rows in our decoder."""
+    ids, pixels = image_prompt(any_model_dir)
+    with smolvision.load(any_model_dir) as model:
+        embeds = model.encode_pixel_values(pixels[0].numpy())
+        ours = model.logits(ids, image_embeds=embeds)
+    assert relative_error(ours, reference_logits(any_model_dir, ids, pixel_values=pixels)) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_real_weights_greedy_chat_matches_transformers(real_dir):
+    """SmolLM2-135M-Instruct's real weights: the same 32 greedy ids as transformers, and a sensible answer."""
+    tok = AutoTokenizer.from_pretrained(str(real_dir))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    with smolvision.load(real_dir) as model:
+        result = model.generate_ids(ids, max_tokens=32)
+        assert relative_error(model.logits(ids), reference_logits(real_dir, ids)) < TOLERANCE
+        eos = model.eos_token_ids
+    assert result.token_ids == reference_generate(real_dir, ids, max_new_tokens=32, eos_token_id=list(eos))
+    assert "Paris" in tok.decode(result.token_ids)
