@@ -227,20 +227,27 @@ def test_top_k_1_and_tiny_top_p_and_full_min_p_equal_greedy(gqa_model, gqa_dir):
         assert sampled.token_ids == greedy, opts
 
 
-def test_sampled_ids_stay_inside_transformers_filters(gqa_model, gqa_dir):
+@pytest.mark.parametrize("opts", [dict(temperature=8.0, top_k=40, top_p=0.9, min_p=0.02),
+                                  dict(temperature=4.0, top_p=0.5), dict(temperature=3.0, min_p=0.05),
+                                  dict(temperature=6.0, top_k=5)])
+def test_sampled_ids_stay_inside_transformers_filters(gqa_model, gqa_dir, opts):
     """Draws the first id under many seeds: each must survive transformers'
     temperature -> top-k -> top-p -> min-p warpers applied to our logits."""
     ids = text_ids(gqa_dir, SAMPLE_PROMPT)
-    temperature, top_k, top_p, min_p = 8.0, 40, 0.9, 0.02
     scores = torch.from_numpy(gqa_model.logits(ids))[None]
     context = torch.tensor([ids])
-    for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p),
-                   MinPLogitsWarper(min_p)):
+    warpers = [TemperatureLogitsWarper(opts["temperature"])]
+    if "top_k" in opts:
+        warpers.append(TopKLogitsWarper(opts["top_k"]))
+    if "top_p" in opts:
+        warpers.append(TopPLogitsWarper(opts["top_p"]))
+    if "min_p" in opts:
+        warpers.append(MinPLogitsWarper(opts["min_p"]))
+    for warper in warpers:
         scores = warper(context, scores)
     allowed = set(torch.nonzero(torch.isfinite(scores[0])).flatten().tolist())
-    assert 1 < len(allowed) <= top_k
-    drawn = {gqa_model.generate_ids(ids, max_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    min_p=min_p, seed=seed).token_ids[0] for seed in range(60)}
+    assert 1 < len(allowed) < gqa_model.config.text.vocab_size // 4  # the filter bites
+    drawn = {gqa_model.generate_ids(ids, max_tokens=1, seed=seed, **opts).token_ids[0] for seed in range(60)}
     assert drawn <= allowed
     assert len(drawn) > 1
 
