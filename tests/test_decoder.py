@@ -143,6 +143,35 @@ def test_long_prompt_matches_transformers_with_linear_scratch(gqa_dir):
     assert state_bytes < 4 * n * n  # less than a single head's score matrix would take
 
 
+@pytest.fixture(scope="module")
+def odd_dir(tmp_path_factory):
+    """A decoder off the beaten path: F16 weights, attention and MLP biases,
+    one KV head for four query heads, head_dim 24 != hidden / heads."""
+    import modelgen
+
+    spec = dict(modelgen.VARIANTS["gqa"], dtype="float16", tie=False)
+    spec["text"] = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=24, attention_bias=True, mlp_bias=True,
+                        rope_theta=50000.0, rms_norm_eps=1e-6, max_position_embeddings=4096)
+    modelgen.VARIANTS["decoder-odd"] = spec
+    try:
+        return modelgen.write_model(tmp_path_factory.mktemp("decoder-odd"), "decoder-odd")
+    finally:
+        del modelgen.VARIANTS["decoder-odd"]
+
+
+def test_biases_f16_mqa_and_wide_heads_match_transformers(odd_dir):
+    base = text_ids(odd_dir, PROMPT * 2)
+    long_ids = (base * 20)[:600]  # three prefill chunks
+    with smolvision.load(odd_dir) as model:
+        assert model.config.text.attention_bias and model.config.text.mlp_bias
+        assert model.config.text.head_dim * model.config.text.num_attention_heads != model.config.text.hidden_size
+        for ids in (base, long_ids):
+            assert relative_error(model.logits(ids), reference_logits(odd_dir, ids)) < TOLERANCE
+        result = model.generate_ids(base, max_tokens=16, eos_token_ids=())
+    assert result.token_ids == reference_generate(odd_dir, base, max_new_tokens=16, eos_token_id=None)
+
+
 # ---- greedy generation parity ----
 
 @torch.no_grad()
