@@ -35,7 +35,7 @@ struct sv_decoder {
     int n_threads;
     float *k_cache;       /* [layers, kv_heads, capacity, head_dim] */
     float *v_cache;       /* [layers, kv_heads, head_dim, capacity]: transposed */
-    float *x;             /* [chunk, hidden]: the residual stream */
+    float *x;             /* [chunk, hidden]: the residual stream; starts the one scratch block */
     float *xn;            /* [chunk, hidden]: normed input / projection output */
     float *q;             /* [chunk, heads * head_dim] */
     float *k, *v;         /* [chunk, kv_heads * head_dim] */
@@ -44,9 +44,9 @@ struct sv_decoder {
     float *cos, *sin;     /* [chunk, head_dim / 2] */
     float *inv_freq;      /* [head_dim / 2] */
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
-    float *group_scores;  /* [group * chunk, capacity]: their attention weights */
+    float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */
-    float *v_keys;        /* [head_dim, capacity]: V^T of the keys so far, contiguous */
+    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys] */
     float *scores;        /* [n_threads, capacity]: one decoded query's attention row per thread */
     float *logits;        /* [vocab] */
     int64_t bytes;        /* everything above */
@@ -112,7 +112,7 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->n_threads = sv_pool_threads(m->pool);
     int64_t ch = s->chunk;
     int64_t cache_floats = (int64_t)c->text_layers * kvd * capacity;
-    /* All scratch is one block, carved in the order of the struct. */
+    /* All scratch is one block (freed through x), carved in the order of slots[]. */
     int64_t gch = ch * (c->text_heads / c->text_kv_heads);
     int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
                        ch * half, ch * half,     half,       gch * hd,  gch * capacity, gch * hd,
@@ -150,11 +150,12 @@ sv_status sv_decoder_begin(sv_model *m, int32_t capacity) {
         int64_t rounded = ((int64_t)capacity + CAPACITY_STEP - 1) / CAPACITY_STEP * CAPACITY_STEP;
         if (rounded > m->cfg.max_position_embeddings) rounded = m->cfg.max_position_embeddings;
         if (rounded < capacity) rounded = capacity;
-        sv_decoder *grown = NULL;
-        sv_status st = decoder_alloc(m, (int32_t)rounded, &grown);
-        if (st != SV_OK) return st;
+        /* The old state goes first so the two never coexist at the peak. */
         sv_decoder_free(s);
-        m->decoder = s = grown;
+        m->decoder = s = NULL;
+        sv_status st = decoder_alloc(m, (int32_t)rounded, &s);
+        if (st != SV_OK) return st;
+        m->decoder = s;
     }
     s->busy = 1;
     s->n_past = 0;
