@@ -393,6 +393,8 @@ def test_image_row_count_must_match(gqa_model):
         gqa_model.logits([1, image, 2])
     with pytest.raises(smolvision.InputError, match="shape"):
         gqa_model.logits([1, image, 2], image_embeds=np.zeros((1, hidden + 1), np.float32))
+    with pytest.raises(smolvision.InputError):
+        gqa_model.logits([1, image, 2], image_embeds="not an array")
 
 
 @pytest.mark.parametrize("opts", [dict(max_tokens=-1), dict(temperature=-0.5), dict(temperature=float("nan")),
