@@ -6,6 +6,8 @@ tiny model directory in the same test and compares.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -312,6 +314,21 @@ def test_callback_exception_propagates_and_model_still_works(gqa_model, gqa_dir,
     assert len(calls) == 2  # generation stopped right there
     np.testing.assert_array_equal(gqa_model.logits(ids), before)
     assert len(gqa_model.generate_ids(ids, max_tokens=4, eos_token_ids=()).token_ids) == 4
+
+
+def test_ctrl_c_during_generation_stops_it(gqa_model, gqa_dir):
+    """A real SIGINT: Python runs its handler in the next token callback, which stops the C loop."""
+    ids = text_ids(gqa_dir)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gqa_model.generate_ids(ids, max_tokens=8000, eos_token_ids=())
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 5  # 8000 ids take far longer
+    assert len(gqa_model.generate_ids(ids, max_tokens=3, eos_token_ids=()).token_ids) == 3
 
 
 def test_reentrant_call_from_callback_is_refused(gqa_model, gqa_dir):
