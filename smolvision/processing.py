@@ -132,14 +132,10 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> Image.Image:
         raise InputError(f"an image array must have shape HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}")
     height, width = array.shape[:2]
     _check_size(width, height, max_pixels)
-    if array.ndim == 2:
-        return Image.fromarray(array).convert("RGB")  # uint8 HxW is mode L
-    if array.shape[2] == 4:
-        # The reference blends arrays in float64 and rounds; PIL's integer alpha_composite can differ by one.
-        alpha = array[..., 3:4] / 255
-        blended = alpha * array[..., :3] + (1 - alpha) * 255
-        array = np.round(blended).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(array))  # uint8 HxWx3 is mode RGB
+    # uint8 HxW, HxWx3 and HxWx4 arrays are PIL modes L, RGB and RGBA. The reference blends RGBA arrays onto
+    # white in float64 and rounds; PIL's integer compositing gives the same bytes for all 256 x 256 value/alpha
+    # pairs (a test checks this), so arrays share the PIL path.
+    return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(array)), max_pixels, "the array")
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -21,6 +21,7 @@ import skimage.data
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import Idefics3ImageProcessorPil, Idefics3Processor, PreTrainedTokenizerFast
+from transformers.image_transforms import convert_to_rgb
 
 from smolvision.chat import load_chat_template, normalize_messages, render_chat_template
 from smolvision.errors import ImageError, InputError, ModelError
@@ -226,6 +227,30 @@ def test_longest_edge_at_most_one_tile_gives_a_single_unsplit_tile() -> None:
     assert (ours.rows, ours.cols, ours.n_tiles) == (0, 0, 1)
 
 
+def test_resize_is_capped_at_4096_pixels() -> None:
+    # A longest_edge above 4096 is capped by the reference: 5000x125 becomes 4096x102, then 1 x 8 tiles of 512.
+    wide = smooth_rgb(2000, 50)
+    ours = ImageProcessor.from_dict(SMALL_CONFIG).preprocess(wide, longest_edge=5000)
+    assert_matches_reference(ours, reference_tiles(SMALL_CONFIG, wide, size={"longest_edge": 5000}))
+    assert (ours.rows, ours.cols) == (1, 8)
+
+
+def test_tile_rounding_truncates_like_the_reference() -> None:
+    # 60x20 at longest_edge 1024 becomes 1024x342, then 1152 wide; 1152 / 3 = 342.x truncates to 342 -> one row.
+    # Without the int() truncation it would round up to two rows.
+    image = smooth_rgb(60, 20)
+    ours = ImageProcessor.from_dict(INSTRUCT_CONFIG).preprocess(image, longest_edge=1024)
+    assert_matches_reference(ours, reference_tiles(INSTRUCT_CONFIG, image, size={"longest_edge": 1024}))
+    assert (ours.rows, ours.cols) == (1, 3)
+
+
+def test_clip_mean_and_std_match_reference() -> None:
+    config = {**SMALL_CONFIG, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+              "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    photo = Image.fromarray(skimage.data.chelsea())
+    assert_matches_reference(ImageProcessor.from_dict(config).preprocess(photo), reference_tiles(config, photo))
+
+
 @pytest.mark.parametrize("flag", ["do_resize", "do_rescale", "do_normalize"])
 def test_config_flags_match_reference(flag: str) -> None:
     config = {**INSTRUCT_CONFIG, flag: False, "resample": 3}
@@ -252,6 +277,13 @@ def test_array_inputs_match_reference() -> None:
     # Non-contiguous views are fine.
     view = smooth_rgb(420, 130)[:, ::2]
     assert_matches_reference(processor.preprocess(view), reference_tiles(INSTRUCT_CONFIG, np.ascontiguousarray(view)))
+
+
+def test_rgba_arrays_composite_exactly_like_the_reference() -> None:
+    # Every (value, alpha) pair: the reference's float64 blend of arrays against our conversion.
+    values, alphas = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    rgba = np.dstack([values, 255 - values, values // 2, alphas])
+    assert np.array_equal(np.asarray(load_image(rgba)), convert_to_rgb(rgba, return_numpy=True))
 
 
 def test_bytes_pathlike_str_and_pil_inputs_agree(tmp_path: Path) -> None:
@@ -602,7 +634,11 @@ def test_string_content_renders_as_a_text_block(reference: Idefics3Processor) ->
     assert expected == "<|im_start|>System: Be kind.<end_of_utterance>\nUser: Hi!<end_of_utterance>\nAssistant:"
 
 
-def test_extra_variables_reach_the_template() -> None:
+def test_template_variables_match_reference(reference: Idefics3Processor) -> None:
+    # transformers passes tools=None and documents=None, which templates test with `is none`.
+    template = "{{ tools is none }} {{ documents is none }} {{ add_generation_prompt }}"
+    expected = reference.apply_chat_template(CONVERSATION, chat_template=template, add_generation_prompt=True)
+    assert render_chat_template(template, CONVERSATION) == expected == "True True True"
     assert render_chat_template("{{ bos_token }}{{ messages | length }}", [], bos_token="<s>") == "<s>0"
 
 
