@@ -192,7 +192,7 @@ def _tile_multiple_size(height: int, width: int, tile: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays would be ambiguous
 class PreprocessedImage:
     """One image ready for the vision encoder.
 
