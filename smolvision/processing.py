@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -42,7 +42,7 @@ __all__ = [
     "load_image_seq_len",
 ]
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 # Larger images are refused before they are decoded. 64 Mi pixels (8192 x 8192) admits every camera photo up to
 # about 64 megapixels while keeping the decoded RGB copy under 200 MiB; the reference would resize anything to at
@@ -84,17 +84,16 @@ def load_image(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         try:
-            file = open(path, "rb")
-        except OSError as err:
+            with open(path, "rb") as file:
+                return _decode(file, repr(path), max_pixels)
+        except OSError as err:  # _decode raises only ImageError, so this is the open() failing
             raise ImageError(f"cannot open image file {path!r}: {err.strerror or err}") from err
-        with file:
-            return _decode(file, repr(path), max_pixels)
     raise InputError(
         f"an image must be a path, bytes, a PIL image or a uint8 NumPy array, not {type(image).__name__}"
     )
 
 
-def _decode(file: io.IOBase, source: str, max_pixels: int) -> Image.Image:
+def _decode(file: IO[bytes], source: str, max_pixels: int) -> Image.Image:
     """Open an encoded image, refuse it from its header if it is too large, then decode it to RGB."""
     try:
         # We check the size ourselves right after this; Pillow's warning about large images would only be noise.
@@ -418,7 +417,7 @@ def expand_image_tokens(
             f"put one {IMAGE_TOKEN} in the text for each image"
         )
     out = [pieces[0]]
-    for image, piece in zip(images, pieces[1:]):
+    for image, piece in zip(images, pieces[1:], strict=True):
         rows, cols = (image.rows, image.cols) if isinstance(image, PreprocessedImage) else image
         out.append(image_prompt(rows, cols, image_seq_len))
         out.append(piece)

@@ -12,8 +12,9 @@ import json
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -355,9 +356,9 @@ def test_100_megapixel_png_is_refused_fast(tmp_path: Path, as_path: bool) -> Non
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # from our own Image.open here
 def test_lazily_opened_huge_pil_image_is_refused_before_decoding() -> None:
-    with Image.open(io.BytesIO(png_bytes(10000, 10000, rows=10))) as image:  # decoding would fail: data is short
-        with pytest.raises(ImageError, match="more than the limit"):
-            load_image(image)
+    huge = io.BytesIO(png_bytes(10000, 10000, rows=10))  # decoding it would fail: the data is short
+    with Image.open(huge) as image, pytest.raises(ImageError, match="more than the limit"):
+        load_image(image)
 
 
 def test_pixel_limit_is_configurable() -> None:
@@ -373,7 +374,7 @@ def test_pil_global_limit_is_left_alone() -> None:
     before = Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageError):
         load_image(png_bytes(10000, 10000, rows=10))
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 PHOTO = Image.fromarray(smooth_rgb(120, 90))
@@ -566,8 +567,8 @@ def test_chat_with_system_prompt_matches_reference(reference: Idefics3Processor)
         {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image"}]},
     ]
     with_images = [
-        {**m, "content": [{**block, "image": image} for block, image in zip(m["content"], images)]}
-        for m, images in zip(messages, [[None], [WIDE, None], [None], [None, TALL]])
+        {**m, "content": [{**block, "image": image} for block, image in zip(m["content"], images, strict=True)]}
+        for m, images in zip(messages, [[None], [WIDE, None], [None], [None, TALL]], strict=True)
     ]
     out = reference.apply_chat_template(with_images, add_generation_prompt=True, tokenize=True, return_dict=True)
     expected = reference.tokenizer.decode(out["input_ids"][0], skip_special_tokens=False)
@@ -639,7 +640,8 @@ def test_template_variables_match_reference(reference: Idefics3Processor) -> Non
     # transformers passes tools=None and documents=None, which templates test with `is none`.
     template = "{{ tools is none }} {{ documents is none }} {{ add_generation_prompt }}"
     expected = reference.apply_chat_template(CONVERSATION, chat_template=template, add_generation_prompt=True)
-    assert render_chat_template(template, CONVERSATION) == expected == "True True True"
+    assert expected == "True True True"
+    assert render_chat_template(template, CONVERSATION) == expected
     assert render_chat_template("{{ bos_token }}{{ messages | length }}", [], bos_token="<s>") == "<s>0"
 
 
