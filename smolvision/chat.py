@@ -82,8 +82,10 @@ def render_chat_template(
 
     `extra` becomes template variables, e.g. `bos_token`; transformers passes the tokenizer's special tokens this
     way. Raises ModelError when the template does not parse and InputError when it refuses the messages (its
-    `raise_exception`) or fails while rendering them.
+    `raise_exception`) or fails in any other way while rendering them.
     """
+    if not isinstance(template_str, str):
+        raise InputError(f"a chat template must be a string, not {type(template_str).__name__}")
     template = _compile(template_str)
     variables: dict[str, Any] = {"tools": None, "documents": None}
     variables.update({key: _plain(value) for key, value in extra.items()})
@@ -91,7 +93,7 @@ def render_chat_template(
         return template.render(
             messages=normalize_messages(messages), add_generation_prompt=add_generation_prompt, **variables
         )
-    except jinja2.TemplateError as err:
+    except Exception as err:  # template code may fail in any way (TemplateError, TypeError on '+', ...)
         raise InputError(f"the chat template cannot render these messages: {err}") from err
 
 
@@ -139,8 +141,6 @@ def _make_dict(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _compile(template_str: str) -> jinja2.Template:
-    if not isinstance(template_str, str):
-        raise InputError(f"a chat template must be a string, not {type(template_str).__name__}")
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, namespace=_Namespace,

@@ -652,6 +652,11 @@ def test_raise_exception_becomes_input_error() -> None:
         render_chat_template(template, [{"role": "system", "content": "x"}])
 
 
+def test_template_failing_at_render_time_raises_input_error() -> None:
+    with pytest.raises(InputError):
+        render_chat_template("{{ messages[0]['content'] + '!' }}", [{"role": "user", "content": "hi"}])  # list + str
+
+
 def test_broken_template_raises_model_error() -> None:
     with pytest.raises(ModelError):
         render_chat_template("{% for message in messages %}", [])
