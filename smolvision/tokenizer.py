@@ -169,11 +169,9 @@ class IncrementalDecoder:
 
 
 def _id_array(ids: Iterable[int]):
+    """ids as a C int32 array; InputError for anything that is not a 32-bit integer."""
+    values = ids if isinstance(ids, (list, tuple)) else list(ids)
     try:
-        values = [int(i) for i in ids]
-    except (TypeError, ValueError) as exc:
-        raise errors.InputError(f"token ids must be integers: {exc}") from None
-    for v in values:
-        if not -2**31 <= v < 2**31:
-            raise errors.InputError(f"token id {v} is not a 32-bit integer")
-    return ffi.new("int32_t[]", values)
+        return ffi.new("int32_t[]", values)
+    except (OverflowError, TypeError) as exc:
+        raise errors.InputError(f"token ids must be 32-bit integers: {exc}") from None

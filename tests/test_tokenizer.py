@@ -57,7 +57,7 @@ BASE = [
     " " * 50 + "x", "\n" * 20, "😀" * 40, "-" * 80, "ab" * 100, "The year 1999 and 2000s. 10,000 people!",
     "Kawi \U00011F50\U00011F51 Garay \U00010D40\U00010D41 letters \U00010D4A\U00010D4B outlined \U0001CCF0",
     "a  <mask>  b", "x [L] y [R] z", "<tool><tool_call>zzq <toolzzq", "   [L]", "[R]   ", "<mask><mask>\t<mask>\n",
-    "\u3000[L]\u00a0[R]\u2009", "zzqzzq", "[R] [L]",
+    "\u3000[L]\u00a0[R]\u2009", "zzqzzq", "[R] [L]", "zz<mask> zz<maskzz",
     "CJK ext H \U00031350\U00031351 ext I \U0002EBF0 ext J \U000323B0", "unassigned \U000E0080 \U0010FFFF private \uE000",
 ]
 
@@ -117,7 +117,8 @@ def with_added_options(d):
     n = max(d["model"]["vocab"].values()) + 1
     extra = [("<mask>", True, True, False, False), ("<tool>", False, False, True, False),
              ("<tool_call>", False, False, False, True), ("[L]", True, False, False, True),
-             ("[R]", False, True, True, False), ("zzq", False, False, True, False)]
+             ("[R]", False, True, True, False), ("zzq", False, False, True, False),
+             ("zz<mask", False, False, True, False)]  # normalized: matched only after <mask> is cut out
     for i, (content, lstrip, rstrip, normalized, special) in enumerate(extra):
         d["added_tokens"].append({"id": n + i, "content": content, "single_word": False, "lstrip": lstrip,
                                   "rstrip": rstrip, "normalized": normalized, "special": special})
