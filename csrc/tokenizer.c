@@ -558,12 +558,20 @@ static sv_status build_id_tables(sv_tokenizer *t) {
     return SV_OK;
 }
 
-static sv_status check_absent(loader *L, const json_value *root, const char *key) {
-    const json_value *v = json_get(root, key);
-    if (v && v->type != JSON_NULL)
-        return sv_fail(SV_ERR_UNSUPPORTED, "%s: \"%s\" is set; this engine does not apply it, so it must be null", L->path,
-                       key);
-    return SV_OK;
+/* Truncation and fixed-length padding would change the ids of one text; batch
+ * padding (to the longest in the batch) does not. */
+static sv_status check_truncation_padding(loader *L, const json_value *root) {
+    const json_value *trunc = json_get(root, "truncation"), *pad = json_get(root, "padding");
+    if (trunc && trunc->type != JSON_NULL)
+        return sv_fail(SV_ERR_UNSUPPORTED, "%s: \"truncation\" is set; this engine does not truncate, so it must be null",
+                       L->path);
+    if (!pad || pad->type == JSON_NULL) return SV_OK;
+    const json_value *strategy = json_get(pad, "strategy"), *multiple = json_get(pad, "pad_to_multiple_of");
+    if (strategy && strategy->type == JSON_STRING && strcmp(strategy->str, "BatchLongest") == 0 &&
+        (!multiple || multiple->type == JSON_NULL))
+        return SV_OK;
+    return sv_fail(SV_ERR_UNSUPPORTED, "%s: \"padding\" pads single texts; this engine does not pad, so it must be null",
+                   L->path);
 }
 
 sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out) {
@@ -585,8 +593,7 @@ sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out) {
     loader L = {t, path};
     const json_value *root = json_root(doc);
     sv_status st = root->type == JSON_OBJECT ? SV_OK : sv_fail(SV_ERR_FORMAT, "%s: not a JSON object", path);
-    if (st == SV_OK) st = check_absent(&L, root, "truncation");
-    if (st == SV_OK) st = check_absent(&L, root, "padding");
+    if (st == SV_OK) st = check_truncation_padding(&L, root);
     if (st == SV_OK) st = load_model(&L, json_get(root, "model"));
     if (st == SV_OK) st = load_added(&L, json_get(root, "added_tokens"));
     if (st == SV_OK) st = check_normalizer(&L, json_get(root, "normalizer"));
@@ -794,21 +801,20 @@ static int32_t added_at(const sv_tokenizer *t, const char *s, size_t n, int norm
     return best;
 }
 
-static int space_before(const char *s, size_t i, size_t *start) {
-    /* start of the whitespace run ending at i (stepping back over whole characters) */
-    size_t j = i;
-    while (j > 0) {
-        size_t k = j - 1;
-        while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+/* Start of the whitespace run that ends at s[i] (i itself when there is none). */
+static size_t space_run_start(const char *s, size_t i) {
+    while (i > 0) {
+        size_t k = i - 1;
+        while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--; /* back to the character's first byte */
         uint32_t cp;
-        sv_utf8_next((const unsigned char *)s + k, j - k, &cp);
+        sv_utf8_next((const unsigned char *)s + k, i - k, &cp);
         if (!(sv_uc_flags(cp) & SV_UC_SPACE)) break;
-        j = k;
+        i = k;
     }
-    *start = j;
-    return j < i;
+    return i;
 }
 
+/* End of the whitespace run that starts at s[i]. */
 static size_t space_after(const char *s, size_t i, size_t n) {
     while (i < n) {
         uint32_t cp;
@@ -835,11 +841,13 @@ static sv_status encode_span(const sv_tokenizer *t, encoder *e, const char *s, s
         }
         const added_token *a = &t->added[k];
         size_t start = i, stop = i + a->text.len;
-        if (a->lstrip) {
-            space_before(s, i, &start);
+        if (a->lstrip) { /* the token swallows the whitespace before it, unless emitted already */
+            start = space_run_start(s, i);
             if (start < done) start = done;
         }
         if (a->rstrip) stop = space_after(s, stop, n);
+        /* matching resumes after the token itself, so a match may start inside the
+         * rstrip whitespace; tokenizers then emits it without a gap, and so do we */
         if (start > done) st = encode_span(t, e, s + done, start - done, pass + 1);
         if (st == SV_OK) st = emit(e, a->id);
         done = stop;

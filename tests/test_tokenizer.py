@@ -134,6 +134,12 @@ def with_bos_eos(d):
                                               "<|im_end|>": {"id": "<|im_end|>", "ids": [2], "tokens": ["<|im_end|>"]}}}
 
 
+def batch_padding(d):
+    """Padding to the longest text of a batch leaves a single text alone."""
+    d["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 2,
+                    "pad_type_id": 0, "pad_token": "<|im_end|>"}
+
+
 def pair_merges(d):
     d["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in d["model"]["merges"]]
 
@@ -155,6 +161,7 @@ VARIANTS = {
     "bos_eos": with_bos_eos,
     "string_merges": string_merges,
     "pair_merges": pair_merges,
+    "batch_padding": batch_padding,
 }
 
 
@@ -437,6 +444,7 @@ MALFORMED = {
     "byte_fallback": (_set(("model", "byte_fallback"), True), "byte_fallback"),
     "dropout": (_set(("model", "dropout"), 0.1), "dropout"),
     "truncation": (_set(("truncation",), {"max_length": 5}), "truncation"),
+    "fixed_padding": (_set(("padding",), {"strategy": {"Fixed": 64}, "pad_id": 0}), "padding"),
     "post_processor": (_set(("post_processor",), {"type": "BertProcessing"}), "post_processor 'BertProcessing'"),
     "root_is_list": (lambda d: (d.clear(), d.update({"model": []})), "\"model\" must be an object"),
 }
