@@ -9,7 +9,9 @@ accepts, and refuses (with TokenizerError) the options it does not implement.
 """
 from __future__ import annotations
 
+import operator
 import os
+import threading
 from typing import Iterable, List, Optional, Union
 
 from . import errors
@@ -23,8 +25,11 @@ class Tokenizer:
 
     def __init__(self, _handle, _owner: object = None) -> None:
         # _owner: the Model whose tokenizer this is (kept alive, never freed here).
+        # Calls hold the owner's lock (or our own), so close() never frees the
+        # tokenizer under a call running on another thread.
         self._handle = _handle
         self._owner = _owner
+        self._lock = _owner._lock if _owner is not None else threading.RLock()
 
     @classmethod
     def from_file(cls, path: PathLike) -> "Tokenizer":
@@ -47,10 +52,11 @@ class Tokenizer:
 
     def close(self) -> None:
         """Frees the tokenizer (a model's tokenizer is only detached); idempotent."""
-        handle, self._handle = self._handle, None
-        if handle is not None and self._owner is None:
-            lib.sv_tokenizer_free(handle)
-        self._owner = None
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is not None and self._owner is None:
+                lib.sv_tokenizer_free(handle)
+            self._owner = None
 
     def __enter__(self) -> "Tokenizer":
         return self
@@ -59,12 +65,15 @@ class Tokenizer:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            self.close()
+        # Nothing else can be calling in: no lock needed, and a view frees nothing.
+        if getattr(self, "_handle", None) is not None and getattr(self, "_owner", None) is None:
+            lib.sv_tokenizer_free(self._handle)
+            self._handle = None
 
     def __len__(self) -> int:
         """Vocabulary size including added tokens (len(tokenizers.Tokenizer.get_vocab()))."""
-        return int(lib.sv_tokenizer_vocab_size(self._ptr))
+        with self._lock:
+            return int(lib.sv_tokenizer_vocab_size(self._ptr))
 
     def encode(self, text: Union[str, bytes], add_special_tokens: bool = False) -> List[int]:
         """Text -> token ids.  bytes are decoded as UTF-8 with invalid sequences
@@ -80,8 +89,9 @@ class Tokenizer:
             raise errors.InputError(f"encode() takes str or bytes, not {type(text).__name__}")
         ids = ffi.new("int32_t **")
         n = ffi.new("size_t *")
-        check(lib.sv_tokenizer_encode(self._ptr, data, len(data), int(bool(add_special_tokens)), ids, n),
-              errors.TokenizerError)
+        with self._lock:
+            check(lib.sv_tokenizer_encode(self._ptr, data, len(data), int(bool(add_special_tokens)), ids, n),
+                  errors.TokenizerError)
         try:
             return list(ffi.unpack(ids[0], n[0]))
         finally:
@@ -92,8 +102,9 @@ class Tokenizer:
         arr = _id_array(ids)
         text = ffi.new("char **")
         n = ffi.new("size_t *")
-        check(lib.sv_tokenizer_decode(self._ptr, arr, len(arr), int(bool(skip_special_tokens)), text, n),
-              errors.TokenizerError)
+        with self._lock:
+            check(lib.sv_tokenizer_decode(self._ptr, arr, len(arr), int(bool(skip_special_tokens)), text, n),
+                  errors.TokenizerError)
         try:
             return ffi.unpack(text[0], n[0]).decode("utf-8")
         finally:
@@ -102,16 +113,22 @@ class Tokenizer:
     def token_to_id(self, token: str) -> Optional[int]:
         """The id of a token string (e.g. 'Ġthe' or '<image>'), None if there is none."""
         data = token.encode("utf-8", "surrogatepass")
-        tid = lib.sv_tokenizer_token_to_id(self._ptr, data, len(data))
+        with self._lock:
+            tid = lib.sv_tokenizer_token_to_id(self._ptr, data, len(data))
         return None if tid < 0 else int(tid)
 
     def id_to_token(self, token_id: int) -> Optional[str]:
         """The token string of an id, None if no token has it."""
-        if not isinstance(token_id, int) or not -2**31 <= token_id < 2**31:
+        try:
+            token_id = operator.index(token_id)
+        except TypeError:
+            return None
+        if not -2**31 <= token_id < 2**31:
             return None
         n = ffi.new("size_t *")
-        p = lib.sv_tokenizer_id_to_token(self._ptr, token_id, n)
-        return None if p == ffi.NULL else ffi.unpack(p, n[0]).decode("utf-8", "replace")
+        with self._lock:
+            p = lib.sv_tokenizer_id_to_token(self._ptr, token_id, n)
+            return None if p == ffi.NULL else ffi.unpack(p, n[0]).decode("utf-8", "replace")
 
     def incremental_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
         return IncrementalDecoder(self, skip_special_tokens)
@@ -129,7 +146,9 @@ class IncrementalDecoder:
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False) -> None:
         self._tokenizer = tokenizer  # keeps the tokenizer (and its model) alive
         out = ffi.new("sv_detokenizer **")
-        check(lib.sv_detokenizer_create(tokenizer._ptr, int(bool(skip_special_tokens)), out), errors.TokenizerError)
+        with tokenizer._lock:
+            check(lib.sv_detokenizer_create(tokenizer._ptr, int(bool(skip_special_tokens)), out),
+                  errors.TokenizerError)
         self._handle = out[0]
         self._text = ffi.new("char **")
         self._n = ffi.new("size_t *")
@@ -142,15 +161,21 @@ class IncrementalDecoder:
 
     def push(self, token_id: int) -> str:
         """Adds one id; returns the newly completed text (possibly '')."""
-        if not isinstance(token_id, int) or not -2**31 <= token_id < 2**31:
-            raise errors.InputError(f"token id must be a 32-bit int, not {token_id!r}")
-        check(lib.sv_detokenizer_push(self._ptr(), token_id, self._text, self._n), errors.TokenizerError)
-        return ffi.unpack(self._text[0], self._n[0]).decode("utf-8")
+        try:
+            token_id = operator.index(token_id)
+        except TypeError:
+            raise errors.InputError(f"token id must be an integer, not {token_id!r}") from None
+        if not -2**31 <= token_id < 2**31:
+            raise errors.InputError(f"token id {token_id} is not a 32-bit integer")
+        with self._tokenizer._lock:
+            check(lib.sv_detokenizer_push(self._ptr(), token_id, self._text, self._n), errors.TokenizerError)
+            return ffi.unpack(self._text[0], self._n[0]).decode("utf-8")
 
     def flush(self) -> str:
         """Returns held-back bytes (an incomplete character becomes U+FFFD) and resets."""
-        check(lib.sv_detokenizer_flush(self._ptr(), self._text, self._n), errors.TokenizerError)
-        return ffi.unpack(self._text[0], self._n[0]).decode("utf-8")
+        with self._tokenizer._lock:
+            check(lib.sv_detokenizer_flush(self._ptr(), self._text, self._n), errors.TokenizerError)
+            return ffi.unpack(self._text[0], self._n[0]).decode("utf-8")
 
     def close(self) -> None:
         handle, self._handle = self._handle, None

@@ -393,12 +393,23 @@ def byte_alphabet() -> dict[int, str]:
     return table
 
 
-def test_negative_id_is_an_input_error():
+def test_bad_ids_are_input_errors():
     with Tokenizer.from_file(smollm2_json()) as tok:
-        with pytest.raises(smolvision.InputError):
-            tok.decode([1, -5])
-        with pytest.raises(smolvision.InputError):
-            tok.incremental_decoder().push(-1)
+        for bad in ([1, -5], [2**31], ["7"], [1.5]):
+            with pytest.raises(smolvision.InputError):
+                tok.decode(bad)
+        for bad in (-1, 2**40, "7", None):
+            with pytest.raises(smolvision.InputError):
+                tok.incremental_decoder().push(bad)
+
+
+def test_numpy_ids_are_accepted():
+    np = pytest.importorskip("numpy")
+    with Tokenizer.from_file(smollm2_json()) as tok:
+        ids = np.array(tok.encode("numpy ids"), dtype=np.int64)
+        assert tok.decode(ids) == "numpy ids"
+        assert "".join(tok.incremental_decoder().push(i) for i in ids) == "numpy ids"
+        assert tok.id_to_token(ids[0]) == tok.id_to_token(int(ids[0]))
 
 
 # ---- malformed files ----
