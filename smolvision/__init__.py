@@ -9,10 +9,11 @@ from .config import Config, TextConfig, VisionConfig
 from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,
                      TokenizerError)
 from .model import Model, load
+from .tokenizer import IncrementalDecoder, Tokenizer
 
 __version__ = version()
 
 __all__ = [
-    "Config", "Error", "GenerationError", "ImageError", "InputError", "Model", "ModelError",
-    "ResourceError", "TextConfig", "TokenizerError", "VisionConfig", "build_info", "load",
+    "Config", "Error", "GenerationError", "ImageError", "IncrementalDecoder", "InputError", "Model", "ModelError",
+    "ResourceError", "TextConfig", "Tokenizer", "TokenizerError", "VisionConfig", "build_info", "load",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 from . import errors
 from ._native import check, ffi, lib
 from .config import Config
+from .tokenizer import Tokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,6 +45,15 @@ class Model:
         if self._handle is None:
             raise errors.Error("this Model is closed")
         return self._handle
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (from its tokenizer.json), borrowed: it keeps
+        this Model alive and stops working once the Model is closed."""
+        handle = lib.sv_model_tokenizer(self._ptr)
+        if handle == ffi.NULL:
+            raise errors.TokenizerError(f"{self.model_dir} has no tokenizer.json")
+        return Tokenizer(handle, _owner=self)
 
     @property
     def closed(self) -> bool:
