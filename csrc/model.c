@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "decoder.h"
 #include "error.h"
 #include "json.h"
 #include "kernels.h"
@@ -410,6 +411,7 @@ sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
 
 void sv_model_free(sv_model *m) {
     if (!m) return;
+    sv_decoder_free(m->decoder);
     for (size_t i = 0; i < m->n_vectors; i++) free(m->vectors[i]);
     free(m->vectors);
     sv_pool_free(m->pool);

@@ -66,6 +66,7 @@ struct sv_model {
     int n_threads;
     sv_pool *pool;
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
+    struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before

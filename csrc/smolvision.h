@@ -77,6 +77,68 @@ sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
+/* ---- decoder and generation ---- */
+
+/* Token-level text generation.  Prompts are token ids; positions whose id is
+ * the config's image_token_id take, in order, the rows of image_embeds
+ * [n_image_rows, text_hidden] (row-major fp32), whose count must equal the
+ * number of image tokens.  Every id must lie in [0, vocab_size).  The KV
+ * cache and scratch live in the model and are reused across calls, so calls
+ * on one model must not overlap (a re-entrant call is refused). */
+
+/* Sampling options.  temperature 0 means greedy (argmax); otherwise the
+ * logits pass, in transformers' order, repetition penalty, temperature,
+ * top-k (0 = off), top-p (1 = off), min-p (0 = off), then one draw from a
+ * PRNG seeded with seed.  repetition_penalty 1 is off; it applies to every id
+ * in the prompt and generated so far, greedy included.  Generation stops
+ * after an id in eos_ids[n_eos_ids] (that id is reported and counted) or
+ * after max_tokens ids. */
+typedef struct {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    float min_p;
+    float repetition_penalty;
+    uint64_t seed;
+    int32_t max_tokens;
+    const int32_t *eos_ids;
+    int32_t n_eos_ids;
+} sv_sampling;
+
+typedef enum {
+    SV_FINISH_STOP = 0,      /* an EOS id was generated */
+    SV_FINISH_LENGTH = 1,    /* max_tokens were generated */
+    SV_FINISH_CANCELLED = 2  /* the token callback returned non-zero */
+} sv_finish_reason;
+
+typedef struct {
+    int32_t n_prompt;        /* prompt tokens processed */
+    int32_t n_generated;     /* ids generated, the EOS id or the cancelling one included */
+    sv_finish_reason finish_reason;
+    double prefill_seconds;  /* prompt processing, up to the first id's logits */
+    double decode_seconds;   /* everything after */
+} sv_generate_result;
+
+/* Called with each generated id as soon as it is chosen; a non-zero return
+ * stops generation at once (finish reason cancelled, status SV_OK). */
+typedef int32_t (*sv_token_fn)(void *user, int32_t token_id);
+
+/* out_logits[vocab_size] = the logits after the last of ids[n]. */
+sv_status sv_logits(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,
+                    float *out_logits);
+
+/* Generates up to s->max_tokens ids after ids[n]; on_token (may be NULL)
+ * sees each id, out_ids[s->max_tokens] (may be NULL) receives them.
+ * n + max_tokens beyond max_position_embeddings is refused (SV_ERR_ARG). */
+sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,
+                      const sv_sampling *s, sv_token_fn on_token, void *user, int32_t *out_ids,
+                      sv_generate_result *result);
+
+/* Bytes the decoder state holds now (KV cache + scratch), 0 before the first
+ * call.  It grows linearly with the longest context seen: never a
+ * [tokens, tokens] buffer. */
+int64_t sv_decoder_state_bytes(const sv_model *m);
+
 /* ---- vision ---- */
 
 /* The image features of full, normalized tiles (transformers' get_image_features):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from . import errors
+from . import errors, generation
 from ._native import check, ffi, lib
 from .config import Config
 from .tokenizer import Tokenizer
+from .generation import GenerationResult, SamplingParams, TokenCallback
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,6 +40,7 @@ class Model:
         check(lib.sv_model_load(path.encode(), threads or 0, out), errors.ModelError)
         self._handle = out[0]
         self.config = Config._from_c(lib.sv_model_config(self._handle))
+        self._eos_token_ids: Optional[Tuple[int, ...]] = None
 
     @property
     def _ptr(self):
@@ -65,6 +67,53 @@ class Model:
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
                 lib.sv_model_free(handle)
+
+    # ---- token-level decoding (see generation.py) ----
+
+    @property
+    def eos_token_ids(self) -> Tuple[int, ...]:
+        """The ids that end generation by default, from generation_config.json."""
+        if self._eos_token_ids is None:
+            self._eos_token_ids = generation.read_eos_token_ids(self.model_dir)
+        return self._eos_token_ids
+
+    def logits(self, input_ids, image_embeds=None) -> np.ndarray:
+        """float32 [vocab] logits after the last of input_ids [n].
+
+        Positions holding the image token id take, in order, the rows of
+        image_embeds [n_image_tokens, text hidden_size] (e.g. the vision
+        encoder's output); their count must match exactly."""
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        with self._lock:
+            return generation.logits(self._ptr, self.config.text.vocab_size, prompt)
+
+    def generate_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
+                     on_token: Optional[TokenCallback] = None, **sampling) -> GenerationResult:
+        """Generates ids after input_ids (see logits() for image_embeds).
+
+        Sampling options come from `params` and/or keywords (SamplingParams'
+        fields: max_tokens, temperature, top_k, top_p, min_p,
+        repetition_penalty, seed, eos_token_ids).  `on_token(id)` sees each id
+        as it is chosen and may return True to stop; an exception it raises
+        stops generation and propagates from here."""
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        return self._generate(prompt, SamplingParams.build(params, sampling), on_token)
+
+    def stream_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
+                   **sampling) -> Iterator[int]:
+        """Like generate_ids(), but yields each id as soon as it is chosen.
+
+        Arguments are checked now; generation runs on a worker thread.
+        Closing the iterator early stops the engine after at most one more id."""
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        params = SamplingParams.build(params, sampling)
+        return generation.stream(lambda on_token: self._generate(prompt, params, on_token))
+
+    def _generate(self, prompt: "generation.Prompt", params: SamplingParams,
+                  on_token: Optional[TokenCallback]) -> GenerationResult:
+        eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
+        with self._lock:
+            return generation.generate(self._ptr, prompt, params, eos, on_token)
 
     def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
         """Image features of preprocessed tiles, as transformers' `get_image_features`.
