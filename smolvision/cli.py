@@ -72,7 +72,8 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(message=_version() + "\n")
+        print(_version(), flush=True)
+        parser.exit()
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
