@@ -367,7 +367,7 @@ def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
     model, load_s = load_model(args, reporter)
     with model:
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
-        spinner = reporter.spinner("reading the images and prompt" if images else "reading the prompt")
+        spinner = reporter.spinner(f"encoding {len(images)} image(s) and the prompt" if images else "reading the prompt")
         if args.json:
             counted = [0]
 
@@ -462,7 +462,7 @@ def cmd_chat(args: argparse.Namespace, reporter: Reporter) -> int:
             if not text:
                 continue
             if text.startswith("/"):
-                if _chat_command(text, session, reporter):
+                if _chat_command(text, session):
                     return EXIT_OK
                 continue
             turn += 1
@@ -475,12 +475,16 @@ def cmd_chat(args: argparse.Namespace, reporter: Reporter) -> int:
                 result = model.generate(messages=messages, images=images, on_token=printer, **kwargs)
             except KeyboardInterrupt:
                 printer.abort()
-                reporter.status("(stopped)")
-                session.commit(text, printer.text)
+                if printer.pieces:  # the partial answer was seen: keep it, so the history matches the screen
+                    session.commit(text, printer.text)
+                    reporter.status("(stopped)")
+                else:
+                    reporter.status("(stopped before answering; the message was not kept)")
                 continue
             except smolvision.Error as err:
                 printer.abort()
-                reporter.error(f"{err} (this message was not added to the conversation)")
+                hint = "; /reset starts a new conversation" if isinstance(err, smolvision.InputError) else ""
+                reporter.error(f"{err} (the message and its images were not kept{hint})")
                 session.pending_images = []
                 continue
             printer.end_line()
@@ -490,7 +494,7 @@ def cmd_chat(args: argparse.Namespace, reporter: Reporter) -> int:
             reporter.status(format_stats(result))
 
 
-def _chat_command(text: str, session: ChatSession, reporter: Reporter) -> bool:
+def _chat_command(text: str, session: ChatSession) -> bool:
     """Runs a /command; True when the session should end."""
     name, _, rest = text.partition(" ")
     rest = rest.strip()
@@ -683,7 +687,7 @@ def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
     except KeyboardInterrupt:
         bar.clear()
         reporter.status(f"interrupted after {bar.done} of {bar.total}; rerun the same command to resume")
-        raise
+        return EXIT_INTERRUPTED
     bar.clear()
     elapsed = time.perf_counter() - start
     reporter.status(f"captioned {captioned} images in {format_duration(elapsed)} "

@@ -311,19 +311,23 @@ def test_chat_ctrl_c_stops_the_answer_not_the_session(tmp_path, capsys, monkeypa
     real_generate = fake_model.generate
 
     def generate(**kwargs):
-        if len(fake_model.calls) == 0:
+        if len(fake_model.calls) < 2:
             fake_model.calls.append(kwargs)
-            kwargs["on_token"](" half")
+            if len(fake_model.calls) == 2:
+                kwargs["on_token"](" half")
             raise KeyboardInterrupt
         return real_generate(**kwargs)
     monkeypatch.setattr(fake_model, "generate", generate)
-    chat_script(monkeypatch, ["First", KeyboardInterrupt(), "Second"])
+    chat_script(monkeypatch, ["Zeroth", "First", KeyboardInterrupt(), "Second"])
     assert cli.main(["chat", "-d", str(tmp_path)]) == 0
-    second = fake_model.calls[1]["messages"]
+    # Stopped before any text: not kept.  Stopped mid-answer: the partial answer is kept.
+    assert [m["content"][-1]["text"] for m in fake_model.calls[1]["messages"]] == ["First"]
+    second = fake_model.calls[2]["messages"]
+    assert second[0]["content"][-1]["text"] == "First"
     assert second[1] == {"role": "assistant", "content": [{"type": "text", "text": "half"}]}
-    assert second[2]["content"][-1]["text"] == "Second"
+    assert second[2]["content"][-1]["text"] == "Second" and len(second) == 3
     out, err = capsys.readouterr()
-    assert " half\n" in out and "(stopped)" in err
+    assert " half\n" in out and "(stopped)" in err and "not kept" in err
 
 
 def test_chat_error_leaves_the_conversation_unchanged(tmp_path, capsys, monkeypatch, fake_model):
