@@ -325,10 +325,14 @@ def read_images(paths: Sequence[str]) -> list:
 
 
 def model_directory(args: argparse.Namespace, reporter: Reporter) -> str:
-    """-d as given, or -m (default repo) resolved through the Hugging Face cache, downloading if needed."""
+    """-d as given, or -m (default repo) resolved through the Hugging Face cache, downloading if needed.
+
+    Like transformers' from_pretrained, -m also accepts a local directory."""
     if args.model_dir:
         return args.model_dir
     repo = args.model or hub.DEFAULT_REPO
+    if os.path.isdir(repo):
+        return repo
     if reporter.silent:
         try:
             from huggingface_hub.utils import disable_progress_bars
@@ -339,7 +343,8 @@ def model_directory(args: argparse.Namespace, reporter: Reporter) -> str:
     if cached is not None:
         reporter.debug(f"{repo} found in the Hugging Face cache: {cached}")
         return cached
-    reporter.status(f"{repo} is not cached; downloading it (once)")
+    if not hub.hub_offline():
+        reporter.status(f"{repo} is not in the Hugging Face cache; downloading it (once)")
     return hub.resolve_model(repo, allow_download=True)
 
 
@@ -659,6 +664,7 @@ def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
     for item in unmatched:
         reporter.status(f"warning: no images match {item}")
     state = prepare_output(args.output, retry=paths)
+    open(args.output, "a").close()  # an unwritable output fails now, not after loading the model
     if state.dropped_lines:
         reporter.status(f"{args.output}: dropped {state.dropped_lines} incomplete or to-be-retried line(s)")
     todo = [p for p in paths if image_key(p) not in state.done]

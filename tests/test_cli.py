@@ -272,7 +272,8 @@ def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["-m", "ORG/NAME", "-p", "hi", "-t", "3"]) == 0
-    assert seen == [str(snapshot)]
+    assert cli.main(["-m", str(tmp_path), "-p", "hi"]) == 0  # a directory works too
+    assert seen == [str(snapshot), str(tmp_path)]
     assert cli.main(["-m", "ORG/ABSENT", "-p", "hi"]) == 1
     assert "smolvision download ORG/ABSENT" in capsys.readouterr().err
 
@@ -414,6 +415,7 @@ def test_cli_download_and_m_offline_subprocess(tmp_path, offline_cache):
     assert_one_line_error(proc.returncode, proc.stderr, "HF_HUB_OFFLINE")
     proc = run_cli("-m", "ORG/NAME", "-p", "hi", cwd=tmp_path, **env)
     assert_one_line_error(proc.returncode, proc.stderr, "smolvision download ORG/NAME")
+    assert "downloading" not in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,6 +510,12 @@ def test_prepare_output_leaves_a_clean_file_untouched(tmp_path):
     assert cli.prepare_output(str(out), retry=["a.png"]).done == {cli.image_key("a.png")}
     assert (out.stat().st_mtime_ns, out.stat().st_ino) == before
     assert cli.prepare_output(str(tmp_path / "new.jsonl")).done == set()
+
+
+def test_caption_fails_fast_on_an_unwritable_output(tmp_path, image, capsys, monkeypatch):
+    monkeypatch.setattr(smolvision, "load", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    assert cli.main(["caption", "-d", str(tmp_path), str(image), "-o", str(tmp_path / "no" / "out.jsonl")]) == 1
+    assert_one_line_error(1, capsys.readouterr().err, "out.jsonl")
 
 
 def test_caption_command_resumes_without_repeats_or_losses(tmp_path, capsys, fake_model):
