@@ -372,7 +372,8 @@ def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
     model, load_s = load_model(args, reporter)
     with model:
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
-        spinner = reporter.spinner(f"encoding {len(images)} image(s) and the prompt" if images else "reading the prompt")
+        spinner = reporter.spinner(f"encoding {len(images)} image(s) and the prompt" if images
+                                   else "reading the prompt")
         if args.json:
             counted = [0]
 

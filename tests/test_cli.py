@@ -301,7 +301,8 @@ def test_chat_keeps_history_and_images(tmp_path, image, capsys, monkeypatch, fak
     user2 = {"role": "user", "content": [{"type": "text", "text": "And now?"}]}
     assert (first["messages"], first["images"]) == ([user1], [str(image)])
     assert (second["messages"], second["images"]) == ([user1, assistant1, user2], [str(image)])
-    assert (third["messages"], third["images"]) == ([{"role": "user", "content": [{"type": "text", "text": "Fresh"}]}], [])
+    fresh = {"role": "user", "content": [{"type": "text", "text": "Fresh"}]}
+    assert (third["messages"], third["images"]) == ([fresh], [])
     assert all(call["max_tokens"] == 5 and call["prompt"] is None for call in fake_model.calls)
     out, err = capsys.readouterr()
     assert " What is it? with 1 images.\n" in out and "/reset" in out and "(conversation reset)" in out
