@@ -697,3 +697,36 @@ def test_chat_two_turns_in_a_terminal(mha_dir, image, tmp_path):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Small pieces: progress text, stdin images, quiet caption
+
+def test_progress_text():
+    from smolvision._term import ProgressBar, Spinner, format_duration
+    assert [format_duration(s) for s in (0.4, 42, 187, 3723)] == ["0s", "42s", "3:07", "1:02:03"]
+    bar = ProgressBar(sys.stderr, total=4, unit="img", width=8, enabled=False)
+    assert bar.line().startswith("[........] 0/4   0% 0.00 img/s ETA ?")
+    bar.advance()
+    bar.advance()
+    line = bar.line("b.png")
+    assert line.startswith("[####....] 2/4  50% ") and " img/s ETA " in line and line.endswith("  b.png")
+    assert not Spinner(sys.stderr, "x").start().enabled  # pytest's captured stderr is not a terminal
+
+
+def test_image_from_stdin(tmp_path, image, capsys, monkeypatch, fake_model):
+    class Stdin:
+        buffer = open(image, "rb")
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    try:
+        assert cli.main(["-d", str(tmp_path), "-i", "-", "--silent"]) == 0
+    finally:
+        Stdin.buffer.close()
+    assert fake_model.calls[0]["images"] == [image.read_bytes()]
+
+
+def test_caption_silent_writes_nothing_on_stderr(tmp_path, image, capsys, fake_model):
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["caption", "-d", str(tmp_path), str(image), "-o", str(out), "--silent"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert [r["image"] for r in read_lines(out)] == [str(image)]
