@@ -146,6 +146,55 @@ int64_t sv_decoder_state_bytes(const sv_model *m);
  * All-zero tiles (batch padding, which transformers drops) are refused with SV_ERR_ARG. */
 sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_tiles, float *out);
 
+/* ---- tokenizer ---- */
+
+/* A byte-level BPE tokenizer read from a Hugging Face tokenizer.json; it
+ * gives the same ids as the `tokenizers` library.  Read-only once loaded, so
+ * one tokenizer may encode and decode on several threads at once. */
+typedef struct sv_tokenizer sv_tokenizer;
+
+/* Loads tokenizer.json at path.  Options the engine does not implement
+ * exactly (other models, normalizers, pre-tokenizer regexes, ...) are refused
+ * with SV_ERR_UNSUPPORTED rather than tokenizing differently. */
+sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out);
+void sv_tokenizer_free(sv_tokenizer *t);
+/* Distinct token strings, model vocab and added tokens together
+ * (len(tokenizers.Tokenizer.get_vocab())). */
+int32_t sv_tokenizer_vocab_size(const sv_tokenizer *t);
+/* The id of token text[0..len) (added tokens first), -1 if none. */
+int32_t sv_tokenizer_token_to_id(const sv_tokenizer *t, const char *token, size_t len);
+/* The token text of id (borrowed, *len_out bytes, not NUL-terminated), NULL if no token has this id. */
+const char *sv_tokenizer_id_to_token(const sv_tokenizer *t, int32_t id, size_t *len_out);
+/* 1 if id is an added token marked special (skipped by skip_special). */
+int32_t sv_tokenizer_is_special(const sv_tokenizer *t, int32_t id);
+/* text[0..len) -> ids[n]; *ids_out is released with sv_free.  Text may hold
+ * NUL bytes; invalid UTF-8 is first replaced by U+FFFD per maximal invalid
+ * subsequence (as Python's bytes.decode("utf-8", "replace")).  add_special
+ * adds what the post_processor template declares. */
+sv_status sv_tokenizer_encode(const sv_tokenizer *t, const char *text, size_t len, int32_t add_special,
+                              int32_t **ids_out, size_t *n_out);
+/* ids[n] -> UTF-8 text (NUL-terminated, *len_out bytes, released with
+ * sv_free).  Ids naming no token are skipped, as tokenizers does; negative
+ * ids are an SV_ERR_ARG. */
+sv_status sv_tokenizer_decode(const sv_tokenizer *t, const int32_t *ids, size_t n, int32_t skip_special,
+                              char **text_out, size_t *len_out);
+
+/* Streaming decode: push ids one at a time and get the text they complete.
+ * A character split across tokens is held back until complete, so pieces are
+ * always valid UTF-8 and concatenate (with the flush) to sv_tokenizer_decode
+ * of all ids.  The text handed out is borrowed until the next call.  The
+ * tokenizer must outlive the detokenizer. */
+typedef struct sv_detokenizer sv_detokenizer;
+sv_status sv_detokenizer_create(const sv_tokenizer *t, int32_t skip_special, sv_detokenizer **out);
+sv_status sv_detokenizer_push(sv_detokenizer *d, int32_t id, const char **text_out, size_t *len_out);
+/* Emits what is held back (an incomplete character becomes U+FFFD) and resets. */
+sv_status sv_detokenizer_flush(sv_detokenizer *d, const char **text_out, size_t *len_out);
+void sv_detokenizer_free(sv_detokenizer *d);
+
+/* The model's tokenizer (its tokenizer.json), borrowed: valid while the model
+ * is; NULL when the model directory has no tokenizer.json. */
+sv_tokenizer *sv_model_tokenizer(sv_model *model);
+
 /* SV_CDEF_END */
 
 #ifdef __cplusplus

@@ -10,10 +10,12 @@ from .errors import (Error, GenerationError, ImageError, InputError, ModelError,
                      TokenizerError)
 from .generation import GenerationResult, SamplingParams, Timings
 from .model import Model, load
+from .tokenizer import IncrementalDecoder, Tokenizer
 
 __version__ = version()
 
 __all__ = [
-    "Config", "Error", "GenerationError", "GenerationResult", "SamplingParams", "Timings", "ImageError", "InputError", "Model", "ModelError",
-    "ResourceError", "TextConfig", "TokenizerError", "VisionConfig", "build_info", "load",
+    "Config", "Error", "GenerationError", "GenerationResult", "ImageError", "IncrementalDecoder", "InputError",
+    "Model", "ModelError", "ResourceError", "SamplingParams", "TextConfig", "Timings", "Tokenizer", "TokenizerError",
+    "VisionConfig", "build_info", "load",
 ]

@@ -116,14 +116,20 @@ class Timings:
 
     prompt_tokens: int
     generated_tokens: int
-    prefill_seconds: float
+    prefill_s: float
     """Prompt processing, up to the first id's logits."""
-    decode_seconds: float
+    decode_s: float
     """Everything after: picking ids and running them back through the decoder."""
+    image_encode_s: float = 0.0
+    """Preprocessing and encoding the prompt's images (0 for id-level calls)."""
 
     @property
-    def decode_tokens_per_second(self) -> float:
-        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -289,7 +295,7 @@ def generate(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequ
     check(status, errors.GenerationError)
     n = result.n_generated
     timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
-                      prefill_seconds=result.prefill_seconds, decode_seconds=result.decode_seconds)
+                      prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
     return GenerationResult(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
                             timings=timings)
 
