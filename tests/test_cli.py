@@ -190,8 +190,10 @@ class FakeModel:
         self.calls: List[dict] = []
         self.closed = False
 
-    def generate(self, prompt=None, images=(), messages=None, on_token=None, **kwargs):
+    def generate(self, prompt=None, images=(), messages=None, on_token=None, on_progress=None, **kwargs):
         self.calls.append(dict(prompt=prompt, images=list(images), messages=messages, **kwargs))
+        if on_progress is not None:  # the CLI shows tile progress; the fake has two tiles per image
+            on_progress(2 * len(images), 2 * len(images))
         for path in images:
             if str(path).endswith(".bad"):
                 raise smolvision.ImageError(f"cannot decode image {path}")
