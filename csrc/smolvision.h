@@ -77,6 +77,24 @@ sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
+/* ---- test hooks ---- */
+/* Not for applications: entry points that let tests and benchmarks drive the
+ * kernels directly. */
+
+/* The matmul kernel family this process uses: "portable", "avx2", "avx512" or
+ * "avx512bf16" (the best the CPU runs, or lower if SMOLVISION_ISA says so). */
+const char *sv_kernels_isa(void);
+
+/* y = x @ W^T + b with the named ISA's kernels on a fresh pool of `threads`:
+ * x[n, cols], W[rows, cols] of dtype 0 (F32), 1 (F16) or 2 (BF16), b[rows] or
+ * NULL, y[n, rows].  use_blas = 0 keeps BLAS out (tests the own GEMM kernels).
+ * Runs `repeat` times; if seconds is not NULL, after one untimed warm-up run
+ * it receives the wall time of the repeats.  SV_ERR_UNSUPPORTED if this CPU
+ * or build cannot run that ISA. */
+sv_status sv_debug_matmul(const char *isa, int32_t use_blas, const float *x, int64_t n, const void *w, int32_t dtype,
+                          int64_t rows, int64_t cols, const float *b, float *y, int32_t threads, int32_t repeat,
+                          double *seconds);
+
 /* SV_CDEF_END */
 
 #ifdef __cplusplus

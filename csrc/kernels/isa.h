@@ -1,0 +1,71 @@
+/* isa.h - the contract between the matmul driver (matmul.c) and the per-ISA
+ * kernel files (matmul_generic.c, matmul_avx2.c, matmul_avx512.c).
+ *
+ * Each ISA file fills one sv_isa table with the same three kernels; the
+ * driver picks a table once (dispatch.c) and only ever calls through it, so
+ * AVX code runs only on CPUs that have been checked for it.  Internal to the
+ * library: nothing here is public API. */
+#ifndef SV_KERNELS_ISA_H
+#define SV_KERNELS_ISA_H
+
+#include <stdint.h>
+
+#include "../model.h"
+
+typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_COUNT } sv_isa_level;
+
+typedef struct {
+    const char *name;
+    /* Direct product for small n (decode): streams each weight row once, widening in registers.
+     * y[i, r] = x[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: x[n, W.cols], y[n, ldy], b NULL or [W.rows]. */
+    void (*dot)(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,
+                int64_t r1);
+    /* dst = W[r0:r1, :] widened to fp32, row-major: dst[r1 - r0, W.cols] (the B operand for BLAS). */
+    void (*widen)(float *dst, const sv_matrix *W, int64_t r0, int64_t r1);
+    /* Blocked fp32 GEMM without BLAS; NULL where the ISA has none (dot is used instead).
+     * panel_width: rows of W per packed panel; pack writes panel[W.cols, panel_width] = W[r0:r1, :]^T,
+     * zero-padded when r1 - r0 < panel_width; gemm adds y[i, c] = x[i, :] . panel[:, c] + b[c] for c < width. */
+    int panel_width;
+    void (*pack)(float *panel, const sv_matrix *W, int64_t r0, int64_t r1);
+    void (*gemm)(float *y, int64_t ldy, const float *x, int64_t n, int64_t k, const float *panel, int64_t width,
+                 const float *b);
+} sv_isa;
+
+extern const sv_isa sv_isa_portable;
+#ifdef SV_X86_KERNELS
+extern const sv_isa sv_isa_avx2;
+extern const sv_isa sv_isa_avx512;
+#endif
+
+/* The table for a level, or NULL when this CPU (or this build) cannot run it. */
+const sv_isa *sv_isa_for(sv_isa_level level);
+/* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
+sv_isa_level sv_isa_selected(void);
+/* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */
+int sv_isa_parse(const char *name);
+const char *sv_isa_level_name(sv_isa_level level);
+
+/* Scalar widening shared by the portable kernels and the SIMD tails. */
+static inline float sv_bf16_to_float(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+static inline float sv_f16_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000 | (man << 13);
+    } else if (exp) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man) {
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
+    } else {
+        bits = sign;
+    }
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+
+#endif

@@ -1,0 +1,183 @@
+/* matmul_avx512.c - matmul kernels for x86-64 CPUs with AVX-512 (F, BW, VL)
+ * plus FMA and F16C.  CMake compiles this one file with those target flags;
+ * dispatch.c only hands its table out after checking the CPU and the OS.
+ *
+ * Weights are widened to fp32 in registers (BF16: zero-extend to 32 bits and
+ * shift left 16; F16: vcvtph2ps), so results equal the portable kernels up
+ * to fp32 summation order. */
+#ifdef SV_X86_KERNELS
+#include <immintrin.h>
+
+#include "isa.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum {
+    ROWS = 4,        /* weight rows per dot tile */
+    XROWS = 4,       /* input rows per dot tile: 16 accumulators */
+    PANEL = 32,      /* packed panel width for gemm: two zmm per row of the panel */
+    GEMM_XROWS = 12  /* input rows per gemm tile: 24 accumulators */
+};
+
+/* 16 weights W[row, k:k+16] as fp32; mask selects the valid ones at a tail. */
+INLINE __m512 load_w(const void *row, int64_t k, st_dtype dtype, __mmask16 mask) {
+    if (dtype == ST_F32) return _mm512_maskz_loadu_ps(mask, (const char *)row + k * 4);
+    __m256i h = _mm256_maskz_loadu_epi16(mask, (const char *)row + k * 2);
+    if (dtype == ST_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes. */
+INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
+                     const float *b, const int NI, const int NR) {
+    __m512 acc[XROWS][ROWS];
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[ROWS];
+        for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, 0xFFFF);
+        for (int i = 0; i < NI; i++) {
+            __m512 xv = _mm512_loadu_ps(x + i * K + k);
+            for (int r = 0; r < NR; r++) acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 wv[ROWS];
+        for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, m);
+        for (int i = 0; i < NI; i++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + i * K + k);
+            for (int r = 0; r < NR; r++) acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+        }
+    }
+    for (int i = 0; i < NI; i++)
+        for (int r = 0; r < NR; r++) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]) + (b ? b[r] : 0.0f);
+}
+
+/* One input block of ni rows against weight rows [r0, r1): full tiles of ROWS, then single rows. */
+#define DOT_ROWS(NI)                                                                                   \
+    do {                                                                                               \
+        int64_t r = r0;                                                                                \
+        for (; r + ROWS <= r1; r += ROWS)                                                              \
+            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, ROWS);    \
+        for (; r < r1; r++) dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, 1); \
+    } while (0)
+
+INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b,
+                      int64_t r0, int64_t r1, st_dtype dtype) {
+    const int64_t K = W->cols;
+    const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
+    const char *w = W->data;
+    for (int64_t ib = 0; ib < n; ib += XROWS) {
+        float *yb = y + ib * ldy;
+        const float *xb = x + ib * K;
+        switch (n - ib < XROWS ? n - ib : XROWS) {
+        case 1: DOT_ROWS(1); break;
+        case 2: DOT_ROWS(2); break;
+        case 3: DOT_ROWS(3); break;
+        default: DOT_ROWS(4); break;
+        }
+    }
+}
+
+static void dot(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,
+                int64_t r1) {
+    switch (W->dtype) {
+    case ST_F32: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_F32); break;
+    case ST_F16: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_F16); break;
+    default: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_BF16); break;
+    }
+}
+
+INLINE void widen_dtype(float *dst, const sv_matrix *W, int64_t r0, int64_t r1, st_dtype dtype) {
+    const int64_t K = W->cols;
+    const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
+    const __mmask16 tail = (__mmask16)((1u << (K % 16)) - 1);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = (const char *)W->data + r * stride;
+        float *d = dst + (r - r0) * K;
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) _mm512_storeu_ps(d + k, load_w(row, k, dtype, 0xFFFF));
+        if (k < K) _mm512_mask_storeu_ps(d + k, tail, load_w(row, k, dtype, tail));
+    }
+}
+
+static void widen(float *dst, const sv_matrix *W, int64_t r0, int64_t r1) {
+    switch (W->dtype) {
+    case ST_F32: widen_dtype(dst, W, r0, r1, ST_F32); break;
+    case ST_F16: widen_dtype(dst, W, r0, r1, ST_F16); break;
+    default: widen_dtype(dst, W, r0, r1, ST_BF16); break;
+    }
+}
+
+/* panel[k, c] = W[r0 + c, k]: each row is widened 16 columns at a time and
+ * stored down its panel column (Zen 4's scatter is slower than plain stores);
+ * columns past r1 - r0 are zero. */
+INLINE void pack_dtype(float *panel, const sv_matrix *W, int64_t r0, int64_t r1, st_dtype dtype) {
+    const int64_t K = W->cols;
+    const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
+    float t[16];
+    for (int64_t c = 0; c < PANEL; c++) {
+        if (r0 + c >= r1) {
+            for (int64_t k = 0; k < K; k++) panel[k * PANEL + c] = 0.0f;
+            continue;
+        }
+        const char *row = (const char *)W->data + (r0 + c) * stride;
+        for (int64_t k = 0; k < K; k += 16) {
+            int64_t len = K - k < 16 ? K - k : 16;
+            _mm512_storeu_ps(t, load_w(row, k, dtype, (__mmask16)((1u << len) - 1)));
+            for (int64_t j = 0; j < len; j++) panel[(k + j) * PANEL + c] = t[j];
+        }
+    }
+}
+
+static void pack(float *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
+    switch (W->dtype) {
+    case ST_F32: pack_dtype(panel, W, r0, r1, ST_F32); break;
+    case ST_F16: pack_dtype(panel, W, r0, r1, ST_F16); break;
+    default: pack_dtype(panel, W, r0, r1, ST_BF16); break;
+    }
+}
+
+/* y[i, c] = x[i, :] . panel[:, c] + b[c] for i < NI, c < width (masks m0, m1 select c). */
+INLINE void gemm_tile(float *y, int64_t ldy, const float *x, int64_t K, const float *panel, __mmask16 m0,
+                      __mmask16 m1, __m512 b0, __m512 b1, const int NI) {
+    __m512 acc[GEMM_XROWS][2];
+    for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m512 w0 = _mm512_load_ps(panel + k * PANEL), w1 = _mm512_load_ps(panel + k * PANEL + 16);
+        for (int i = 0; i < NI; i++) {
+            __m512 xb = _mm512_set1_ps(x[i * K + k]);
+            acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < NI; i++) {
+        _mm512_mask_storeu_ps(y + i * ldy, m0, _mm512_add_ps(acc[i][0], b0));
+        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, _mm512_add_ps(acc[i][1], b1));
+    }
+}
+
+static void gemm(float *y, int64_t ldy, const float *x, int64_t n, int64_t K, const float *panel, int64_t width,
+                 const float *b) {
+    __mmask16 m0 = width >= 16 ? 0xFFFF : (__mmask16)((1u << width) - 1);
+    __mmask16 m1 = width >= 32 ? 0xFFFF : width > 16 ? (__mmask16)((1u << (width - 16)) - 1) : 0;
+    __m512 b0 = b ? _mm512_maskz_loadu_ps(m0, b) : _mm512_setzero_ps();
+    __m512 b1 = b ? _mm512_maskz_loadu_ps(m1, b + 16) : _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + GEMM_XROWS <= n; i += GEMM_XROWS) gemm_tile(y + i * ldy, ldy, x + i * K, K, panel, m0, m1, b0, b1, GEMM_XROWS);
+    for (; i + 4 <= n; i += 4) gemm_tile(y + i * ldy, ldy, x + i * K, K, panel, m0, m1, b0, b1, 4);
+    for (; i < n; i++) gemm_tile(y + i * ldy, ldy, x + i * K, K, panel, m0, m1, b0, b1, 1);
+}
+
+const sv_isa sv_isa_avx512 = {
+    .name = "avx512",
+    .dot = dot,
+    .widen = widen,
+    .panel_width = PANEL,
+    .pack = pack,
+    .gemm = gemm,
+};
+
+#endif
