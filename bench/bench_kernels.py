@@ -1,0 +1,99 @@
+"""Benchmarks the matmul kernels per ISA path and thread count.
+
+    PYTHONPATH=. python3 bench/bench_kernels.py [--quick]
+
+GEMV: decode shape, n=1 over a BF16 2048x8192 weight (memory bound: GB/s of
+weights streamed, against the machine's read bandwidth).  GEMM: vision shape,
+n=729 tokens through a 4304x1152 weight (SigLIP fc1; compute bound: GFLOP/s,
+against the FP32 FMA peak), with and without BLAS.  Figures for this machine
+are in shared/MEASUREMENTS.md; pass --bandwidth/--peak to compare elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from smolvision._native import ffi, lib
+
+DTYPE_CODES = {"f32": 0, "f16": 1, "bf16": 2}
+ISAS = ("portable", "avx2", "avx512")
+
+
+def to_weights(w: np.ndarray, dtype: str) -> np.ndarray:
+    """fp32 W -> the raw array the kernels read for that dtype (BF16 by truncation)."""
+    if dtype == "f32":
+        return np.ascontiguousarray(w, np.float32)
+    if dtype == "f16":
+        return w.astype(np.float16).view(np.uint16)
+    return (np.ascontiguousarray(w, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def time_matmul(isa: str, use_blas: bool, x: np.ndarray, w: np.ndarray, dtype: str, rows: int, cols: int,
+                threads: int, repeat: int) -> float | None:
+    """Seconds per matmul (best of 3 timed batches), or None if this CPU lacks the ISA."""
+    n = x.shape[0]
+    y = np.empty((n, rows), np.float32)
+    seconds = ffi.new("double *")
+    best = None
+    for _ in range(3):
+        status = lib.sv_debug_matmul(isa.encode(), int(use_blas), ffi.from_buffer("float[]", x), n,
+                                     ffi.from_buffer(w), DTYPE_CODES[dtype], rows, cols, ffi.NULL,
+                                     ffi.from_buffer("float[]", y), threads, repeat, seconds)
+        if status == lib.SV_ERR_UNSUPPORTED:
+            return None
+        if status != lib.SV_OK:
+            raise RuntimeError(ffi.string(lib.sv_last_error()).decode())
+        per_call = seconds[0] / repeat
+        best = per_call if best is None else min(best, per_call)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bandwidth", type=float, default=50.5, help="machine read bandwidth, GB/s (2 threads)")
+    parser.add_argument("--peak", type=float, default=234.0, help="FP32 FMA peak, GFLOP/s (2 threads)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"selected ISA: {ffi.string(lib.sv_kernels_isa()).decode()}   build: {ffi.string(lib.sv_build_info()).decode()}")
+
+    rows, cols = 2048, 8192
+    w = to_weights(rng.standard_normal((rows, cols), np.float32) * 0.02, "bf16")
+    x = rng.standard_normal((1, cols), np.float32)
+    print(f"\nGEMV n=1, BF16 W[{rows}x{cols}] ({w.nbytes / 1e6:.1f} MB); machine {args.bandwidth} GB/s")
+    print(f"{'isa':<10}{'threads':>8}{'us':>10}{'GB/s':>8}{'of bw':>8}")
+    for isa in ISAS:
+        for threads in (1, 2):
+            t = time_matmul(isa, False, x, w, "bf16", rows, cols, threads, 20 if args.quick else 100)
+            if t is None:
+                print(f"{isa:<10}{threads:>8}  (not supported here)")
+                continue
+            gbs = w.nbytes / t / 1e9
+            print(f"{isa:<10}{threads:>8}{t * 1e6:>10.0f}{gbs:>8.1f}{gbs / args.bandwidth:>8.0%}")
+
+    n, rows, cols = 729, 4304, 1152
+    flops = 2.0 * n * rows * cols
+    x = rng.standard_normal((n, cols), np.float32)
+    wf = rng.standard_normal((rows, cols), np.float32) * 0.02
+    print(f"\nGEMM n={n}, W[{rows}x{cols}] ({flops / 1e9:.2f} GFLOP); FP32 peak {args.peak} GFLOP/s (2 threads)")
+    print(f"{'isa':<10}{'dtype':>6}{'blas':>6}{'threads':>8}{'ms':>9}{'GFLOP/s':>9}{'of peak':>8}")
+    for dtype in ("bf16", "f32"):
+        w = to_weights(wf, dtype)
+        for isa in ISAS:
+            for use_blas in (True, False):
+                for threads in (1, 2):
+                    if isa == "portable" and not use_blas and threads == 1:
+                        continue  # minutes of scalar C; the 2-thread row shows its speed
+                    t = time_matmul(isa, use_blas, x, w, dtype, rows, cols, threads, 1 if args.quick else 3)
+                    if t is None:
+                        print(f"{isa:<10}{dtype:>6}{'':>6}{threads:>8}  (not supported here)")
+                        continue
+                    gf = flops / t / 1e9
+                    peak = args.peak * threads / 2
+                    print(f"{isa:<10}{dtype:>6}{'yes' if use_blas else 'no':>6}{threads:>8}{t * 1e3:>9.1f}"
+                          f"{gf:>9.1f}{gf / peak:>8.0%}")
+
+
+if __name__ == "__main__":
+    main()
