@@ -21,6 +21,7 @@ ISAS = ("portable", "avx2", "avx512", "avx512bf16")
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (1000, 129), (33, 1000)]  # (rows, cols) of W
 BATCHES = (1, 3, 17, 300)
+BLAS_NEVER, BLAS_FIRST, BLAS_AS_SV_MATMUL = 0, 1, 2
 # fp32 dot products over K terms: error well under 1e-5 of sum(|x_k w_k|) for these K
 TOLERANCE = 1e-5
 
@@ -38,11 +39,11 @@ def as_weights(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matmul(isa: str, x: np.ndarray, w: np.ndarray, dtype: str, rows: int, b: np.ndarray | None, threads: int,
-           use_blas: bool = True) -> np.ndarray:
+           blas: int = BLAS_AS_SV_MATMUL) -> np.ndarray:
     """y = x @ W^T + b with the named ISA's kernels; skips the test if this CPU cannot run them."""
     n, cols = x.shape
     y = np.full((n, rows), np.nan, np.float32)
-    status = lib.sv_debug_matmul(isa.encode(), int(use_blas), ffi.from_buffer("float[]", x), n, ffi.from_buffer(w),
+    status = lib.sv_debug_matmul(isa.encode(), blas, ffi.from_buffer("float[]", x), n, ffi.from_buffer(w),
                                  DTYPES[dtype], rows, cols, ffi.from_buffer("float[]", b) if b is not None else ffi.NULL,
                                  ffi.from_buffer("float[]", y), threads, 1, ffi.NULL)
     if status == lib.SV_ERR_UNSUPPORTED:
@@ -65,16 +66,16 @@ def problem(n: int, rows: int, cols: int, dtype: str, bias: bool, seed: int = 0)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("use_blas", [True, False], ids=["blas", "noblas"])
-def test_matmul_matches_float64_and_portable(isa, dtype, use_blas):
+@pytest.mark.parametrize("blas", [BLAS_FIRST, BLAS_NEVER, BLAS_AS_SV_MATMUL], ids=["blas", "noblas", "default"])
+def test_matmul_matches_float64_and_portable(isa, dtype, blas):
     worst = 0.0
     for n in BATCHES:
         for rows, cols in SHAPES:
             for bias in (True, False):
                 x, w, b, ref, scale = problem(n, rows, cols, dtype, bias)
-                portable = matmul("portable", x, w, dtype, rows, b, 1, use_blas)
+                portable = matmul("portable", x, w, dtype, rows, b, 1, blas)
                 for threads in (1, 2):
-                    y = matmul(isa, x, w, dtype, rows, b, threads, use_blas)
+                    y = matmul(isa, x, w, dtype, rows, b, threads, blas)
                     where = f"n={n} W[{rows}x{cols}] bias={bias} threads={threads}"
                     assert np.isfinite(y).all(), where
                     err = float(np.max(np.abs(y - ref) / scale))
@@ -82,7 +83,7 @@ def test_matmul_matches_float64_and_portable(isa, dtype, use_blas):
                     diff = float(np.max(np.abs(y - portable) / scale))
                     assert diff < TOLERANCE, f"{where}: differs from portable by {diff:.2e}"
                     worst = max(worst, err)
-    print(f"{isa} {dtype} blas={use_blas}: worst error {worst:.2e} of sum|x w|")
+    print(f"{isa} {dtype} blas={blas}: worst error {worst:.2e} of sum|x w|")
 
 
 def test_matmul_decode_is_exact_across_threads():

@@ -1,13 +1,17 @@
 /* matmul.c - sv_matmul and sv_matrix_row: choose a kernel for the shape and
  * split the output features (rows of W) evenly over the pool's threads.
  *
- *   n <= DOT_MAX_N (decode):  the ISA's dot kernel streams each weight row
- *                             once, widening in registers - memory bound.
- *   larger n, with BLAS:      each thread widens panels of its rows of W into
- *                             its pool scratch and runs a single-threaded
- *                             sgemm on them (F32 weights go to sgemm as is).
- *   larger n, without BLAS:   the ISA's packed-panel gemm kernel.
+ *   n <= DOT_MAX_N (decode, short prompts): the ISA's dot kernel streams each
+ *       weight row once, widening in registers; memory bound at n = 1.
+ *   larger n: the ISA's own packed-panel GEMM kernel (AVX2, AVX-512).  Where
+ *       the ISA has none (portable builds, e.g. aarch64), BLAS sgemm: each
+ *       thread widens panels of its rows of W into its pool scratch and runs
+ *       a single-threaded sgemm on them (F32 weights go to sgemm as they are);
+ *       without BLAS, the dot kernel.
  *
+ * Own GEMM before BLAS because it measured faster on Zen 4 (bench_kernels.py:
+ * SigLIP shapes, n = 729, one thread: 105 vs 92 GFLOP/s for BF16 weights,
+ * where BLAS pays for widening a panel and then packing it again).
  * Every path computes the same fp32 sums in a different order, so results
  * agree to fp32 rounding.  Nothing here allocates. */
 #include <pthread.h>
@@ -35,12 +39,15 @@
 #endif
 
 enum {
-    DOT_MAX_N = 8,       /* up to this many input rows the direct kernel wins (bench_kernels.py) */
+    DOT_MAX_N = 16,      /* up to here the dot kernel beat packing (n = 16..24 even at K = 1152..8192) */
     ROW_BLOCK = 16,      /* threads split W in blocks of this many rows */
-    BLAS_PANEL_MAX = 256 /* rows of W widened per sgemm call (bench_kernels.py) */
+    BLAS_PANEL_MAX = 512 /* rows of W widened per sgemm call: 256 and 512 measured best */
 };
 
 typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM } matmul_path;
+
+/* When BLAS may run (the `blas` argument of sv_debug_matmul). */
+typedef enum { BLAS_NEVER = 0, BLAS_FIRST = 1, BLAS_FALLBACK = 2 } blas_use;
 
 typedef struct {
     const sv_isa *isa;
@@ -124,21 +131,22 @@ static void blas_single_threaded(void) {
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 #endif
 
-static matmul_path choose_path(const sv_isa *isa, int use_blas, int64_t n, const sv_matrix *W) {
+static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const sv_matrix *W) {
     if (n <= DOT_MAX_N) return PATH_DOT;
+    int own = isa->gemm && W->cols * isa->panel_width <= SCRATCH_FLOATS;
 #if SV_HAVE_BLAS
-    if (use_blas && (f32_usable_directly(W) || W->cols * ROW_BLOCK <= SCRATCH_FLOATS)) return PATH_BLAS;
+    int blas = f32_usable_directly(W) || W->cols * ROW_BLOCK <= SCRATCH_FLOATS;
+    if (blas && (use == BLAS_FIRST || (use == BLAS_FALLBACK && !own))) return PATH_BLAS;
 #endif
-    if (isa->gemm && W->cols * isa->panel_width <= SCRATCH_FLOATS) return PATH_GEMM;
-    return PATH_DOT;
+    return own ? PATH_GEMM : PATH_DOT;
 }
 
-static void matmul(sv_pool *pool, const sv_isa *isa, int use_blas, float *y, const float *x, int64_t n,
+static void matmul(sv_pool *pool, const sv_isa *isa, blas_use use, float *y, const float *x, int64_t n,
                    const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
     matmul_job job = {isa, pool, y, x, n, W, b};
     int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    switch (choose_path(isa, use_blas, n, W)) {
+    switch (choose_path(isa, use, n, W)) {
     case PATH_DOT: sv_pool_run(pool, dot_task, &job, blocks); break;
     case PATH_GEMM: sv_pool_run(pool, gemm_task, &job, blocks); break;
     case PATH_BLAS:
@@ -151,7 +159,7 @@ static void matmul(sv_pool *pool, const sv_isa *isa, int use_blas, float *y, con
 }
 
 void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
-    matmul(pool, sv_isa_for(sv_isa_selected()), 1, y, x, n, W, b);
+    matmul(pool, sv_isa_for(sv_isa_selected()), BLAS_FALLBACK, y, x, n, W, b);
 }
 
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
@@ -168,7 +176,7 @@ static double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-sv_status sv_debug_matmul(const char *isa_name, int32_t use_blas, const float *x, int64_t n, const void *w,
+sv_status sv_debug_matmul(const char *isa_name, int32_t blas, const float *x, int64_t n, const void *w,
                           int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
                           int32_t repeat, double *seconds) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
@@ -176,6 +184,7 @@ sv_status sv_debug_matmul(const char *isa_name, int32_t use_blas, const float *x
         return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa_name ? isa_name : "(null)");
     const sv_isa *isa = sv_isa_for((sv_isa_level)level);
     if (!isa) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
+    if (blas < BLAS_NEVER || blas > BLAS_FALLBACK) return sv_fail(SV_ERR_ARG, "blas is %d, not 0, 1 or 2", blas);
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return sv_fail(SV_ERR_ARG, "dtype %d is not 0 (F32), 1 (F16) or 2 (BF16)", dtype);
     if (n < 0 || rows < 1 || cols < 1 || n > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX || threads < 1 ||
@@ -185,9 +194,9 @@ sv_status sv_debug_matmul(const char *isa_name, int32_t use_blas, const float *x
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
-    if (seconds) matmul(pool, isa, use_blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
+    if (seconds) matmul(pool, isa, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
     double start = now_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, use_blas, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, (blas_use)blas, y, x, n, &W, b);
     if (seconds) *seconds = now_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;

@@ -12,6 +12,8 @@
 #include "isa.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
+#define UNROLL _Pragma("GCC unroll 16")
 
 enum {
     ROWS = 4,       /* weight rows per dot tile */
@@ -52,26 +54,36 @@ INLINE float hsum(__m256 v) {
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
                      const float *b, const int NI, const int NR) {
     __m256 acc[XROWS][ROWS];
+    UNROLL
     for (int i = 0; i < NI; i++)
+        UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
         __m256 wv[ROWS];
+        UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m256 xv = _mm256_loadu_ps(x + i * K + k);
+            UNROLL
             for (int r = 0; r < NR; r++) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     if (k < K) {
         __m256 wv[ROWS];
+        UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w_tail(w + r * stride, k, K, dtype);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m256 xv = load_x_tail(x + i * K + k, K - k);
+            UNROLL
             for (int r = 0; r < NR; r++) acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
+    UNROLL
     for (int i = 0; i < NI; i++)
+        UNROLL
         for (int r = 0; r < NR; r++) y[i * ldy + r] = hsum(acc[i][r]) + (b ? b[r] : 0.0f);
 }
 
@@ -160,9 +172,11 @@ static void pack(float *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
 INLINE void gemm_tile(float *y, int64_t ldy, const float *x, int64_t K, const float *panel, int64_t width,
                       const float *bias, const int NI) {
     __m256 acc[GEMM_XROWS][2];
+    UNROLL
     for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m256 w0 = _mm256_load_ps(panel + k * PANEL), w1 = _mm256_load_ps(panel + k * PANEL + 8);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m256 xb = _mm256_broadcast_ss(x + i * K + k);
             acc[i][0] = _mm256_fmadd_ps(xb, w0, acc[i][0]);
@@ -170,6 +184,7 @@ INLINE void gemm_tile(float *y, int64_t ldy, const float *x, int64_t K, const fl
         }
     }
     __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+    UNROLL
     for (int i = 0; i < NI; i++) {
         if (width == PANEL) {
             _mm256_storeu_ps(y + i * ldy, _mm256_add_ps(acc[i][0], b0));

@@ -11,6 +11,8 @@
 #include "isa.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
+#define UNROLL _Pragma("GCC unroll 16")
 
 enum {
     ROWS = 4,        /* weight rows per dot tile */
@@ -31,27 +33,37 @@ INLINE __m512 load_w(const void *row, int64_t k, st_dtype dtype, __mmask16 mask)
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
                      const float *b, const int NI, const int NR) {
     __m512 acc[XROWS][ROWS];
+    UNROLL
     for (int i = 0; i < NI; i++)
+        UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 wv[ROWS];
+        UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, 0xFFFF);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m512 xv = _mm512_loadu_ps(x + i * K + k);
+            UNROLL
             for (int r = 0; r < NR; r++) acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     if (k < K) {
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
         __m512 wv[ROWS];
+        UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, m);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + i * K + k);
+            UNROLL
             for (int r = 0; r < NR; r++) acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
+    UNROLL
     for (int i = 0; i < NI; i++)
+        UNROLL
         for (int r = 0; r < NR; r++) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]) + (b ? b[r] : 0.0f);
 }
 
@@ -111,23 +123,52 @@ static void widen(float *dst, const sv_matrix *W, int64_t r0, int64_t r1) {
     }
 }
 
-/* panel[k, c] = W[r0 + c, k]: each row is widened 16 columns at a time and
- * stored down its panel column (Zen 4's scatter is slower than plain stores);
- * columns past r1 - r0 are zero. */
+/* In-register transpose: v[i] element j becomes v[j] element i (16 x 16). */
+INLINE void transpose16(__m512 v[16]) {
+    __m512 t[16];
+    UNROLL
+    for (int i = 0; i < 16; i += 2) { /* lane-wise [a0 b0 a1 b1], [a2 b2 a3 b3] */
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    __m512 u[4][4]; /* u[g][j], lane L: element 4L + j of rows 4g..4g+3 */
+    UNROLL
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[g][0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[g][1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[g][2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[g][3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    UNROLL
+    for (int j = 0; j < 4; j++) { /* gather lane L of u[0..3][j] into element 4L + j */
+        __m512 lo01 = _mm512_shuffle_f32x4(u[0][j], u[1][j], 0x44), hi01 = _mm512_shuffle_f32x4(u[0][j], u[1][j], 0xEE);
+        __m512 lo23 = _mm512_shuffle_f32x4(u[2][j], u[3][j], 0x44), hi23 = _mm512_shuffle_f32x4(u[2][j], u[3][j], 0xEE);
+        v[j] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+        v[4 + j] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
+        v[8 + j] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+        v[12 + j] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
+    }
+}
+
+/* panel[k, c] = W[r0 + c, k]: 16 rows x 16 columns are widened into
+ * registers, transposed there and stored as 16 panel rows; columns past
+ * r1 - r0 are zero. */
 INLINE void pack_dtype(float *panel, const sv_matrix *W, int64_t r0, int64_t r1, st_dtype dtype) {
     const int64_t K = W->cols;
     const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
-    float t[16];
-    for (int64_t c = 0; c < PANEL; c++) {
-        if (r0 + c >= r1) {
-            for (int64_t k = 0; k < K; k++) panel[k * PANEL + c] = 0.0f;
-            continue;
-        }
-        const char *row = (const char *)W->data + (r0 + c) * stride;
-        for (int64_t k = 0; k < K; k += 16) {
-            int64_t len = K - k < 16 ? K - k : 16;
-            _mm512_storeu_ps(t, load_w(row, k, dtype, (__mmask16)((1u << len) - 1)));
-            for (int64_t j = 0; j < len; j++) panel[(k + j) * PANEL + c] = t[j];
+    for (int64_t k = 0; k < K; k += 16) {
+        int64_t len = K - k < 16 ? K - k : 16;
+        __mmask16 m = (__mmask16)((1u << len) - 1);
+        for (int h = 0; h < PANEL; h += 16) {
+            __m512 v[16];
+            UNROLL
+            for (int c = 0; c < 16; c++)
+                v[c] = r0 + h + c < r1 ? load_w((const char *)W->data + (r0 + h + c) * stride, k, dtype, m)
+                                       : _mm512_setzero_ps();
+            transpose16(v);
+            for (int64_t j = 0; j < len; j++) _mm512_store_ps(panel + (k + j) * PANEL + h, v[j]);
         }
     }
 }
@@ -144,15 +185,18 @@ static void pack(float *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
 INLINE void gemm_tile(float *y, int64_t ldy, const float *x, int64_t K, const float *panel, __mmask16 m0,
                       __mmask16 m1, __m512 b0, __m512 b1, const int NI) {
     __m512 acc[GEMM_XROWS][2];
+    UNROLL
     for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m512 w0 = _mm512_load_ps(panel + k * PANEL), w1 = _mm512_load_ps(panel + k * PANEL + 16);
+        UNROLL
         for (int i = 0; i < NI; i++) {
             __m512 xb = _mm512_set1_ps(x[i * K + k]);
             acc[i][0] = _mm512_fmadd_ps(xb, w0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(xb, w1, acc[i][1]);
         }
     }
+    UNROLL
     for (int i = 0; i < NI; i++) {
         _mm512_mask_storeu_ps(y + i * ldy, m0, _mm512_add_ps(acc[i][0], b0));
         _mm512_mask_storeu_ps(y + i * ldy + 16, m1, _mm512_add_ps(acc[i][1], b1));
