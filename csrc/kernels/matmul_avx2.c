@@ -141,21 +141,46 @@ static void widen(float *dst, const sv_matrix *W, int64_t r0, int64_t r1) {
     }
 }
 
-/* panel[k, c] = W[r0 + c, k]; columns past r1 - r0 are zero. */
+/* In-register transpose: v[i] element j becomes v[j] element i (8 x 8). */
+INLINE void transpose8(__m256 v[8]) {
+    __m256 t[8], u[8];
+    UNROLL
+    for (int i = 0; i < 8; i += 2) { /* lane-wise [a0 b0 a1 b1], [a2 b2 a3 b3] */
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+    UNROLL
+    for (int g = 0; g < 8; g += 4) { /* lane-wise element j of rows g..g+3 */
+        u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+        u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+        u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+        u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+    UNROLL
+    for (int j = 0; j < 4; j++) { /* low lanes hold elements 0..3, high lanes 4..7 */
+        v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        v[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+
+/* panel[k, c] = W[r0 + c, k]: 8 rows x 8 columns are widened into registers,
+ * transposed there and stored as 8 panel rows; columns past r1 - r0 are zero. */
 INLINE void pack_dtype(float *panel, const sv_matrix *W, int64_t r0, int64_t r1, st_dtype dtype) {
     const int64_t K = W->cols;
     const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
-    float t[8];
-    for (int64_t c = 0; c < PANEL; c++) {
-        if (r0 + c >= r1) {
-            for (int64_t k = 0; k < K; k++) panel[k * PANEL + c] = 0.0f;
-            continue;
-        }
-        const char *row = (const char *)W->data + (r0 + c) * stride;
-        for (int64_t k = 0; k < K; k += 8) {
-            int64_t len = K - k < 8 ? K - k : 8;
-            _mm256_storeu_ps(t, len == 8 ? load_w(row, k, dtype) : load_w_tail(row, k, K, dtype));
-            for (int64_t j = 0; j < len; j++) panel[(k + j) * PANEL + c] = t[j];
+    for (int64_t k = 0; k < K; k += 8) {
+        int64_t len = K - k < 8 ? K - k : 8;
+        for (int h = 0; h < PANEL; h += 8) {
+            __m256 v[8];
+            UNROLL
+            for (int c = 0; c < 8; c++) {
+                v[c] = _mm256_setzero_ps();
+                if (r0 + h + c >= r1) continue;
+                const char *row = (const char *)W->data + (r0 + h + c) * stride;
+                v[c] = len == 8 ? load_w(row, k, dtype) : load_w_tail(row, k, K, dtype);
+            }
+            transpose8(v);
+            for (int64_t j = 0; j < len; j++) _mm256_store_ps(panel + (k + j) * PANEL + h, v[j]);
         }
     }
 }
