@@ -16,6 +16,7 @@
 
 enum {
     ROWS = 4,        /* weight rows per dot tile */
+    ROWS_GEMV = 8,   /* weight rows per dot tile when n = 1: more loads in flight */
     XROWS = 4,       /* input rows per dot tile: 16 accumulators */
     PANEL = 32,      /* packed panel width for gemm: two zmm per row of the panel */
     GEMM_XROWS = 12  /* input rows per gemm tile: 24 accumulators */
@@ -32,14 +33,14 @@ INLINE __m512 load_w(const void *row, int64_t k, st_dtype dtype, __mmask16 mask)
 /* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes. */
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
                      const float *b, const int NI, const int NR) {
-    __m512 acc[XROWS][ROWS];
+    __m512 acc[XROWS][ROWS_GEMV];
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m512 wv[ROWS];
+        __m512 wv[ROWS_GEMV];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, 0xFFFF);
         UNROLL
@@ -51,7 +52,7 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
     }
     if (k < K) {
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 wv[ROWS];
+        __m512 wv[ROWS_GEMV];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, m);
         UNROLL
@@ -68,11 +69,11 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
 }
 
 /* One input block of ni rows against weight rows [r0, r1): full tiles of ROWS, then single rows. */
-#define DOT_ROWS(NI)                                                                                   \
+#define DOT_ROWS(NI, NR)                                                                               \
     do {                                                                                               \
         int64_t r = r0;                                                                                \
-        for (; r + ROWS <= r1; r += ROWS)                                                              \
-            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, ROWS);    \
+        for (; r + NR <= r1; r += NR)                                                                  \
+            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, NR);      \
         for (; r < r1; r++) dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, 1); \
     } while (0)
 
@@ -85,10 +86,10 @@ INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv
         float *yb = y + ib * ldy;
         const float *xb = x + ib * K;
         switch (n - ib < XROWS ? n - ib : XROWS) {
-        case 1: DOT_ROWS(1); break;
-        case 2: DOT_ROWS(2); break;
-        case 3: DOT_ROWS(3); break;
-        default: DOT_ROWS(4); break;
+        case 1: DOT_ROWS(1, ROWS_GEMV); break;
+        case 2: DOT_ROWS(2, ROWS); break;
+        case 3: DOT_ROWS(3, ROWS); break;
+        default: DOT_ROWS(4, ROWS); break;
         }
     }
 }
