@@ -17,6 +17,7 @@
 
 enum {
     ROWS = 4,       /* weight rows per dot tile */
+    ROWS_GEMV = 8,  /* weight rows per dot tile when n = 1: more loads in flight */
     XROWS = 2,      /* input rows per dot tile: 8 accumulators */
     PANEL = 16,     /* packed panel width for gemm: two ymm per row of the panel */
     GEMM_XROWS = 6  /* input rows per gemm tile: 12 accumulators */
@@ -53,14 +54,14 @@ INLINE float hsum(__m256 v) {
 /* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes. */
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
                      const float *b, const int NI, const int NR) {
-    __m256 acc[XROWS][ROWS];
+    __m256 acc[XROWS][ROWS_GEMV];
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
-        __m256 wv[ROWS];
+        __m256 wv[ROWS_GEMV];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype);
         UNROLL
@@ -71,7 +72,7 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
         }
     }
     if (k < K) {
-        __m256 wv[ROWS];
+        __m256 wv[ROWS_GEMV];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w_tail(w + r * stride, k, K, dtype);
         UNROLL
@@ -87,11 +88,11 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
         for (int r = 0; r < NR; r++) y[i * ldy + r] = hsum(acc[i][r]) + (b ? b[r] : 0.0f);
 }
 
-#define DOT_ROWS(NI)                                                                                   \
+#define DOT_ROWS(NI, NR)                                                                               \
     do {                                                                                               \
         int64_t r = r0;                                                                                \
-        for (; r + ROWS <= r1; r += ROWS)                                                              \
-            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, ROWS);    \
+        for (; r + NR <= r1; r += NR)                                                                  \
+            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, NR);      \
         for (; r < r1; r++) dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, 1); \
     } while (0)
 
@@ -103,8 +104,8 @@ INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv
     for (int64_t ib = 0; ib < n; ib += XROWS) {
         float *yb = y + ib * ldy;
         const float *xb = x + ib * K;
-        if (n - ib == 1) DOT_ROWS(1);
-        else DOT_ROWS(2);
+        if (n - ib == 1) DOT_ROWS(1, ROWS_GEMV);
+        else DOT_ROWS(2, ROWS);
     }
 }
 
