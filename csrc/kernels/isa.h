@@ -45,27 +45,23 @@ sv_isa_level sv_isa_selected(void);
 int sv_isa_parse(const char *name);
 const char *sv_isa_level_name(sv_isa_level level);
 
-/* Scalar widening shared by the portable kernels and the SIMD tails. */
-static inline float sv_bf16_to_float(uint16_t h) {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+/* Scalar widening for the portable kernels, branch-free so loops over it vectorise. */
+static inline float sv_bits_to_float(uint32_t bits) {
+    union { uint32_t u; float f; } v = {bits};
     return v.f;
 }
 
+static inline float sv_bf16_to_float(uint16_t h) { return sv_bits_to_float((uint32_t)h << 16); }
+
+/* F16 -> F32: the exponent and mantissa shifted into place read as a float
+ * that is 2^112 too small (for subnormals too, exactly), so scale it; all-ones
+ * exponents (inf, NaN) map to the float all-ones exponent instead. */
 static inline float sv_f16_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0x1F) {
-        bits = sign | 0x7F800000 | (man << 13);
-    } else if (exp) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man) {
-        int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400));
-        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
-    } else {
-        bits = sign;
-    }
-    union { uint32_t u; float f; } v = {bits};
-    return v.f;
+    uint32_t magnitude = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16;
+    float scaled = sv_bits_to_float(magnitude) * 0x1p112f;
+    union { float f; uint32_t u; } v = {scaled};
+    uint32_t bits = (h & 0x7C00) == 0x7C00 ? magnitude | 0x7F800000 : v.u;
+    return sv_bits_to_float(bits | sign);
 }
 
 #endif

@@ -3,7 +3,8 @@
  *
  * Loops are written over small fixed-size lane arrays so compilers can
  * vectorise them (SSE2 on x86-64, NEON on aarch64) without reassociating a
- * reduction, i.e. without -ffast-math. */
+ * reduction, i.e. without -ffast-math (CMake adds -fno-trapping-math, which
+ * the F16 conversion's select needs to vectorise). */
 #include <string.h>
 
 #include "isa.h"
@@ -23,10 +24,14 @@ static void widen_span(float *dst, const void *src, st_dtype dtype, int64_t k0, 
         return;
     }
     p += k0 * 2;
-    for (int64_t j = 0; j < len; j++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * j, 2); /* weights in the mapping need not be 2-byte aligned */
-        dst[j] = dtype == ST_BF16 ? sv_bf16_to_float(h) : sv_f16_to_float(h);
+    uint16_t h[CHUNK]; /* weights in the mapping need not be 2-byte aligned */
+    for (int64_t j0 = 0; j0 < len; j0 += CHUNK) {
+        int64_t m = len - j0 < CHUNK ? len - j0 : CHUNK;
+        memcpy(h, p + 2 * j0, (size_t)m * 2);
+        if (dtype == ST_BF16)
+            for (int64_t j = 0; j < m; j++) dst[j0 + j] = sv_bf16_to_float(h[j]);
+        else
+            for (int64_t j = 0; j < m; j++) dst[j0 + j] = sv_f16_to_float(h[j]);
     }
 }
 
