@@ -86,6 +86,26 @@ def test_matmul_matches_float64_and_portable(isa, dtype, blas):
     print(f"{isa} {dtype} blas={blas}: worst error {worst:.2e} of sum|x w|")
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_widening_is_exact_for_special_values(isa, dtype):
+    """Subnormals, extremes, inf and NaN widen exactly (y = 1 * w with K = 1)."""
+    if dtype == "f16":
+        values = np.array([0.0, -0.0, 6e-8, -6e-8, 3e-5, 6.1e-5, 65504, -65504, np.inf, -np.inf, np.nan, 1.5, -2.75],
+                          np.float16)
+        raw, exact = values.view(np.uint16), values.astype(np.float32)
+    else:
+        values = np.array([0.0, -0.0, 1e-40, -1e-40, 1.2e-38, 3e38, -3e38, np.inf, -np.inf, np.nan, 1.5, -2.75],
+                          np.float32)
+        raw, exact64 = as_weights(values[:, None], "bf16")
+        exact = exact64.astype(np.float32).ravel()
+    rows = len(exact)
+    for n in (1, 40):  # the dot kernel and the GEMM path
+        y = matmul(isa, np.ones((n, 1), np.float32), raw.reshape(rows, 1), dtype, rows, None, 1)
+        for i in range(n):
+            np.testing.assert_array_equal(y[i], exact)  # (a sum turns -0 into +0, which compares equal)
+
+
 def test_matmul_decode_is_exact_across_threads():
     """Threads split whole rows of W, so the thread count must not change a single bit."""
     x, w, b, _, _ = problem(1, 1000, 1000, "bf16", True)
