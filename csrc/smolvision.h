@@ -96,11 +96,12 @@ sv_status sv_debug_matmul(const char *isa, int32_t blas, const float *x, int64_t
                           int64_t rows, int64_t cols, const float *b, float *y, int32_t threads, int32_t repeat,
                           double *seconds);
 
-/* One small kernel of kernels.h, in place on x[n, dim]: "layernorm" (w, b
- * [dim]), "rmsnorm" (w [dim]), "gelu_tanh", "silu_mul" (other = up [n, dim]),
- * "softmax" (each row), "add" (other [n, dim]).  Unused pointers may be NULL. */
-sv_status sv_debug_op(const char *op, float *x, int64_t n, int64_t dim, const float *w, const float *b,
-                      const float *other, float eps);
+/* One small kernel of kernels.h with the named ISA's build of it, in place on
+ * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",
+ * "silu_mul" (other = up [n, dim]), "softmax" (each row), "add" (other
+ * [n, dim]).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED as above. */
+sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
+                      const float *b, const float *other, float eps);
 
 /* SV_CDEF_END */
 

@@ -1,4 +1,4 @@
-"""The C kernels against float64 numpy, and every SIMD path against the portable one.
+"""The C kernels against float64 numpy (and torch), and every SIMD path against the portable one.
 
 Driven through the test hooks of smolvision.h (sv_debug_matmul, sv_debug_op).
 ISA paths this CPU cannot run are skipped with the reason; the portable path
@@ -161,50 +161,58 @@ def test_smolvision_isa_lowers_but_never_raises_the_choice():
 
 # ---- the small kernels ----
 
-def op(name: str, x: np.ndarray, w=None, b=None, other=None, eps: float = 0.0) -> np.ndarray:
+def op(isa: str, name: str, x: np.ndarray, w=None, b=None, other=None, eps: float = 0.0) -> np.ndarray:
+    """One small kernel in the named ISA's build; skips the test if this CPU cannot run it."""
     out = np.ascontiguousarray(x, np.float32).copy()
     n, dim = out.shape
     ptr = lambda a: ffi.from_buffer("float[]", np.ascontiguousarray(a, np.float32)) if a is not None else ffi.NULL
-    status = lib.sv_debug_op(name.encode(), ffi.from_buffer("float[]", out), n, dim, ptr(w), ptr(b), ptr(other), eps)
+    status = lib.sv_debug_op(isa.encode(), name.encode(), ffi.from_buffer("float[]", out), n, dim, ptr(w), ptr(b),
+                             ptr(other), eps)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
     assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
     return out
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dim", [1, 7, 16, 33, 1152])
-def test_norms_match_float64(dim):
+def test_norms_match_float64(isa, dim):
     rng = np.random.default_rng(dim)
     x = (rng.standard_normal((5, dim)) * 3 + 10).astype(np.float32)  # |mean| >> std: cancellation-prone
     w = rng.standard_normal(dim).astype(np.float32)
     b = rng.standard_normal(dim).astype(np.float32)
     x64 = x.astype(np.float64)
     ln = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-6) * w + b
-    np.testing.assert_allclose(op("layernorm", x, w, b, eps=1e-6), ln, rtol=1e-5, atol=1e-5 * np.abs(ln).max())
+    np.testing.assert_allclose(op(isa, "layernorm", x, w, b, eps=1e-6), ln, rtol=1e-5, atol=1e-5 * np.abs(ln).max())
     rms = x64 / np.sqrt((x64**2).mean(1, keepdims=True) + 1e-5) * w
-    np.testing.assert_allclose(op("rmsnorm", x, w, eps=1e-5), rms, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(op(isa, "rmsnorm", x, w, eps=1e-5), rms, rtol=1e-5, atol=1e-6)
 
 
-def test_activations_match_float64():
+@pytest.mark.parametrize("isa", ISAS)
+def test_activations_match_float64(isa):
     rng = np.random.default_rng(1)
-    x = np.concatenate([np.linspace(-30, 30, 6001), rng.standard_normal(999) * 4, [0.0, -0.0, 1e-30, -1e-30, 90, -90, 1e4, -1e4]])
+    x = np.concatenate([np.linspace(-30, 30, 6001), rng.standard_normal(999) * 4,
+                        [0.0, -0.0, 1e-30, -1e-30, 90, -90, 1e4, -1e4]])
     x = x.astype(np.float32).reshape(1, -1)
     x64 = torch.from_numpy(x.astype(np.float64))
     gelu = torch.nn.functional.gelu(x64, approximate="tanh").numpy()
     # atol: deep in the negative tail gelu is ~1e-13 and even float64's 1 + tanh(z) cancels to noise
-    np.testing.assert_allclose(op("gelu_tanh", x), gelu, rtol=2e-6, atol=1e-9)
+    np.testing.assert_allclose(op(isa, "gelu_tanh", x), gelu, rtol=2e-6, atol=1e-9)
     up = rng.standard_normal(x.shape).astype(np.float32)
     silu = (torch.nn.functional.silu(x64) * torch.from_numpy(up.astype(np.float64))).numpy()
-    np.testing.assert_allclose(op("silu_mul", x, other=up), silu, rtol=2e-6, atol=1e-30)
-    np.testing.assert_array_equal(op("add", x, other=up), x + up)
+    np.testing.assert_allclose(op(isa, "silu_mul", x, other=up), silu, rtol=2e-6, atol=1e-30)
+    np.testing.assert_array_equal(op(isa, "add", x, other=up), x + up)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dim", [1, 5, 16, 729, 4000])
-def test_softmax_matches_float64(dim):
+def test_softmax_matches_float64(isa, dim):
     rng = np.random.default_rng(dim)
     x = (rng.standard_normal((4, dim)) * [[1], [10], [100], [1000]]).astype(np.float32)
     x[0, 0] = -np.inf  # a masked score
     if dim == 1:
         x[0, 0] = 5.0
     ref = torch.softmax(torch.from_numpy(x.astype(np.float64)), dim=-1).numpy()
-    y = op("softmax", x)
+    y = op(isa, "softmax", x)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)

@@ -77,3 +77,16 @@ const sv_isa *sv_isa_for(sv_isa_level level) {
     default: return &sv_isa_portable;
     }
 }
+
+const sv_ops *sv_ops_for(sv_isa_level level) {
+    pthread_once(&detect_once, choose);
+    if (level > supported) return NULL;
+    switch (level) {
+#if defined(SV_X86_KERNELS)
+    case SV_ISA_AVX512BF16:
+    case SV_ISA_AVX512: return &sv_ops_avx512;
+    case SV_ISA_AVX2: return &sv_ops_avx2;
+#endif
+    default: return &sv_ops_portable;
+    }
+}

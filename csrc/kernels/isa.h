@@ -1,10 +1,10 @@
 /* isa.h - the contract between the matmul driver (matmul.c) and the per-ISA
  * kernel files (matmul_generic.c, matmul_avx2.c, matmul_avx512.c).
  *
- * Each ISA file fills one sv_isa table with the same three kernels; the
- * driver picks a table once (dispatch.c) and only ever calls through it, so
- * AVX code runs only on CPUs that have been checked for it.  Internal to the
- * library: nothing here is public API. */
+ * Each ISA file fills one sv_isa table with the same matmul kernels, and
+ * ops_*.c one sv_ops table with the small kernels; callers go through the
+ * tables dispatch.c hands out, so AVX code runs only on CPUs that have been
+ * checked for it.  Internal to the library: nothing here is public API. */
 #ifndef SV_KERNELS_ISA_H
 #define SV_KERNELS_ISA_H
 
@@ -31,14 +31,26 @@ typedef struct {
                  const float *b);
 } sv_isa;
 
+/* The small kernels of kernels.h, same shapes as there. */
+typedef struct {
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps);
+    void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps);
+    void (*gelu_tanh)(float *x, int64_t n);
+    void (*silu_mul)(float *gate, const float *up, int64_t n);
+    void (*softmax)(float *x, int64_t n);
+    void (*add)(float *y, const float *x, int64_t n);
+} sv_ops;
+
 extern const sv_isa sv_isa_portable;
+extern const sv_ops sv_ops_portable;
 #ifdef SV_X86_KERNELS
-extern const sv_isa sv_isa_avx2;
-extern const sv_isa sv_isa_avx512;
+extern const sv_isa sv_isa_avx2, sv_isa_avx512;
+extern const sv_ops sv_ops_avx2, sv_ops_avx512;
 #endif
 
-/* The table for a level, or NULL when this CPU (or this build) cannot run it. */
+/* The tables for a level, or NULL when this CPU (or this build) cannot run it. */
 const sv_isa *sv_isa_for(sv_isa_level level);
+const sv_ops *sv_ops_for(sv_isa_level level);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);
 /* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */

@@ -1,131 +1,49 @@
-/* ops.c - the small kernels of kernels.h: norms, activations, softmax, add.
- *
- * Portable C written so that compilers vectorise it (SSE2 on any x86-64,
- * NEON on aarch64) without -ffast-math: sums go into LANES independent
- * partial sums, and exp() is our own branch-free polynomial, because the
- * vision tower evaluates gelu and softmax on millions of values per layer
- * and a libm call per element would cost as much as a matmul.  CMake builds
- * this file with -fno-trapping-math (we never read FP exception flags):
- * without it GCC will not turn the clamps and max selects into vector code. */
-#include <math.h>
-#include <stdint.h>
+/* ops.c - the small kernels of kernels.h (norms, activations, softmax,
+ * add): the portable build of ops_impl.h, and the entry points that forward
+ * to the table for the selected ISA. */
 #include <string.h>
 
 #include "../error.h"
 #include "../kernels.h"
+#include "isa.h"
 
-enum { LANES = 16 };
+#define OPS_TABLE sv_ops_portable
+#include "ops_impl.h"
 
-/* e^x to about 1 ulp for x in [-87, 88]; inputs beyond are clamped, so the
- * result is always a finite normal number (e^-87 ~ 1.6e-38 stands in for 0).
- * x = m*ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor series, 2^m
- * built in the exponent field. */
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    const float round = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float m = (x * 1.44269504f + round) - round;
-    float r = x - m * 0.693145752f; /* ln2 split in two: the high part is exact in m * hi */
-    r = r - m * 1.42860677e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)m + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
-/* sum(x[k]) and sum(x[k]^2) over LANES partial sums, in double at the end. */
-static float sum_lanes(const float *x, int64_t n, int squares) {
-    float acc[LANES] = {0};
-    int64_t k = 0;
-    for (; k + LANES <= n; k += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += squares ? x[k + l] * x[k + l] : x[k + l];
-    double s = 0;
-    for (; k < n; k++) s += squares ? (double)x[k] * x[k] : x[k];
-    for (int l = 0; l < LANES; l++) s += acc[l];
-    return (float)s;
-}
+static const sv_ops *ops(void) { return sv_ops_for(sv_isa_selected()); }
 
 void sv_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps) {
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * dim;
-        float *yi = y + i * dim;
-        float mean = sum_lanes(xi, dim, 0) / (float)dim;
-        /* variance from the centred values: no cancellation when |mean| >> std */
-        float acc[LANES] = {0};
-        int64_t k = 0;
-        for (; k + LANES <= dim; k += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += (xi[k + l] - mean) * (xi[k + l] - mean);
-        double var = 0;
-        for (; k < dim; k++) var += (double)(xi[k] - mean) * (xi[k] - mean);
-        for (int l = 0; l < LANES; l++) var += acc[l];
-        float inv = (float)(1.0 / sqrt(var / (double)dim + eps));
-        for (k = 0; k < dim; k++) yi[k] = (xi[k] - mean) * inv * w[k] + b[k];
-    }
+    ops()->layernorm(y, x, w, b, n, dim, eps);
 }
 
 void sv_rmsnorm(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps) {
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * dim;
-        float *yi = y + i * dim;
-        float inv = (float)(1.0 / sqrt((double)sum_lanes(xi, dim, 1) / (double)dim + eps));
-        for (int64_t k = 0; k < dim; k++) yi[k] = xi[k] * inv * w[k];
-    }
+    ops()->rmsnorm(y, x, w, n, dim, eps);
 }
 
-/* 0.5 v (1 + tanh(z)) = v * sigmoid(2z) = v / (1 + e^-2z), z = sqrt(2/pi) (v + 0.044715 v^3) */
-void sv_gelu_tanh(float *x, int64_t n) {
-    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = v / (1.0f + exp_poly(-2.0f * c * (v + 0.044715f * v * v * v)));
-    }
-}
+void sv_gelu_tanh(float *x, int64_t n) { ops()->gelu_tanh(x, n); }
 
-void sv_silu_mul(float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + exp_poly(-g)) * up[i];
-    }
-}
+void sv_silu_mul(float *gate, const float *up, int64_t n) { ops()->silu_mul(gate, up, n); }
 
-void sv_softmax(float *x, int64_t n) {
-    float lane_max[LANES];
-    for (int l = 0; l < LANES; l++) lane_max[l] = x[0];
-    int64_t k = 0;
-    for (; k + LANES <= n; k += LANES)
-        for (int l = 0; l < LANES; l++) lane_max[l] = x[k + l] > lane_max[l] ? x[k + l] : lane_max[l];
-    float max = x[0];
-    for (; k < n; k++) max = x[k] > max ? x[k] : max;
-    for (int l = 0; l < LANES; l++) max = lane_max[l] > max ? lane_max[l] : max;
-    for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - max);
-    float inv = 1.0f / sum_lanes(x, n, 0);
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
-}
+void sv_softmax(float *x, int64_t n) { ops()->softmax(x, n); }
 
-void sv_add(float *y, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += x[i];
-}
+void sv_add(float *y, const float *x, int64_t n) { ops()->add(y, x, n); }
 
 /* ---- test hooks (declared in smolvision.h) ---- */
 
-sv_status sv_debug_op(const char *op, float *x, int64_t n, int64_t dim, const float *w, const float *b,
-                      const float *other, float eps) {
+sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
+                      const float *b, const float *other, float eps) {
+    int level = isa ? sv_isa_parse(isa) : -1;
+    if (level < 0) return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa ? isa : "(null)");
+    const sv_ops *k = sv_ops_for((sv_isa_level)level);
+    if (!k) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa);
     if (!op || n < 1 || dim < 1) return sv_fail(SV_ERR_ARG, "bad op arguments n=%lld dim=%lld", (long long)n, (long long)dim);
-    if (strcmp(op, "layernorm") == 0) sv_layernorm(x, x, w, b, n, dim, eps);
-    else if (strcmp(op, "rmsnorm") == 0) sv_rmsnorm(x, x, w, n, dim, eps);
-    else if (strcmp(op, "gelu_tanh") == 0) sv_gelu_tanh(x, n * dim);
-    else if (strcmp(op, "silu_mul") == 0) sv_silu_mul(x, other, n * dim);
-    else if (strcmp(op, "add") == 0) sv_add(x, other, n * dim);
+    if (strcmp(op, "layernorm") == 0) k->layernorm(x, x, w, b, n, dim, eps);
+    else if (strcmp(op, "rmsnorm") == 0) k->rmsnorm(x, x, w, n, dim, eps);
+    else if (strcmp(op, "gelu_tanh") == 0) k->gelu_tanh(x, n * dim);
+    else if (strcmp(op, "silu_mul") == 0) k->silu_mul(x, other, n * dim);
+    else if (strcmp(op, "add") == 0) k->add(x, other, n * dim);
     else if (strcmp(op, "softmax") == 0)
-        for (int64_t i = 0; i < n; i++) sv_softmax(x + i * dim, dim);
+        for (int64_t i = 0; i < n; i++) k->softmax(x + i * dim, dim);
     else return sv_fail(SV_ERR_ARG, "unknown op '%s'", op);
     return SV_OK;
 }
