@@ -80,7 +80,7 @@ static int names_idefics3(const json_value *root) {
 
 static sv_status parse_vision(const cfg_ctx *c, const json_value *v, sv_config *cfg) {
     sv_status s;
-    double eps;
+    double eps = 0;
     /* Defaults are Idefics3VisionConfig's, used when a key is absent. */
     if ((s = get_int(c, v, "hidden_size", 1152, 1, MAX_HIDDEN, &cfg->vision_hidden)) ||
         (s = get_int(c, v, "intermediate_size", 3072, 1, MAX_INTERMEDIATE, &cfg->vision_intermediate)) ||
@@ -90,7 +90,7 @@ static sv_status parse_vision(const cfg_ctx *c, const json_value *v, sv_config *
         (s = get_int(c, v, "image_size", 224, 1, MAX_IMAGE_SIZE, &cfg->image_size)) ||
         (s = get_real(c, v, "layer_norm_eps", 1e-6, &eps)) || (s = check_act(c, v, "gelu_pytorch_tanh")))
         return s;
-    int32_t channels;
+    int32_t channels = 0;
     if ((s = get_int(c, v, "num_channels", 3, 1, 64, &channels))) return s;
     if (channels != 3)
         return sv_fail(SV_ERR_UNSUPPORTED, "%s: vision_config.num_channels is %d; only RGB (3) is supported", c->path,
@@ -99,15 +99,15 @@ static sv_status parse_vision(const cfg_ctx *c, const json_value *v, sv_config *
     if (cfg->vision_hidden % cfg->vision_heads)
         return sv_fail(SV_ERR_FORMAT, "%s: vision hidden_size %d is not divisible by num_attention_heads %d", c->path,
                        cfg->vision_hidden, cfg->vision_heads);
-    if (cfg->image_size % cfg->patch_size)
-        return sv_fail(SV_ERR_FORMAT, "%s: vision image_size %d is not a multiple of patch_size %d", c->path,
+    if (cfg->image_size < cfg->patch_size)
+        return sv_fail(SV_ERR_FORMAT, "%s: vision image_size %d is smaller than patch_size %d", c->path,
                        cfg->image_size, cfg->patch_size);
     return SV_OK;
 }
 
 static sv_status parse_text(const cfg_ctx *c, const json_value *t, sv_config *cfg) {
     sv_status s;
-    double eps;
+    double eps = 0;
     int attention_bias = 0, mlp_bias = 0;
     /* Defaults are LlamaConfig's, used when a key is absent. */
     if ((s = get_int(c, t, "hidden_size", 4096, 1, MAX_HIDDEN, &cfg->text_hidden)) ||
@@ -191,6 +191,8 @@ sv_status sv_parse_config(const char *text, size_t len, const char *path, sv_con
     if (s != SV_OK) return s;
     cfg->tie_word_embeddings = tie;
 
+    /* The patch conv has stride patch_size and no padding: pixels past the
+     * last whole patch are ignored (SmolVLM-Instruct: 384 / 14 -> 27). */
     int32_t side = cfg->image_size / cfg->patch_size;
     if (side % cfg->scale_factor)
         return sv_fail(SV_ERR_FORMAT, "%s: %d patches per side is not a multiple of scale_factor %d", path, side,
@@ -229,7 +231,7 @@ static sv_status find_checked(const sv_model *m, const char *name, int ndim, con
 }
 
 static sv_status bind_matrix(const sv_model *m, const char *name, int64_t rows, int64_t cols, sv_matrix *out) {
-    const st_tensor *t;
+    const st_tensor *t = NULL;
     int64_t shape[2] = {rows, cols};
     sv_status s = find_checked(m, name, 2, shape, &t);
     if (s == SV_OK) *out = (sv_matrix){t->data, t->dtype, rows, cols};
@@ -238,7 +240,7 @@ static sv_status bind_matrix(const sv_model *m, const char *name, int64_t rows, 
 
 /* 1-D weights are small, so they are widened once to fp32 and owned. */
 static sv_status bind_vector(sv_model *m, const char *name, int64_t n, const float **out) {
-    const st_tensor *t;
+    const st_tensor *t = NULL;
     sv_status s = find_checked(m, name, 1, &n, &t);
     if (s != SV_OK) return s;
     float **list = realloc(m->vectors, (m->n_vectors + 1) * sizeof *list);
@@ -260,7 +262,7 @@ static sv_status bind_vision(sv_model *m) {
     const char *V = "model.vision_model.";
     char name[256];
     sv_status s;
-    const st_tensor *conv;
+    const st_tensor *conv = NULL;
     int64_t conv_shape[4] = {d, 3, p, p};
     snprintf(name, sizeof name, "%sembeddings.patch_embedding.weight", V);
     if ((s = find_checked(m, name, 4, conv_shape, &conv))) return s;

@@ -274,7 +274,7 @@ static sv_status open_index(st_archive *a, const char *dir, const char *index_pa
         if (seen) continue;
         char *path = join_path(dir, fname->str);
         if (!path) { s = sv_fail(SV_ERR_NOMEM, "out of memory"); break; }
-        int fi;
+        int fi = 0;
         s = map_file(a, path, &fi);
         free(path);
         if (s == SV_OK) s = read_header(a, fi);
@@ -302,7 +302,7 @@ sv_status st_open_dir(st_archive *a, const char *dir) {
     } else if (access(index, F_OK) == 0) {
         s = open_index(a, dir, index);
     } else if (access(single, F_OK) == 0) {
-        int fi;
+        int fi = 0;
         s = map_file(a, single, &fi);
         if (s == SV_OK) s = read_header(a, fi);
         if (s == SV_OK) s = finish(a);

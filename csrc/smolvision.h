@@ -77,6 +77,13 @@ sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
+/* ---- vision ---- */
+
+/* The image features of full, normalized tiles (transformers' get_image_features):
+ * pixel_values[n_tiles, 3, image_size, image_size] -> out[n_tiles * image_seq_len, text_hidden].
+ * All-zero tiles (batch padding, which transformers drops) are refused with SV_ERR_ARG. */
+sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_tiles, float *out);
+
 /* ---- test hooks ---- */
 /* Not for applications: entry points that let tests and benchmarks drive the
  * kernels directly. */

@@ -5,6 +5,8 @@ import os
 import threading
 from typing import Optional, Union
 
+import numpy as np
+
 from . import errors
 from ._native import check, ffi, lib
 from .config import Config
@@ -53,6 +55,31 @@ class Model:
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
                 lib.sv_model_free(handle)
+
+    def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Image features of preprocessed tiles, as transformers' `get_image_features`.
+
+        `pixel_values` is float32 [n_tiles, 3, image_size, image_size], already
+        resized, split and normalized; every tile must be a real (full) tile,
+        not all-zero batch padding.  Returns float32
+        [n_tiles * image_seq_len, text_hidden]: each tile's tokens in order,
+        ready to stand in for the prompt's <image> tokens.
+        """
+        if not isinstance(pixel_values, np.ndarray):
+            raise errors.InputError(f"pixel_values must be a numpy array, not {type(pixel_values).__name__}")
+        if pixel_values.dtype != np.float32:
+            raise errors.InputError(f"pixel_values must be float32, not {pixel_values.dtype}")
+        size = self.config.vision.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size) or pixel_values.shape[0] < 1:
+            raise errors.InputError(
+                f"pixel_values must have shape [n_tiles >= 1, 3, {size}, {size}], not {list(pixel_values.shape)}")
+        pixels = np.ascontiguousarray(pixel_values)
+        n_tiles = pixels.shape[0]
+        out = np.empty((n_tiles * self.config.image_seq_len, self.config.text.hidden_size), dtype=np.float32)
+        with self._lock:
+            check(lib.sv_encode_images(self._ptr, ffi.cast("const float *", ffi.from_buffer(pixels)), n_tiles,
+                                       ffi.cast("float *", ffi.from_buffer(out, require_writable=True))))
+        return out
 
     def __enter__(self) -> "Model":
         return self

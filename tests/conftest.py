@@ -27,7 +27,7 @@ def model_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mha_dir(model_factory) -> Path:
-    """MHA, untied head, patch 14, scale factor 3, BF16 weights, one file."""
+    """MHA, untied head, patch 14 on 90-pixel tiles, scale factor 3, BF16 weights, one file."""
     return model_factory("mha")
 
 
@@ -41,3 +41,11 @@ def gqa_dir(model_factory) -> Path:
 def any_model_dir(request, model_factory) -> Path:
     """Each tiny variant in turn."""
     return model_factory(request.param)
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """SmolVLM with SmolLM2-135M-Instruct's real text weights and a tiny random vision tower (cached)."""
+    import realmodel
+
+    return realmodel.smollm2_vlm_dir()

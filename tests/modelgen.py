@@ -21,13 +21,14 @@ from pathlib import Path
 CACHE = Path(os.environ.get("SMOLVISION_TEST_CACHE", Path.home() / ".cache" / "smolvision-tests"))
 
 VARIANTS = {
-    # Instruct-like geometry: MHA, untied head, patch 14, scale factor 3, BF16 weights.
+    # Instruct-like geometry: MHA, untied head, patch 14, scale factor 3, BF16 weights; like
+    # Instruct's 384 / 14, the tile size is not a multiple of the patch size (90 / 14 -> 6 patches).
     "mha": dict(
         vision=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                    patch_size=14, image_size=84),
+                    patch_size=14, image_size=90),
         text=dict(hidden_size=128, intermediate_size=344, num_hidden_layers=3, num_attention_heads=4,
                   num_key_value_heads=4, rope_theta=273768.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
-        scale_factor=3, tie=False, vocab="instruct", dtype="bfloat16", longest_edge=336),
+        scale_factor=3, tie=False, vocab="instruct", dtype="bfloat16", longest_edge=360),
     # 256M-like geometry: GQA, tied head, patch 16, scale factor 4, F32 weights.
     "gqa": dict(
         vision=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3,
@@ -161,7 +162,7 @@ def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool =
 
 def _rename_to_nested(out: Path) -> None:
     """Rewrites the checkpoint with the older text-model tensor names."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.torch import load_file, save_file
 
     def rename(key: str) -> str:
         if key == "lm_head.weight":
@@ -173,26 +174,12 @@ def _rename_to_nested(out: Path) -> None:
     index = out / "model.safetensors.index.json"
     files = sorted(out.glob("*.safetensors"))
     for f in files:
-        tensors = _load_any(f)
+        tensors = load_file(str(f))
         save_file({rename(k): v for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
     if index.exists():
         data = json.loads(index.read_text())
         data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2))
-
-
-def _load_any(path: Path) -> dict:
-    """Loads a safetensors file as numpy, keeping BF16 as raw uint16 bits (numpy has no bfloat16)."""
-    from safetensors import safe_open
-    import numpy as np
-    import torch
-
-    out = {}
-    with safe_open(str(path), "pt") as f:
-        for k in f.keys():
-            t = f.get_tensor(k)
-            out[k] = t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
-    return out
 
 
 def main() -> None:

@@ -1,0 +1,352 @@
+/* vision.c - the vision encoder: SigLIP tower, pixel shuffle and connector
+ * projection, equal to transformers' Idefics3Model.get_image_features for
+ * full (unpadded) S x S tiles.
+ *
+ * Per tile: patch embedding (the stride-p conv as a matmul over gathered
+ * patches) + learned position embeddings, N pre-LN encoder layers (biased
+ * multi-head self-attention over all patches of the tile, gelu-tanh MLP),
+ * post-LayerNorm, pixel shuffle (scale^2 neighbouring patches become one
+ * token) and the bias-free connector projection into the text hidden size.
+ *
+ * All tiles of a pass go through every weight matmul as one batch of rows
+ * (x is [tiles*patches, hidden]); attention runs per (tile, head) as two
+ * sv_matmul products on head-major copies of q, k, v, so it runs on the same
+ * fast kernels and thread pool as the weights.  Activations live in scratch
+ * allocated once per call and freed before it returns (nothing is held
+ * between calls); a call with more tiles than one pass takes (PASS_MAX_TILES,
+ * or fewer when they would exceed PASS_BUDGET_BYTES) runs them in several
+ * equal passes, so memory stays bounded however many tiles are passed. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "kernels.h"
+#include "model.h"
+
+/* No real batch of images comes near this; beyond it the count is a caller bug. */
+#define MAX_TILES 4096
+/* A pass holds at most this many tiles and bytes of activations; larger calls
+ * run in several equal passes.  16 tiles of SmolVLM are ~12k rows per matmul,
+ * already far past where a bigger batch makes the weights cheaper to stream. */
+#define PASS_MAX_TILES 16
+#define PASS_BUDGET_BYTES ((size_t)256 << 20)
+
+/* Shapes of one encode, all derived from the config. */
+typedef struct {
+    int64_t side;     /* patches per tile side: image_size / patch_size, rounded down */
+    int64_t patches;  /* patches per tile: side^2 */
+    int64_t hidden, inter, heads, head_dim, patch_dim; /* patch_dim = 3 * p * p */
+    int64_t wide;     /* columns of the wide scratch: max(3 * hidden, inter, patch_dim) */
+    int64_t scale, seq_len, text_hidden;
+    float eps;
+} vision_shape;
+
+/* Activations of one pass of up to `tiles` tiles (rows = tiles * patches). */
+typedef struct {
+    float *x;       /* [rows, hidden] residual stream; later the pixel-shuffled tokens */
+    float *t;       /* [rows, hidden] normed input, attention output, MLP output */
+    float *wide;    /* [rows, wide]: gathered patches, or q | k | v, or the MLP hidden */
+    /* one tile's attention, heads side by side: */
+    float *qh, *kh; /* [heads, patches, head_dim] each; qh pre-scaled by 1/sqrt(head_dim) */
+    float *vt;      /* [heads, head_dim, patches] */
+    float *probs;   /* [patches, patches] one head's scores, then probabilities */
+    float *outt;    /* [hidden, patches] the attention output, transposed */
+} vision_scratch;
+
+static vision_shape shape_of(const sv_config *c) {
+    vision_shape s;
+    s.side = c->image_size / c->patch_size;
+    s.patches = s.side * s.side;
+    s.hidden = c->vision_hidden;
+    s.inter = c->vision_intermediate;
+    s.heads = c->vision_heads;
+    s.head_dim = s.hidden / s.heads;
+    s.patch_dim = 3 * (int64_t)c->patch_size * c->patch_size;
+    s.wide = 3 * s.hidden;
+    if (s.inter > s.wide) s.wide = s.inter;
+    if (s.patch_dim > s.wide) s.wide = s.patch_dim;
+    s.scale = c->scale_factor;
+    s.seq_len = c->image_seq_len;
+    s.text_hidden = c->text_hidden;
+    s.eps = (float)c->vision_norm_eps;
+    return s;
+}
+
+/* a * b into *out; 0 on overflow. */
+static int mul_size(size_t a, size_t b, size_t *out) {
+    if (a && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static void scratch_free(vision_scratch *sc) {
+    free(sc->x);
+    free(sc->t);
+    free(sc->wide);
+    free(sc->qh);
+    free(sc->kh);
+    free(sc->vt);
+    free(sc->probs);
+    free(sc->outt);
+    memset(sc, 0, sizeof *sc);
+}
+
+/* Allocates activations for passes of `tiles` tiles. */
+static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles) {
+    size_t rows, n_x, n_wide, n_tile, n_probs;
+    memset(sc, 0, sizeof *sc);
+    if (!mul_size((size_t)tiles, (size_t)s->patches, &rows) || !mul_size(rows, (size_t)s->hidden, &n_x) ||
+        !mul_size(rows, (size_t)s->wide, &n_wide) || !mul_size((size_t)s->patches, (size_t)s->hidden, &n_tile) ||
+        !mul_size((size_t)s->patches, (size_t)s->patches, &n_probs) || n_wide > SIZE_MAX / sizeof(float) ||
+        n_x > SIZE_MAX / sizeof(float) || n_probs > SIZE_MAX / sizeof(float))
+        return sv_fail(SV_ERR_NOMEM, "vision encoder: activations for %lld tiles overflow the address space",
+                       (long long)tiles);
+    sc->x = malloc(n_x * sizeof(float));
+    sc->t = malloc(n_x * sizeof(float));
+    sc->wide = malloc(n_wide * sizeof(float));
+    sc->qh = malloc(n_tile * sizeof(float));
+    sc->kh = malloc(n_tile * sizeof(float));
+    sc->vt = malloc(n_tile * sizeof(float));
+    sc->outt = malloc(n_tile * sizeof(float));
+    sc->probs = malloc(n_probs * sizeof(float));
+    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs) {
+        scratch_free(sc);
+        return sv_fail(SV_ERR_NOMEM, "vision encoder: out of memory for the activations of %lld tiles",
+                       (long long)tiles);
+    }
+    return SV_OK;
+}
+
+/* ---- row-parallel elementwise work over the pool ---- */
+
+typedef struct {
+    float *y;
+    const float *x, *w, *b;
+    int64_t dim;
+    float eps;
+} rows_job;
+
+static void layernorm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_layernorm(j->y + begin * j->dim, j->x + begin * j->dim, j->w, j->b, end - begin, j->dim, j->eps);
+}
+
+static void gelu_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_gelu_tanh(j->y + begin * j->dim, (end - begin) * j->dim);
+}
+
+static void add_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_add(j->y + begin * j->dim, j->x + begin * j->dim, (end - begin) * j->dim);
+}
+
+/* y = layernorm(x) * w + b per row: x, y [rows, dim]. */
+static void layernorm_rows(sv_pool *pool, float *y, const float *x, const float *w, const float *b, int64_t rows,
+                           int64_t dim, float eps) {
+    rows_job j = {y, x, w, b, dim, eps};
+    sv_pool_run(pool, layernorm_task, &j, rows);
+}
+
+/* x = gelu_tanh(x): x[rows, dim]. */
+static void gelu_rows(sv_pool *pool, float *x, int64_t rows, int64_t dim) {
+    rows_job j = {x, NULL, NULL, NULL, dim, 0};
+    sv_pool_run(pool, gelu_task, &j, rows);
+}
+
+/* y += x: x, y [rows, dim]. */
+static void add_rows(sv_pool *pool, float *y, const float *x, int64_t rows, int64_t dim) {
+    rows_job j = {y, x, NULL, NULL, dim, 0};
+    sv_pool_run(pool, add_task, &j, rows);
+}
+
+/* ---- attention ---- */
+
+typedef struct {
+    const vision_shape *s;
+    const float *q, *k, *v; /* one tile's [patches, hidden] each */
+    vision_scratch *sc;
+    float *out;             /* one tile's [patches, hidden] */
+    float scale;
+} heads_job;
+
+/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
+static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t h = 0; h < j->s->heads; h++) {
+            const float *q = j->q + i * H + h * hd, *k = j->k + i * H + h * hd, *v = j->v + i * H + h * hd;
+            float *qh = j->sc->qh + (h * P + i) * hd, *kh = j->sc->kh + (h * P + i) * hd;
+            float *vt = j->sc->vt + h * hd * P + i;
+            for (int64_t d = 0; d < hd; d++) {
+                qh[d] = q[d] * j->scale;
+                kh[d] = k[d];
+                vt[d * P] = v[d];
+            }
+        }
+}
+
+/* Patch rows [begin, end) of out from the transposed outt. */
+static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->s->patches, H = j->s->hidden;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t c = 0; c < H; c++) j->out[i * H + c] = j->sc->outt[c * P + i];
+}
+
+static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    for (int64_t i = begin; i < end; i++) sv_softmax(j->y + i * j->dim, j->dim);
+}
+
+/* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
+ * Every patch attends to every patch of its tile (bidirectional, no mask):
+ * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v,
+ * computed as out^T = v^T probs^T so both products are sv_matmul's y = x W^T. */
+static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, float *out, const float *q,
+                      const float *k, const float *v) {
+    int64_t P = s->patches, hd = s->head_dim;
+    heads_job j = {s, q, k, v, sc, out, (float)(1.0 / sqrt((double)hd))};
+    rows_job probs_rows = {sc->probs, NULL, NULL, NULL, P, 0};
+    sv_matrix probs = {sc->probs, ST_F32, P, P};
+    sv_pool_run(pool, split_heads_task, &j, P);
+    for (int64_t h = 0; h < s->heads; h++) {
+        sv_matrix keys = {sc->kh + h * P * hd, ST_F32, P, hd};
+        sv_matmul(pool, sc->probs, sc->qh + h * P * hd, P, &keys, NULL);  /* [queries, keys] */
+        sv_pool_run(pool, softmax_task, &probs_rows, P);
+        sv_matmul(pool, sc->outt + h * hd * P, sc->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
+    }
+    sv_pool_run(pool, merge_heads_task, &j, P);
+}
+
+/* ---- the stages of one pass ---- */
+
+/* rows[tile*patches + py*side + px, (c*p + y)*p + x] = pixels[tile, c, py*p + y, px*p + x]
+ * for pixels[tiles, 3, S, S]: each patch flattened in the conv kernel's (c, y, x)
+ * order, patches in raster order.  Like the stride-p conv, this ignores the
+ * pixels past the last whole patch when S is not a multiple of p. */
+static void gather_patches(float *rows, const float *pixels, int64_t tiles, int64_t S, int64_t side, int64_t p) {
+    for (int64_t t = 0; t < tiles; t++)
+        for (int64_t py = 0; py < side; py++)
+            for (int64_t px = 0; px < side; px++) {
+                float *row = rows + ((t * side + py) * side + px) * 3 * p * p;
+                for (int64_t c = 0; c < 3; c++)
+                    for (int64_t y = 0; y < p; y++)
+                        memcpy(row + (c * p + y) * p, pixels + ((t * 3 + c) * S + py * p + y) * S + px * p,
+                               (size_t)p * sizeof *row);
+            }
+}
+
+/* x[tiles*patches, hidden] = patch embedding + position embedding of each tile's pixels. */
+static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, const float *pixels, int64_t tiles) {
+    const vision_weights *w = &m->vision;
+    int64_t P = s->patches;
+    gather_patches(sc->wide, pixels, tiles, m->cfg.image_size, s->side, m->cfg.patch_size);
+    sv_matmul(m->pool, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
+    /* Position ids: transformers buckets fractional patch coordinates over a
+     * patch mask; for a full tile that gives patch i position i (checked by
+     * tests/test_vision.py for the fixture and SmolVLM grids; for some other
+     * grids, e.g. 19 or 25 patches a side, its float32 rounding repeats an
+     * id, and this engine keeps the exact ids).  Tiles are
+     * always full here: padding only ever makes whole all-zero tiles, which
+     * sv_encode_images refuses. */
+    for (int64_t i = 0; i < P; i++) sv_matrix_row(sc->t + i * s->hidden, &w->pos, i);
+    for (int64_t t = 0; t < tiles; t++) add_rows(m->pool, sc->x + t * P * s->hidden, sc->t, P, s->hidden);
+}
+
+/* One pre-LN encoder layer on x[rows, hidden]. */
+static void encoder_layer(const sv_model *m, const vision_shape *s, const vision_layer *l, vision_scratch *sc,
+                          int64_t tiles) {
+    int64_t rows = tiles * s->patches, H = s->hidden;
+    float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
+    layernorm_rows(m->pool, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
+    sv_matmul(m->pool, q, sc->t, rows, &l->q, l->q_b);
+    sv_matmul(m->pool, k, sc->t, rows, &l->k, l->k_b);
+    sv_matmul(m->pool, v, sc->t, rows, &l->v, l->v_b);
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t at = t * s->patches * H;
+        attention(m->pool, s, sc, sc->t + at, q + at, k + at, v + at);
+    }
+    sv_matmul(m->pool, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
+    add_rows(m->pool, sc->x, q, rows, H);
+
+    float *hid = sc->wide; /* q, k, v are dead */
+    layernorm_rows(m->pool, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
+    sv_matmul(m->pool, hid, sc->t, rows, &l->fc1, l->fc1_b);
+    gelu_rows(m->pool, hid, rows, s->inter);
+    sv_matmul(m->pool, sc->t, hid, rows, &l->fc2, l->fc2_b);
+    add_rows(m->pool, sc->x, sc->t, rows, H);
+}
+
+/* Idefics3Connector.pixel_shuffle, per tile: out[tiles*seq_len, hidden*scale^2] from
+ * in[tiles*patches, hidden].  Token (i, j) of the (side/scale)^2 grid is the
+ * concatenation over (a, b) in raster order of patch (i*scale + a, j*scale + b):
+ *   out[i*(side/scale) + j, (a*scale + b)*hidden + d] = in[(i*scale + a)*side + j*scale + b, d]
+ * which is what the reference's view/permute/reshape sequence works out to. */
+static void pixel_shuffle(float *out, const float *in, const vision_shape *s, int64_t tiles) {
+    int64_t side = s->side, sf = s->scale, grid = side / sf, H = s->hidden;
+    for (int64_t t = 0; t < tiles; t++) {
+        const float *tin = in + t * s->patches * H;
+        float *tout = out + t * s->patches * H;
+        for (int64_t i = 0; i < grid; i++)
+            for (int64_t j = 0; j < grid; j++)
+                for (int64_t a = 0; a < sf; a++)
+                    for (int64_t b = 0; b < sf; b++)
+                        memcpy(tout + ((i * grid + j) * sf * sf + a * sf + b) * H,
+                               tin + ((i * sf + a) * side + j * sf + b) * H, (size_t)H * sizeof *tout);
+    }
+}
+
+/* out[tiles*seq_len, text_hidden] = the image features of `tiles` tiles. */
+static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch *sc, const float *pixels,
+                        int64_t tiles, float *out) {
+    const vision_weights *w = &m->vision;
+    int64_t rows = tiles * s->patches;
+    embed(m, s, sc, pixels, tiles);
+    for (int i = 0; i < m->cfg.vision_layers; i++) encoder_layer(m, s, &w->layers[i], sc, tiles);
+    layernorm_rows(m->pool, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
+    pixel_shuffle(sc->x, sc->t, s, tiles);
+    sv_matmul(m->pool, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
+}
+
+/* 1 if tile[n] is all zeros (+0.0 or -0.0). */
+static int all_zero(const float *tile, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (tile[i] != 0.0f) return 0;
+    return 1;
+}
+
+sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_tiles, float *out) {
+    if (!m || !pixel_values || !out) return sv_fail(SV_ERR_ARG, "sv_encode_images: NULL argument");
+    if (n_tiles <= 0 || n_tiles > MAX_TILES)
+        return sv_fail(SV_ERR_ARG, "sv_encode_images: n_tiles is %d; expected 1 to %d", n_tiles, MAX_TILES);
+    vision_shape s = shape_of(&m->cfg);
+    int64_t tile_floats = 3 * (int64_t)m->cfg.image_size * m->cfg.image_size;
+    /* transformers drops all-zero tiles (batch padding) before encoding, so
+     * they have no features; rather than return fewer rows than asked for,
+     * refuse them. */
+    for (int64_t t = 0; t < n_tiles; t++)
+        if (all_zero(pixel_values + t * tile_floats, tile_floats))
+            return sv_fail(SV_ERR_ARG,
+                           "sv_encode_images: tile %lld is all zeros; transformers drops such padding tiles, "
+                           "so pass only real tiles", (long long)t);
+
+    size_t tile_bytes = (size_t)s.patches * (size_t)(2 * s.hidden + s.wide) * sizeof(float);
+    int64_t per_pass_max = (int64_t)(PASS_BUDGET_BYTES / tile_bytes);
+    if (per_pass_max > PASS_MAX_TILES) per_pass_max = PASS_MAX_TILES;
+    if (per_pass_max < 1) per_pass_max = 1;
+    int64_t passes = (n_tiles + per_pass_max - 1) / per_pass_max;
+    int64_t per_pass = (n_tiles + passes - 1) / passes; /* equal passes rather than a full one and a remnant */
+
+    vision_scratch sc;
+    sv_status st = scratch_alloc(&sc, &s, per_pass);
+    if (st) return st;
+    for (int64_t first = 0; first < n_tiles; first += per_pass) {
+        int64_t tiles = n_tiles - first < per_pass ? n_tiles - first : per_pass;
+        encode_pass(m, &s, &sc, pixel_values + first * tile_floats, tiles, out + first * s.seq_len * s.text_hidden);
+    }
+    scratch_free(&sc);
+    return SV_OK;
+}
