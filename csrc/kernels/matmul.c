@@ -61,11 +61,6 @@ typedef struct {
 
 static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
 
-static void add_bias(float *y, int64_t ldy, int64_t n, const float *b, int64_t width) {
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < width; c++) y[i * ldy + c] += b[c];
-}
-
 static void row_range(const matmul_job *j, int64_t begin, int64_t end, int64_t *r0, int64_t *r1) {
     *r0 = begin * ROW_BLOCK;
     *r1 = end * ROW_BLOCK < j->W->rows ? end * ROW_BLOCK : j->W->rows;
@@ -91,6 +86,11 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 }
 
 #if SV_HAVE_BLAS
+static void add_bias(float *y, int64_t ldy, int64_t n, const float *b, int64_t width) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < width; c++) y[i * ldy + c] += b[c];
+}
+
 /* y[:, r0:r0+width] = x @ B^T for B[width, K] fp32 row-major. */
 static void sgemm_rows(const matmul_job *j, const float *B, int64_t r0, int64_t width) {
     int64_t K = j->W->cols, ldy = j->W->rows;
