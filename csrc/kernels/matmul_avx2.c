@@ -88,6 +88,7 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
         for (int r = 0; r < NR; r++) y[i * ldy + r] = hsum(acc[i][r]) + (b ? b[r] : 0.0f);
 }
 
+/* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
 #define DOT_ROWS(NI, NR)                                                                               \
     do {                                                                                               \
         int64_t r = r0;                                                                                \
