@@ -20,6 +20,7 @@ typedef struct {
      * y[i, r] = x[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: x[n, W.cols], y[n, ldy], b NULL or [W.rows]. */
     void (*dot)(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,
                 int64_t r1);
+    int dot_max_n; /* the driver uses dot up to this n: above it packing (or BLAS) measured faster */
     /* dst = W[r0:r1, :] widened to fp32, row-major: dst[r1 - r0, W.cols] (the B operand for BLAS). */
     void (*widen)(float *dst, const sv_matrix *W, int64_t r0, int64_t r1);
     /* Blocked fp32 GEMM without BLAS; NULL where the ISA has none (dot is used instead).

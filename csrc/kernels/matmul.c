@@ -1,8 +1,9 @@
 /* matmul.c - sv_matmul and sv_matrix_row: choose a kernel for the shape and
  * split the output features (rows of W) evenly over the pool's threads.
  *
- *   n <= DOT_MAX_N (decode, short prompts): the ISA's dot kernel streams each
- *       weight row once, widening in registers; memory bound at n = 1.
+ *   small n (decode, short prompts; the ISA's dot_max_n): the ISA's dot
+ *       kernel streams each weight row once, widening in registers; memory
+ *       bound at n = 1.
  *   larger n: the ISA's own packed-panel GEMM kernel (AVX2, AVX-512).  Where
  *       the ISA has none (portable builds, e.g. aarch64), BLAS sgemm: each
  *       thread widens panels of its rows of W into its pool scratch and runs
@@ -39,7 +40,6 @@
 #endif
 
 enum {
-    DOT_MAX_N = 16,      /* up to here the dot kernel beat packing (n = 16..24 even at K = 1152..8192) */
     ROW_BLOCK = 16,      /* threads split W in blocks of this many rows */
     BLAS_PANEL_MAX = 512 /* rows of W widened per sgemm call: 256 and 512 measured best */
 };
@@ -132,7 +132,7 @@ static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 #endif
 
 static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const sv_matrix *W) {
-    if (n <= DOT_MAX_N) return PATH_DOT;
+    if (n <= isa->dot_max_n) return PATH_DOT;
     int own = isa->gemm && W->cols * isa->panel_width <= SCRATCH_FLOATS;
 #if SV_HAVE_BLAS
     int blas = f32_usable_directly(W) || W->cols * ROW_BLOCK <= SCRATCH_FLOATS;

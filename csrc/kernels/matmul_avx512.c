@@ -219,6 +219,7 @@ static void gemm(float *y, int64_t ldy, const float *x, int64_t n, int64_t K, co
 const sv_isa sv_isa_avx512 = {
     .name = "avx512",
     .dot = dot,
+    .dot_max_n = 16, /* packing from n = 16..24 on (K = 1152..8192) */
     .widen = widen,
     .panel_width = PANEL,
     .pack = pack,

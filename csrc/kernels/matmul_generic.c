@@ -81,6 +81,7 @@ static void dot(float *y, int64_t ldy, const float *x, int64_t n, const sv_matri
 const sv_isa sv_isa_portable = {
     .name = "portable",
     .dot = dot,
+    .dot_max_n = 6, /* BLAS from n = 6..8 on (bench: 2048x2048 BF16) */
     .widen = widen,
     .panel_width = 0,
     .pack = NULL,
