@@ -3,7 +3,8 @@
     PYTHONPATH=. python3 bench/bench_kernels.py [--quick]
 
 GEMV: decode shape, n=1 over a BF16 2048x8192 weight (memory bound: GB/s of
-weights streamed, against the machine's read bandwidth).  GEMM: vision shape,
+weights streamed, against the machine's read bandwidth; its 33.6 MB are about
+the size of Zen 4's 32 MB L3, so back-to-back runs partly hit L3).  GEMM: vision shape,
 n=729 tokens through a 4304x1152 weight (SigLIP fc1; compute bound: GFLOP/s,
 against the FP32 FMA peak), through BLAS sgemm and through our own GEMM
 kernels (sv_matmul uses its own where the ISA has one).  Figures for this machine
