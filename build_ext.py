@@ -15,7 +15,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 HEADER = HERE / "csrc" / "smolvision.h"
 
 # Python functions the C side calls back into (see smolvision/_native.py).
-PYTHON_CALLBACKS = ""
+PYTHON_CALLBACKS = """
+extern "Python" int32_t _sv_on_token(void *, int32_t);
+"""
 
 
 def public_declarations(header: pathlib.Path = HEADER) -> str:

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "decoder.h"
 #include "error.h"
 #include "json.h"
 #include "kernels.h"
@@ -353,6 +354,17 @@ static sv_status bind_text(sv_model *m) {
 
 /* ---- lifetime ---- */
 
+/* tokenizer.json is optional (the engine can run on ids), but a present one must load. */
+static sv_status load_tokenizer(sv_model *m) {
+    size_t n = strlen(m->dir) + sizeof "/tokenizer.json";
+    char *path = malloc(n);
+    if (!path) return sv_fail(SV_ERR_NOMEM, "out of memory");
+    snprintf(path, n, "%s/tokenizer.json", m->dir);
+    sv_status s = access(path, F_OK) == 0 ? sv_tokenizer_load(path, &m->tokenizer) : SV_OK;
+    free(path);
+    return s;
+}
+
 sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
     *out = NULL;
     sv_clear_error();
@@ -381,6 +393,7 @@ sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
     if (s == SV_OK) s = st_open_dir(&m->st, dir);
     if (s == SV_OK) s = bind_vision(m);
     if (s == SV_OK) s = bind_text(m);
+    if (s == SV_OK) s = load_tokenizer(m);
     if (s != SV_OK) {
         sv_model_free(m);
         return s;
@@ -398,9 +411,11 @@ sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
 
 void sv_model_free(sv_model *m) {
     if (!m) return;
+    sv_decoder_free(m->decoder);
     for (size_t i = 0; i < m->n_vectors; i++) free(m->vectors[i]);
     free(m->vectors);
     sv_pool_free(m->pool);
+    sv_tokenizer_free(m->tokenizer);
     free(m->vision.layers);
     free(m->text.layers);
     st_close(&m->st);
@@ -409,3 +424,5 @@ void sv_model_free(sv_model *m) {
 }
 
 const sv_config *sv_model_config(const sv_model *m) { return &m->cfg; }
+
+sv_tokenizer *sv_model_tokenizer(sv_model *m) { return m ? m->tokenizer : NULL; }

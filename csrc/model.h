@@ -65,6 +65,8 @@ struct sv_model {
     size_t n_vectors;
     int n_threads;
     sv_pool *pool;
+    sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
+    struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before

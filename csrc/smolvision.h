@@ -77,12 +77,123 @@ sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
+/* ---- decoder and generation ---- */
+
+/* Token-level text generation.  Prompts are token ids; positions whose id is
+ * the config's image_token_id take, in order, the rows of image_embeds
+ * [n_image_rows, text_hidden] (row-major fp32), whose count must equal the
+ * number of image tokens.  Every id must lie in [0, vocab_size).  The KV
+ * cache and scratch live in the model and are reused across calls, so calls
+ * on one model must not overlap (a re-entrant call is refused). */
+
+/* Sampling options.  temperature 0 means greedy (argmax); otherwise the
+ * logits pass, in transformers' order, repetition penalty, temperature,
+ * top-k (0 = off), top-p (1 = off), min-p (0 = off), then one draw from a
+ * PRNG seeded with seed.  repetition_penalty 1 is off; it applies to every id
+ * in the prompt and generated so far, greedy included.  Generation stops
+ * after an id in eos_ids[n_eos_ids] (that id is reported and counted) or
+ * after max_tokens ids. */
+typedef struct {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    float min_p;
+    float repetition_penalty;
+    uint64_t seed;
+    int32_t max_tokens;
+    const int32_t *eos_ids;
+    int32_t n_eos_ids;
+} sv_sampling;
+
+typedef enum {
+    SV_FINISH_STOP = 0,      /* an EOS id was generated */
+    SV_FINISH_LENGTH = 1,    /* max_tokens were generated */
+    SV_FINISH_CANCELLED = 2  /* the token callback returned non-zero */
+} sv_finish_reason;
+
+typedef struct {
+    int32_t n_prompt;        /* prompt tokens processed */
+    int32_t n_generated;     /* ids generated, the EOS id or the cancelling one included */
+    sv_finish_reason finish_reason;
+    double prefill_seconds;  /* prompt processing, up to the first id's logits */
+    double decode_seconds;   /* everything after */
+} sv_generate_result;
+
+/* Called with each generated id as soon as it is chosen; a non-zero return
+ * stops generation at once (finish reason cancelled, status SV_OK). */
+typedef int32_t (*sv_token_fn)(void *user, int32_t token_id);
+
+/* out_logits[vocab_size] = the logits after the last of ids[n]. */
+sv_status sv_logits(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,
+                    float *out_logits);
+
+/* Generates up to s->max_tokens ids after ids[n]; on_token (may be NULL)
+ * sees each id, out_ids[s->max_tokens] (may be NULL) receives them.
+ * n + max_tokens beyond max_position_embeddings is refused (SV_ERR_ARG). */
+sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,
+                      const sv_sampling *s, sv_token_fn on_token, void *user, int32_t *out_ids,
+                      sv_generate_result *result);
+
+/* Bytes the decoder state holds now (KV cache + scratch), 0 before the first
+ * call.  It grows linearly with the longest context seen: never a
+ * [tokens, tokens] buffer. */
+int64_t sv_decoder_state_bytes(const sv_model *m);
+
 /* ---- vision ---- */
 
 /* The image features of full, normalized tiles (transformers' get_image_features):
  * pixel_values[n_tiles, 3, image_size, image_size] -> out[n_tiles * image_seq_len, text_hidden].
  * All-zero tiles (batch padding, which transformers drops) are refused with SV_ERR_ARG. */
 sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_tiles, float *out);
+
+/* ---- tokenizer ---- */
+
+/* A byte-level BPE tokenizer read from a Hugging Face tokenizer.json; it
+ * gives the same ids as the `tokenizers` library.  Read-only once loaded, so
+ * one tokenizer may encode and decode on several threads at once. */
+typedef struct sv_tokenizer sv_tokenizer;
+
+/* Loads tokenizer.json at path.  Options the engine does not implement
+ * exactly (other models, normalizers, pre-tokenizer regexes, ...) are refused
+ * with SV_ERR_UNSUPPORTED rather than tokenizing differently. */
+sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out);
+void sv_tokenizer_free(sv_tokenizer *t);
+/* Distinct token strings, model vocab and added tokens together
+ * (len(tokenizers.Tokenizer.get_vocab())). */
+int32_t sv_tokenizer_vocab_size(const sv_tokenizer *t);
+/* The id of token text[0..len) (added tokens first), -1 if none. */
+int32_t sv_tokenizer_token_to_id(const sv_tokenizer *t, const char *token, size_t len);
+/* The token text of id (borrowed, *len_out bytes, not NUL-terminated), NULL if no token has this id. */
+const char *sv_tokenizer_id_to_token(const sv_tokenizer *t, int32_t id, size_t *len_out);
+/* 1 if id is an added token marked special (skipped by skip_special). */
+int32_t sv_tokenizer_is_special(const sv_tokenizer *t, int32_t id);
+/* text[0..len) -> ids[n]; *ids_out is released with sv_free.  Text may hold
+ * NUL bytes; invalid UTF-8 is first replaced by U+FFFD per maximal invalid
+ * subsequence (as Python's bytes.decode("utf-8", "replace")).  add_special
+ * adds what the post_processor template declares. */
+sv_status sv_tokenizer_encode(const sv_tokenizer *t, const char *text, size_t len, int32_t add_special,
+                              int32_t **ids_out, size_t *n_out);
+/* ids[n] -> UTF-8 text (NUL-terminated, *len_out bytes, released with
+ * sv_free).  Ids naming no token are skipped, as tokenizers does; negative
+ * ids are an SV_ERR_ARG. */
+sv_status sv_tokenizer_decode(const sv_tokenizer *t, const int32_t *ids, size_t n, int32_t skip_special,
+                              char **text_out, size_t *len_out);
+
+/* Streaming decode: push ids one at a time and get the text they complete.
+ * A character split across tokens is held back until complete, so pieces are
+ * always valid UTF-8 and concatenate (with the flush) to sv_tokenizer_decode
+ * of all ids.  The text handed out is borrowed until the next call.  The
+ * tokenizer must outlive the detokenizer. */
+typedef struct sv_detokenizer sv_detokenizer;
+sv_status sv_detokenizer_create(const sv_tokenizer *t, int32_t skip_special, sv_detokenizer **out);
+sv_status sv_detokenizer_push(sv_detokenizer *d, int32_t id, const char **text_out, size_t *len_out);
+/* Emits what is held back (an incomplete character becomes U+FFFD) and resets. */
+sv_status sv_detokenizer_flush(sv_detokenizer *d, const char **text_out, size_t *len_out);
+void sv_detokenizer_free(sv_detokenizer *d);
+
+/* The model's tokenizer (its tokenizer.json), borrowed: valid while the model
+ * is; NULL when the model directory has no tokenizer.json. */
+sv_tokenizer *sv_model_tokenizer(sv_model *model);
 
 /* ---- test hooks ---- */
 /* Not for applications: entry points that let tests and benchmarks drive the

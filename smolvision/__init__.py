@@ -8,11 +8,14 @@ from ._native import build_info, version
 from .config import Config, TextConfig, VisionConfig
 from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,
                      TokenizerError)
+from .generation import GenerationResult, SamplingParams, Timings
 from .model import Model, load
+from .tokenizer import IncrementalDecoder, Tokenizer
 
 __version__ = version()
 
 __all__ = [
-    "Config", "Error", "GenerationError", "ImageError", "InputError", "Model", "ModelError",
-    "ResourceError", "TextConfig", "TokenizerError", "VisionConfig", "build_info", "load",
+    "Config", "Error", "GenerationError", "GenerationResult", "ImageError", "IncrementalDecoder", "InputError",
+    "Model", "ModelError", "ResourceError", "SamplingParams", "TextConfig", "Timings", "Tokenizer", "TokenizerError",
+    "VisionConfig", "build_info", "load",
 ]

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional, Union
+import time
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import errors
+from . import errors, generation, pipeline
 from ._native import check, ffi, lib
 from .config import Config
+from .tokenizer import Tokenizer
+from .generation import GenerationResult, SamplingParams, TokenCallback
+from .pipeline import Inputs, PromptBuilder, Result
+from .processing import PreprocessedImage
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,12 +43,23 @@ class Model:
         check(lib.sv_model_load(path.encode(), threads or 0, out), errors.ModelError)
         self._handle = out[0]
         self.config = Config._from_c(lib.sv_model_config(self._handle))
+        self._eos_token_ids: Optional[Tuple[int, ...]] = None
+        self._prompt_builder: Optional[PromptBuilder] = None
 
     @property
     def _ptr(self):
         if self._handle is None:
             raise errors.Error("this Model is closed")
         return self._handle
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (from its tokenizer.json), borrowed: it keeps
+        this Model alive and stops working once the Model is closed."""
+        handle = lib.sv_model_tokenizer(self._ptr)
+        if handle == ffi.NULL:
+            raise errors.TokenizerError(f"{self.model_dir} has no tokenizer.json")
+        return Tokenizer(handle, _owner=self)
 
     @property
     def closed(self) -> bool:
@@ -55,6 +71,162 @@ class Model:
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
                 lib.sv_model_free(handle)
+
+    # ---- token-level decoding (see generation.py) ----
+
+    @property
+    def eos_token_ids(self) -> Tuple[int, ...]:
+        """The ids that end generation by default, from generation_config.json."""
+        if self._eos_token_ids is None:
+            self._eos_token_ids = generation.read_eos_token_ids(self.model_dir)
+        return self._eos_token_ids
+
+    def logits(self, input_ids, images: Sequence = (), *, image_embeds=None, do_image_splitting=None,
+               longest_edge=None) -> np.ndarray:
+        """float32 [vocab] logits after the last of input_ids [n].
+
+        Positions holding the image token id take, in order, the rows of the
+        images' features (encode_image of each, in order) or of a precomputed
+        image_embeds [n_image_tokens, text hidden_size]; the count must match
+        exactly."""
+        if images:
+            if image_embeds is not None:
+                raise errors.InputError("give images or image_embeds, not both")
+            image_embeds = np.concatenate([self.encode_image(image, do_image_splitting=do_image_splitting,
+                                                             longest_edge=longest_edge)
+                                           for image in _as_list(images)])
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        with self._lock:
+            return generation.logits(self._ptr, self.config.text.vocab_size, prompt)
+
+    def generate_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
+                     on_token: Optional[TokenCallback] = None, **sampling) -> GenerationResult:
+        """Generates ids after input_ids (see logits() for image_embeds).
+
+        Sampling options come from `params` and/or keywords (SamplingParams'
+        fields: max_tokens, temperature, top_k, top_p, min_p,
+        repetition_penalty, seed, eos_token_ids).  `on_token(id)` sees each id
+        as it is chosen and may return True to stop; an exception it raises
+        stops generation and propagates from here."""
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        return self._generate(prompt, SamplingParams.build(params, sampling), on_token)
+
+    def stream_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
+                   **sampling) -> Iterator[int]:
+        """Like generate_ids(), but yields each id as soon as it is chosen.
+
+        Arguments are checked now; generation runs on a worker thread.
+        Closing the iterator early stops the engine after at most one more id."""
+        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        params = SamplingParams.build(params, sampling)
+        return generation.stream(lambda on_token: self._generate(prompt, params, on_token))
+
+    def _generate(self, prompt: "generation.Prompt", params: SamplingParams,
+                  on_token: Optional[TokenCallback]) -> GenerationResult:
+        eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
+        with self._lock:
+            return generation.generate(self._ptr, prompt, params, eos, on_token)
+
+    # ---- text level: templates, images, prompts (see pipeline.py) ----
+
+    @property
+    def _prompts(self) -> PromptBuilder:
+        if self._prompt_builder is None:
+            self._prompt_builder = PromptBuilder(self.model_dir, self.tokenizer)
+        return self._prompt_builder
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """Renders messages ({"role": ..., "content": [{"type": "image"}, {"type": "text", "text": ...}]} or
+        string content) with the model's own chat template, in a sandbox."""
+        return self._prompts.apply_chat_template(messages, add_generation_prompt)
+
+    def preprocess(self, image, do_image_splitting: Optional[bool] = None,
+                   longest_edge: Optional[int] = None) -> PreprocessedImage:
+        """One image (path, bytes, PIL image or HxWx3 uint8 array) as the model's tiles:
+        `.pixel_values` float32 [n_tiles, 3, S, S], `.rows`, `.cols`, exactly as Idefics3ImageProcessor."""
+        return self._prompts.preprocess(image, do_image_splitting, longest_edge)
+
+    def encode_image(self, image, do_image_splitting: Optional[bool] = None,
+                     longest_edge: Optional[int] = None) -> np.ndarray:
+        """An image's features: float32 [n_tiles * image_seq_len, text hidden_size], equal to
+        transformers' get_image_features on the processor's pixel_values."""
+        return self.encode_pixel_values(self.preprocess(image, do_image_splitting, longest_edge).pixel_values)
+
+    def build_inputs(self, messages: Optional[Sequence[Mapping[str, Any]]] = None, images: Sequence = (), *,
+                     prompt: Optional[str] = None, add_generation_prompt: bool = True,
+                     do_image_splitting: Optional[bool] = None, longest_edge: Optional[int] = None) -> Inputs:
+        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them.
+
+        `messages` go through the chat template; alternatively `prompt` is used verbatim (one `<image>`
+        marker per image)."""
+        if (messages is None) == (prompt is None):
+            raise errors.InputError("give exactly one of messages (templated) or prompt (verbatim)")
+        text = prompt if messages is None else self.apply_chat_template(messages, add_generation_prompt)
+        return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge)
+
+    def generate(self, prompt: Optional[str] = None, images: Sequence = (), messages=None, max_tokens: int = 256,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, seed: Optional[int] = None, stop: Sequence[str] = (),
+                 on_token: Optional[Callable[[str], Any]] = None, raw: bool = False,
+                 system_prompt: Optional[str] = None, do_image_splitting: Optional[bool] = None,
+                 longest_edge: Optional[int] = None) -> Result:
+        """Answers a prompt about images (or a whole conversation) and returns the text.
+
+        `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
+        given); `messages` is a full conversation whose image blocks take `images` in order; `raw=True`
+        feeds `prompt` verbatim (one `<image>` marker per image). temperature 0 is greedy. Generation
+        ends at the model's EOS tokens, a `stop` string (cut from the text) or `max_tokens`.
+        `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
+        exceptions from on_token cancel generation and propagate; the model stays usable."""
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                min_p=min_p, repetition_penalty=repetition_penalty, seed=seed)
+        if isinstance(stop, str):
+            stop = [stop]
+        if not all(isinstance(s, str) for s in stop):
+            raise errors.InputError("stop must be a string or a sequence of strings")
+        inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
+                                           longest_edge)
+        eos = pipeline.stop_token_ids(self.model_dir, self.eos_token_ids, self.tokenizer)
+        params = SamplingParams.build(params, {"eos_token_ids": eos})
+        return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
+                                      inputs.inputs, inputs.encode_s, stop, on_token)
+
+    def stream(self, prompt: Optional[str] = None, images: Sequence = (), messages=None,
+               **options) -> Iterator[str]:
+        """Like generate(), but yields the answer's text pieces as they are decoded.
+
+        Generation runs on a worker thread; closing the iterator early stops it after at most one
+        more token.  The generator's return value (StopIteration.value) is the Result."""
+        if "on_token" in options:
+            raise errors.InputError("stream() yields the text itself; on_token is for generate()")
+        return generation.stream(lambda on_piece: self.generate(prompt, images, messages, on_token=on_piece,
+                                                                **options))
+
+    def _prepare(self, prompt, images, messages, raw, system_prompt, do_image_splitting, longest_edge):
+        """The prompt's Inputs (with image encode time) and its checked decoder Prompt."""
+        images = _as_list(images)
+        if messages is not None:
+            if prompt is not None or raw or system_prompt is not None:
+                raise errors.InputError("messages is a whole conversation: don't also pass prompt, raw or "
+                                        "system_prompt")
+            text = self.apply_chat_template(messages)
+        elif raw:
+            if prompt is None:
+                raise errors.InputError("raw=True needs a prompt")
+            if system_prompt is not None:
+                raise errors.InputError("raw=True feeds the prompt verbatim; system_prompt does not apply")
+            text = prompt
+        else:
+            if prompt is not None and not isinstance(prompt, str):
+                raise errors.InputError(f"prompt must be a string, not {type(prompt).__name__}")
+            if not prompt and not images:
+                raise errors.InputError("nothing to answer: give a prompt, images or messages")
+            text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt))
+        start = time.perf_counter()
+        inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
+        embeds = None if inputs.pixel_values is None else self.encode_pixel_values(inputs.pixel_values)
+        encode_s = time.perf_counter() - start
+        return _Prepared(inputs, encode_s), generation.Prompt.build(self.config, inputs.input_ids, embeds)
 
     def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
         """Image features of preprocessed tiles, as transformers' `get_image_features`.
@@ -97,6 +269,20 @@ class Model:
         state = "closed" if self.closed else f"{self.config.text.num_hidden_layers}-layer text, " \
             f"{self.config.vision.num_hidden_layers}-layer vision"
         return f"<smolvision.Model {self.model_dir!r} ({state})>"
+
+
+class _Prepared(NamedTuple):
+    inputs: Inputs
+    encode_s: float
+
+
+def _as_list(images) -> list:
+    """images as a list: one image (path, bytes, PIL image, array) or a sequence of them."""
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, (list, tuple)):
+        return [images]
+    return list(images)
 
 
 def load(model_dir: PathLike, threads: Optional[int] = None) -> Model:

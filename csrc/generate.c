@@ -1,0 +1,68 @@
+/* generate.c - the token loop: prefill the prompt, then pick an id, report
+ * it, stop on EOS / max_tokens / the callback, and feed it back. */
+#include <string.h>
+#include <time.h>
+
+#include "decoder.h"
+#include "error.h"
+#include "sample.h"
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int is_eos(const sv_sampling *s, int32_t id) {
+    for (int32_t i = 0; i < s->n_eos_ids; i++)
+        if (s->eos_ids[i] == id) return 1;
+    return 0;
+}
+
+sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,
+                      const sv_sampling *s, sv_token_fn on_token, void *user, int32_t *out_ids,
+                      sv_generate_result *result) {
+    sv_clear_error();
+    if (!m || !s || !result) return sv_fail(SV_ERR_ARG, "sv_generate: model, sampling and result must not be NULL");
+    memset(result, 0, sizeof *result);
+    result->finish_reason = SV_FINISH_LENGTH;
+    result->n_prompt = n;
+    sv_sampler smp;
+    sv_status st = sv_sampler_init(&smp, s, m->cfg.vocab_size);
+    if (st != SV_OK) return st;
+    st = sv_decoder_check_prompt(m, ids, n, image_embeds, n_image_rows, s->max_tokens);
+    /* The last id is never fed back, so the cache needs n + max_tokens - 1. */
+    if (st == SV_OK && s->max_tokens > 0) st = sv_decoder_begin(m, n + s->max_tokens - 1);
+    if (st != SV_OK || s->max_tokens == 0) {
+        sv_sampler_free(&smp);
+        return st;
+    }
+    for (int32_t i = 0; i < n; i++) sv_sampler_observe(&smp, ids[i]);
+
+    double t0 = now_seconds();
+    /* The sampler rewrites the logits in place; they are the state's buffer,
+     * which the next step overwrites anyway. */
+    float *logits = (float *)sv_decoder_prefill(m, ids, n, image_embeds);
+    double t1 = now_seconds();
+    result->prefill_seconds = t1 - t0;
+    for (int32_t g = 0;; g++) {
+        int32_t id = sv_sampler_pick(&smp, logits);
+        sv_sampler_observe(&smp, id);
+        if (out_ids) out_ids[g] = id;
+        result->n_generated = g + 1;
+        if (on_token && on_token(user, id) != 0) {
+            result->finish_reason = SV_FINISH_CANCELLED;
+            break;
+        }
+        if (is_eos(s, id)) {
+            result->finish_reason = SV_FINISH_STOP;
+            break;
+        }
+        if (g + 1 == s->max_tokens) break;
+        logits = (float *)sv_decoder_step(m, id);
+    }
+    result->decode_seconds = now_seconds() - t1;
+    sv_decoder_end(m);
+    sv_sampler_free(&smp);
+    return SV_OK;
+}

@@ -1,0 +1,999 @@
+/* tokenizer.c - byte-level BPE read from a Hugging Face tokenizer.json,
+ * producing the same ids as the `tokenizers` library.
+ *
+ * Encoding: invalid UTF-8 is first replaced by U+FFFD (what Python's
+ * bytes.decode("utf-8", "replace") gives), added tokens are cut out of the
+ * raw text (leftmost-longest, non-normalized tokens first, then normalized
+ * ones in what is left), the rest goes through the pre-tokenizer pipeline
+ * (pretokenize.c) and each piece through the BPE merge loop: merge ranks in a
+ * hash table, a binary heap of candidate pairs, a linked list of symbols.
+ *
+ * Decoding: the ByteLevel decoder maps each token's characters back to bytes
+ * (a token with a character outside the byte alphabet contributes its UTF-8
+ * text as is) and the bytes become text the way Rust's
+ * String::from_utf8_lossy does: each maximal invalid subsequence is one
+ * U+FFFD.  The incremental decoder holds back an incomplete trailing
+ * character, so its pieces concatenate to the full decode.
+ *
+ * A loaded tokenizer is read-only: encode/decode may run on many threads. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "json.h"
+#include "tokenizer.h"
+#include "unicode_tables.h"
+
+#define MAX_TOKENIZER_BYTES (512u << 20)
+#define NO_ID (-1)
+
+typedef struct {
+    uint32_t off, len; /* bytes in the string pool */
+} span;
+
+typedef struct {
+    span text;
+    int32_t id;
+    int special, lstrip, rstrip, normalized;
+    int32_t next_same_byte; /* next added token with the same first byte, -1 at the end */
+} added_token;
+
+struct sv_tokenizer {
+    char *pool; /* every string: vocab entries, added tokens, decoded bytes */
+    size_t pool_len, pool_cap;
+
+    /* model vocabulary: token text -> id, open addressing over entry indices */
+    span *vocab_text;
+    int32_t *vocab_id;
+    size_t n_vocab;
+    int32_t *vocab_slots;
+    size_t vocab_mask;
+
+    /* merges: (left id, right id) -> rank and merged id */
+    uint64_t *merge_keys;
+    int32_t *merge_rank, *merge_new;
+    size_t merge_mask;
+
+    uint32_t byte_cp[256]; /* the byte-level character standing for each byte */
+    int32_t byte_id[256];  /* its vocab id, NO_ID if absent */
+    int ignore_merges, fuse_unk;
+    int32_t unk_id;
+
+    added_token *added;
+    size_t n_added;
+    int32_t added_by_byte[256]; /* first added token starting with this byte, -1 if none */
+
+    /* per id, for decoding */
+    int32_t n_ids;
+    span *id_text;  /* len 0 and off UINT32_MAX: no token has this id */
+    span *id_bytes; /* what the ByteLevel decoder turns the token into */
+    uint8_t *id_special;
+    size_t max_token_bytes;
+
+    sv_pretokenizer pretok;
+    int32_t *prefix_ids, *suffix_ids; /* post-processor template around the text, with add_special */
+    size_t n_prefix, n_suffix;
+    int32_t vocab_size; /* distinct token strings, model vocab and added tokens together */
+};
+
+#define NO_TEXT UINT32_MAX
+
+/* ---- the byte-level alphabet (GPT-2): printable bytes stand for themselves,
+ * the rest are shifted to U+0100 and up in byte order ---- */
+
+static int byte_is_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174); }
+
+static void byte_alphabet(uint32_t byte_to_cp[256]) {
+    int shifted = 0;
+    for (int b = 0; b < 256; b++) byte_to_cp[b] = byte_is_printable(b) ? (uint32_t)b : (uint32_t)(256 + shifted++);
+}
+
+/* Inverse of byte_alphabet: the byte a code point stands for, or -1. */
+static int cp_to_byte(uint32_t cp) {
+    if (cp < 256) return byte_is_printable((int)cp) ? (int)cp : -1;
+    if (cp >= 256 + 68) return -1;
+    int shifted = 0;
+    for (int b = 0; b < 256; b++)
+        if (!byte_is_printable(b) && 256 + shifted++ == (int)cp) return b;
+    return -1;
+}
+
+static size_t utf8_put(uint32_t cp, char *out) {
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* ---- UTF-8 validation as from_utf8_lossy sees it ---- */
+
+/* The character at s[0..n), n >= 1: its length if valid; 0 if s is a valid
+ * but incomplete start of one; -k if invalid, the first k bytes being the
+ * maximal invalid subpart that becomes one U+FFFD. */
+static int utf8_check(const unsigned char *s, size_t n) {
+    unsigned c = s[0], lo = 0x80, hi = 0xBF;
+    int need;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c == 0xE0) { need = 2; lo = 0xA0; }
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) need = 2;
+    else if (c == 0xED) { need = 2; hi = 0x9F; }
+    else if (c == 0xF0) { need = 3; lo = 0x90; }
+    else if (c >= 0xF1 && c <= 0xF3) need = 3;
+    else if (c == 0xF4) { need = 3; hi = 0x8F; }
+    else return -1;
+    for (int k = 1; k <= need; k++) {
+        if ((size_t)k >= n) return 0;
+        if (s[k] < lo || s[k] > hi) return -k;
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    return need + 1;
+}
+
+/* Writes s[0..n) to out with invalid sequences replaced by U+FFFD; out needs
+ * room for 3n bytes.  When final is 0 an incomplete trailing character is
+ * left unconsumed.  Returns the bytes written; *used gets the bytes consumed. */
+static size_t utf8_lossy(const unsigned char *s, size_t n, int final, char *out, size_t *used) {
+    size_t i = 0, o = 0;
+    while (i < n) {
+        int r = utf8_check(s + i, n - i);
+        if (r > 0) {
+            memcpy(out + o, s + i, (size_t)r);
+            o += (size_t)r;
+            i += (size_t)r;
+            continue;
+        }
+        if (r == 0 && !final) break;
+        memcpy(out + o, "\xEF\xBF\xBD", 3);
+        o += 3;
+        i += r == 0 ? n - i : (size_t)-r;
+    }
+    *used = i;
+    return o;
+}
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0x80) { i++; continue; }
+        int r = utf8_check(s + i, n - i);
+        if (r <= 0) return 0;
+        i += (size_t)r;
+    }
+    return 1;
+}
+
+/* ---- hashing ---- */
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_pair(uint64_t key) {
+    key *= 0x9E3779B97F4A7C15ull;
+    return key ^ (key >> 31);
+}
+
+static size_t table_size(size_t n) {
+    size_t size = 64;
+    while (size < 2 * n) size *= 2;
+    return size;
+}
+
+/* ---- building ---- */
+
+typedef struct {
+    sv_tokenizer *t;
+    const char *path;
+} loader;
+
+static sv_status pool_add(sv_tokenizer *t, const char *s, size_t n, span *out) {
+    if (t->pool_len + n > UINT32_MAX - 1) return sv_fail(SV_ERR_UNSUPPORTED, "tokenizer strings exceed 4 GiB");
+    if (t->pool_len + n > t->pool_cap) {
+        size_t cap = t->pool_cap ? t->pool_cap : (1u << 16);
+        while (cap < t->pool_len + n) cap *= 2;
+        char *p = realloc(t->pool, cap);
+        if (!p) return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+        t->pool = p;
+        t->pool_cap = cap;
+    }
+    if (n) memcpy(t->pool + t->pool_len, s, n);
+    out->off = (uint32_t)t->pool_len;
+    out->len = (uint32_t)n;
+    t->pool_len += n;
+    return SV_OK;
+}
+
+static int32_t vocab_lookup(const sv_tokenizer *t, const char *s, size_t n) {
+    if (!t->vocab_slots) return NO_ID;
+    for (size_t i = hash_bytes(s, n) & t->vocab_mask;; i = (i + 1) & t->vocab_mask) {
+        int32_t e = t->vocab_slots[i];
+        if (e < 0) return NO_ID;
+        const span *sp = &t->vocab_text[e];
+        if (sp->len == n && memcmp(t->pool + sp->off, s, n) == 0) return t->vocab_id[e];
+    }
+}
+
+static sv_status load_vocab(loader *L, const json_value *vocab) {
+    sv_tokenizer *t = L->t;
+    if (!vocab || vocab->type != JSON_OBJECT)
+        return sv_fail(SV_ERR_FORMAT, "%s: model.vocab must be an object of token -> id", L->path);
+    size_t n = vocab->len;
+    t->vocab_text = malloc((n ? n : 1) * sizeof *t->vocab_text);
+    t->vocab_id = malloc((n ? n : 1) * sizeof *t->vocab_id);
+    size_t slots = table_size(n);
+    t->vocab_slots = malloc(slots * sizeof *t->vocab_slots);
+    if (!t->vocab_text || !t->vocab_id || !t->vocab_slots)
+        return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    memset(t->vocab_slots, 0xFF, slots * sizeof *t->vocab_slots);
+    t->vocab_mask = slots - 1;
+    for (size_t k = 0; k < n; k++) {
+        const json_member *m = &vocab->members[k];
+        if (m->value.type != JSON_NUMBER || !m->value.is_integer || m->value.integer < 0 || m->value.integer >= INT32_MAX)
+            return sv_fail(SV_ERR_FORMAT, "%s: model.vocab[\"%.100s\"] must be a non-negative integer id", L->path, m->key);
+        int32_t id = (int32_t)m->value.integer;
+        size_t i = hash_bytes(m->key, m->key_len) & t->vocab_mask;
+        for (; t->vocab_slots[i] >= 0; i = (i + 1) & t->vocab_mask) {
+            const span *sp = &t->vocab_text[t->vocab_slots[i]];
+            if (sp->len == m->key_len && memcmp(t->pool + sp->off, m->key, m->key_len) == 0) break;
+        }
+        if (t->vocab_slots[i] >= 0) { /* a repeated key: the last one wins, as in a JSON map */
+            t->vocab_id[t->vocab_slots[i]] = id;
+            continue;
+        }
+        sv_status st = pool_add(t, m->key, m->key_len, &t->vocab_text[t->n_vocab]);
+        if (st != SV_OK) return st;
+        t->vocab_id[t->n_vocab] = id;
+        t->vocab_slots[i] = (int32_t)t->n_vocab++;
+    }
+    return SV_OK;
+}
+
+/* Index of key's slot in the merge table: the key itself or the empty slot where it goes. */
+static size_t merge_slot(const sv_tokenizer *t, uint64_t key) {
+    size_t i = hash_pair(key) & t->merge_mask;
+    while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != key) i = (i + 1) & t->merge_mask;
+    return i;
+}
+
+static sv_status add_merge(loader *L, size_t rank, const char *a, size_t na, const char *b, size_t nb) {
+    sv_tokenizer *t = L->t;
+    int32_t ia = vocab_lookup(t, a, na), ib = vocab_lookup(t, b, nb);
+    if (ia < 0 || ib < 0)
+        return sv_fail(SV_ERR_FORMAT, "%s: merge %zu names a token not in the vocab: '%.100s'", L->path, rank,
+                       ia < 0 ? a : b);
+    char both[1024];
+    if (na + nb > sizeof both)
+        return sv_fail(SV_ERR_FORMAT, "%s: merge %zu joins tokens longer than %zu bytes", L->path, rank, sizeof both);
+    memcpy(both, a, na);
+    memcpy(both + na, b, nb);
+    int32_t merged = vocab_lookup(t, both, na + nb);
+    if (merged < 0)
+        return sv_fail(SV_ERR_FORMAT, "%s: merge %zu ('%.100s' + '%.100s') makes a token not in the vocab", L->path, rank,
+                       a, b);
+    uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+    size_t i = merge_slot(t, key);
+    t->merge_keys[i] = key; /* a repeated pair takes its last rank, as tokenizers' map does */
+    t->merge_rank[i] = (int32_t)rank;
+    t->merge_new[i] = merged;
+    return SV_OK;
+}
+
+static sv_status load_merges(loader *L, const json_value *merges) {
+    sv_tokenizer *t = L->t;
+    if (!merges || merges->type != JSON_ARRAY)
+        return sv_fail(SV_ERR_FORMAT, "%s: model.merges must be an array", L->path);
+    if (merges->len >= INT32_MAX) return sv_fail(SV_ERR_FORMAT, "%s: too many merges", L->path);
+    size_t slots = table_size(merges->len);
+    t->merge_keys = malloc(slots * sizeof *t->merge_keys);
+    t->merge_rank = malloc(slots * sizeof *t->merge_rank);
+    t->merge_new = malloc(slots * sizeof *t->merge_new);
+    if (!t->merge_keys || !t->merge_rank || !t->merge_new) return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    memset(t->merge_keys, 0xFF, slots * sizeof *t->merge_keys);
+    t->merge_mask = slots - 1;
+    for (size_t r = 0; r < merges->len; r++) {
+        const json_value *m = &merges->items[r];
+        sv_status st;
+        if (m->type == JSON_STRING) {
+            const char *space = memchr(m->str, ' ', m->len);
+            if (!space || memchr(space + 1, ' ', m->len - (size_t)(space + 1 - m->str)))
+                return sv_fail(SV_ERR_FORMAT, "%s: merge %zu '%.100s' is not two tokens separated by one space", L->path, r,
+                               m->str);
+            size_t na = (size_t)(space - m->str);
+            st = add_merge(L, r, m->str, na, space + 1, m->len - na - 1);
+        } else if (m->type == JSON_ARRAY && m->len == 2 && m->items[0].type == JSON_STRING &&
+                   m->items[1].type == JSON_STRING) {
+            st = add_merge(L, r, m->items[0].str, m->items[0].len, m->items[1].str, m->items[1].len);
+        } else {
+            return sv_fail(SV_ERR_FORMAT, "%s: merge %zu must be a string \"a b\" or a pair [\"a\", \"b\"]", L->path, r);
+        }
+        if (st != SV_OK) return st;
+    }
+    return SV_OK;
+}
+
+static sv_status load_model(loader *L, const json_value *model) {
+    sv_tokenizer *t = L->t;
+    if (!model || model->type != JSON_OBJECT) return sv_fail(SV_ERR_FORMAT, "%s: \"model\" must be an object", L->path);
+    const json_value *type = json_get(model, "type");
+    if (type && (type->type != JSON_STRING || strcmp(type->str, "BPE") != 0))
+        return sv_fail(SV_ERR_UNSUPPORTED, "%s: model type %s%s%s is not supported (only BPE)", L->path,
+                       type->type == JSON_STRING ? "'" : "", type->type == JSON_STRING ? type->str : "(not a string)",
+                       type->type == JSON_STRING ? "'" : "");
+    const json_value *dropout = json_get(model, "dropout");
+    if (dropout && dropout->type != JSON_NULL)
+        return sv_fail(SV_ERR_UNSUPPORTED, "%s: BPE dropout is not supported", L->path);
+    const char *keys[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int k = 0; k < 2; k++) {
+        const json_value *v = json_get(model, keys[k]);
+        if (v && v->type != JSON_NULL && !(v->type == JSON_STRING && v->len == 0))
+            return sv_fail(SV_ERR_UNSUPPORTED, "%s: BPE %s is not supported", L->path, keys[k]);
+    }
+    int byte_fallback = 0;
+    if (json_get_bool(model, "byte_fallback", &byte_fallback) < 0 || json_get_bool(model, "fuse_unk", &t->fuse_unk) < 0 ||
+        json_get_bool(model, "ignore_merges", &t->ignore_merges) < 0)
+        return sv_fail(SV_ERR_FORMAT, "%s: model.byte_fallback, fuse_unk and ignore_merges must be true or false", L->path);
+    if (byte_fallback) return sv_fail(SV_ERR_UNSUPPORTED, "%s: BPE byte_fallback is not supported", L->path);
+    sv_status st = load_vocab(L, json_get(model, "vocab"));
+    if (st == SV_OK) st = load_merges(L, json_get(model, "merges"));
+    if (st != SV_OK) return st;
+    t->unk_id = NO_ID;
+    const json_value *unk = json_get(model, "unk_token");
+    if (unk && unk->type != JSON_NULL) {
+        if (unk->type != JSON_STRING) return sv_fail(SV_ERR_FORMAT, "%s: model.unk_token must be a string", L->path);
+        t->unk_id = vocab_lookup(t, unk->str, unk->len);
+        if (t->unk_id < 0) return sv_fail(SV_ERR_FORMAT, "%s: unk_token '%.100s' is not in the vocab", L->path, unk->str);
+    }
+    byte_alphabet(t->byte_cp);
+    for (int b = 0; b < 256; b++) {
+        char ch[4];
+        t->byte_id[b] = vocab_lookup(t, ch, utf8_put(t->byte_cp[b], ch));
+    }
+    return SV_OK;
+}
+
+static sv_status get_token_flag(loader *L, const json_value *v, size_t k, const char *key, int dflt, int *out) {
+    *out = dflt;
+    if (json_get_bool(v, key, out) < 0)
+        return sv_fail(SV_ERR_FORMAT, "%s: added_tokens[%zu].%s must be true or false", L->path, k, key);
+    return SV_OK;
+}
+
+static sv_status load_added(loader *L, const json_value *list) {
+    sv_tokenizer *t = L->t;
+    for (int b = 0; b < 256; b++) t->added_by_byte[b] = -1;
+    if (!list || list->type == JSON_NULL) return SV_OK;
+    if (list->type != JSON_ARRAY) return sv_fail(SV_ERR_FORMAT, "%s: added_tokens must be an array", L->path);
+    t->added = calloc(list->len ? list->len : 1, sizeof *t->added);
+    if (!t->added) return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    for (size_t k = 0; k < list->len; k++) {
+        const json_value *v = &list->items[k];
+        added_token *a = &t->added[t->n_added];
+        int64_t id;
+        const json_value *content = json_get(v, "content");
+        if (v->type != JSON_OBJECT || json_get_int(v, "id", &id) != 1 || id < 0 || id >= INT32_MAX)
+            return sv_fail(SV_ERR_FORMAT, "%s: added_tokens[%zu] needs a non-negative integer \"id\"", L->path, k);
+        if (!content || content->type != JSON_STRING || content->len == 0)
+            return sv_fail(SV_ERR_FORMAT, "%s: added_tokens[%zu] needs a non-empty \"content\" string", L->path, k);
+        int single_word;
+        sv_status st = get_token_flag(L, v, k, "single_word", 0, &single_word);
+        if (st == SV_OK) st = get_token_flag(L, v, k, "lstrip", 0, &a->lstrip);
+        if (st == SV_OK) st = get_token_flag(L, v, k, "rstrip", 0, &a->rstrip);
+        if (st == SV_OK) st = get_token_flag(L, v, k, "normalized", 1, &a->normalized);
+        if (st == SV_OK) st = get_token_flag(L, v, k, "special", 0, &a->special);
+        if (st != SV_OK) return st;
+        if (single_word)
+            return sv_fail(SV_ERR_UNSUPPORTED, "%s: added token '%.100s' has single_word, which is not supported", L->path,
+                           content->str);
+        st = pool_add(t, content->str, content->len, &a->text);
+        if (st != SV_OK) return st;
+        a->id = (int32_t)id;
+        unsigned char first = (unsigned char)content->str[0];
+        a->next_same_byte = t->added_by_byte[first];
+        t->added_by_byte[first] = (int32_t)t->n_added++;
+    }
+    return SV_OK;
+}
+
+static sv_status check_normalizer(loader *L, const json_value *v) {
+    if (!v || v->type == JSON_NULL) return SV_OK;
+    const char *type = json_get_string(v, "type");
+    const json_value *list = json_get(v, "normalizers");
+    if (type && strcmp(type, "Sequence") == 0 && list && list->type == JSON_ARRAY && list->len == 0) return SV_OK;
+    return sv_fail(SV_ERR_UNSUPPORTED, "%s: normalizer '%s' is not supported (only null)", L->path,
+                   type ? type : "(no type)");
+}
+
+static sv_status check_decoder(loader *L, const json_value *v) {
+    const char *type = v ? json_get_string(v, "type") : NULL;
+    if (type && strcmp(type, "ByteLevel") == 0) return SV_OK;
+    return sv_fail(SV_ERR_UNSUPPORTED, "%s: decoder '%s' is not supported (only ByteLevel)", L->path,
+                   type ? type : (!v || v->type == JSON_NULL ? "null" : "(no type)"));
+}
+
+/* Appends the ids of TemplateProcessing special token `name` to *ids. */
+static sv_status template_ids(loader *L, const json_value *specials, const char *name, int32_t **ids, size_t *n) {
+    const json_value *sp = json_get(specials, name);
+    const json_value *list = sp ? json_get(sp, "ids") : NULL;
+    if (!list || list->type != JSON_ARRAY)
+        return sv_fail(SV_ERR_FORMAT, "%s: post_processor special token '%.100s' has no \"ids\" list", L->path, name);
+    int32_t *p = realloc(*ids, (*n + list->len + 1) * sizeof *p);
+    if (!p) return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    *ids = p;
+    for (size_t i = 0; i < list->len; i++) {
+        const json_value *v = &list->items[i];
+        if (v->type != JSON_NUMBER || !v->is_integer || v->integer < 0 || v->integer >= INT32_MAX)
+            return sv_fail(SV_ERR_FORMAT, "%s: post_processor special token '%.100s' has a bad id", L->path, name);
+        p[(*n)++] = (int32_t)v->integer;
+    }
+    return SV_OK;
+}
+
+static sv_status load_template(loader *L, const json_value *v) {
+    sv_tokenizer *t = L->t;
+    const json_value *single = json_get(v, "single"), *specials = json_get(v, "special_tokens");
+    if (!single || single->type != JSON_ARRAY)
+        return sv_fail(SV_ERR_FORMAT, "%s: TemplateProcessing needs a \"single\" template list", L->path);
+    int seen_text = 0;
+    for (size_t i = 0; i < single->len; i++) {
+        const json_value *item = &single->items[i];
+        const json_value *special = json_get(item, "SpecialToken");
+        if (json_get(item, "Sequence")) {
+            const char *which = json_get_string(json_get(item, "Sequence"), "id");
+            if (seen_text || !which || strcmp(which, "A") != 0)
+                return sv_fail(SV_ERR_UNSUPPORTED, "%s: TemplateProcessing single template must hold sequence A once",
+                               L->path);
+            seen_text = 1;
+        } else if (special && json_get_string(special, "id")) {
+            sv_status st = seen_text ? template_ids(L, specials, json_get_string(special, "id"), &t->suffix_ids, &t->n_suffix)
+                                     : template_ids(L, specials, json_get_string(special, "id"), &t->prefix_ids, &t->n_prefix);
+            if (st != SV_OK) return st;
+        } else {
+            return sv_fail(SV_ERR_FORMAT, "%s: TemplateProcessing item %zu is neither Sequence nor SpecialToken", L->path, i);
+        }
+    }
+    if (!seen_text) return sv_fail(SV_ERR_FORMAT, "%s: TemplateProcessing single template lacks sequence A", L->path);
+    return SV_OK;
+}
+
+static sv_status load_post_processor(loader *L, const json_value *v, int depth) {
+    if (!v || v->type == JSON_NULL) return SV_OK;
+    const char *type = json_get_string(v, "type");
+    if (type && strcmp(type, "ByteLevel") == 0) return SV_OK; /* it only trims offsets */
+    if (type && strcmp(type, "TemplateProcessing") == 0) {
+        if (L->t->n_prefix || L->t->n_suffix)
+            return sv_fail(SV_ERR_UNSUPPORTED, "%s: more than one TemplateProcessing post-processor", L->path);
+        return load_template(L, v);
+    }
+    const json_value *list = json_get(v, "processors");
+    if (type && strcmp(type, "Sequence") == 0 && list && list->type == JSON_ARRAY && depth < 4) {
+        for (size_t i = 0; i < list->len; i++) {
+            sv_status st = load_post_processor(L, &list->items[i], depth + 1);
+            if (st != SV_OK) return st;
+        }
+        return SV_OK;
+    }
+    return sv_fail(SV_ERR_UNSUPPORTED, "%s: post_processor '%s' is not supported (TemplateProcessing, ByteLevel, Sequence)",
+                   L->path, type ? type : "(no type)");
+}
+
+/* Fills the per-id tables decoding and id_to_token use. */
+static sv_status build_id_tables(sv_tokenizer *t) {
+    int32_t max_id = -1;
+    for (size_t k = 0; k < t->n_vocab; k++) max_id = t->vocab_id[k] > max_id ? t->vocab_id[k] : max_id;
+    for (size_t k = 0; k < t->n_added; k++) max_id = t->added[k].id > max_id ? t->added[k].id : max_id;
+    t->n_ids = max_id + 1;
+    size_t n = t->n_ids > 0 ? (size_t)t->n_ids : 1;
+    t->id_text = malloc(n * sizeof *t->id_text);
+    t->id_bytes = malloc(n * sizeof *t->id_bytes);
+    t->id_special = calloc(n, 1);
+    if (!t->id_text || !t->id_bytes || !t->id_special) return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    for (size_t i = 0; i < n; i++) t->id_text[i] = t->id_bytes[i] = (span){NO_TEXT, 0};
+    for (size_t k = 0; k < t->n_vocab; k++) t->id_text[t->vocab_id[k]] = t->vocab_text[k];
+    /* added tokens take precedence for their ids; count the strings the model vocab lacks */
+    int32_t distinct = (int32_t)t->n_vocab;
+    for (size_t k = 0; k < t->n_added; k++) {
+        const added_token *a = &t->added[k];
+        t->id_text[a->id] = a->text;
+        t->id_special[a->id] = (uint8_t)a->special;
+        int repeated = vocab_lookup(t, t->pool + a->text.off, a->text.len) >= 0;
+        for (size_t j = 0; j < k && !repeated; j++)
+            repeated = t->added[j].text.len == a->text.len &&
+                       memcmp(t->pool + t->added[j].text.off, t->pool + a->text.off, a->text.len) == 0;
+        distinct += !repeated;
+    }
+    t->vocab_size = distinct;
+    char *bytes = NULL;
+    size_t cap = 0;
+    for (int32_t id = 0; id < t->n_ids; id++) {
+        span s = t->id_text[id];
+        if (s.off == NO_TEXT) continue;
+        if (s.len > cap) {
+            char *p = realloc(bytes, s.len);
+            if (!p) {
+                free(bytes);
+                return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+            }
+            bytes = p;
+            cap = s.len;
+        }
+        /* pool_add may move the pool: read the text into `bytes` first */
+        const unsigned char *txt = (const unsigned char *)t->pool + s.off;
+        size_t nb = 0;
+        int all_bytes = 1;
+        for (size_t i = 0; i < s.len && all_bytes;) {
+            uint32_t cp;
+            i += sv_utf8_next(txt + i, s.len - i, &cp);
+            int b = cp_to_byte(cp);
+            if (b < 0) all_bytes = 0;
+            else bytes[nb++] = (char)b;
+        }
+        if (!all_bytes) {
+            memcpy(bytes, txt, s.len);
+            nb = s.len;
+        }
+        sv_status st = pool_add(t, bytes, nb, &t->id_bytes[id]);
+        if (st != SV_OK) {
+            free(bytes);
+            return st;
+        }
+        if (nb > t->max_token_bytes) t->max_token_bytes = nb;
+    }
+    free(bytes);
+    return SV_OK;
+}
+
+/* Truncation and fixed-length padding would change the ids of one text; batch
+ * padding (to the longest in the batch) does not. */
+static sv_status check_truncation_padding(loader *L, const json_value *root) {
+    const json_value *trunc = json_get(root, "truncation"), *pad = json_get(root, "padding");
+    if (trunc && trunc->type != JSON_NULL)
+        return sv_fail(SV_ERR_UNSUPPORTED, "%s: \"truncation\" is set; this engine does not truncate, so it must be null",
+                       L->path);
+    if (!pad || pad->type == JSON_NULL) return SV_OK;
+    const json_value *strategy = json_get(pad, "strategy"), *multiple = json_get(pad, "pad_to_multiple_of");
+    if (strategy && strategy->type == JSON_STRING && strcmp(strategy->str, "BatchLongest") == 0 &&
+        (!multiple || multiple->type == JSON_NULL))
+        return SV_OK;
+    return sv_fail(SV_ERR_UNSUPPORTED, "%s: \"padding\" pads single texts; this engine does not pad, so it must be null",
+                   L->path);
+}
+
+sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out) {
+    if (!out) return sv_fail(SV_ERR_ARG, "sv_tokenizer_load: out is NULL");
+    *out = NULL;
+    if (!path || !path[0]) return sv_fail(SV_ERR_ARG, "no tokenizer.json path given");
+    char err[512];
+    size_t len;
+    char *text = json_read_file(path, MAX_TOKENIZER_BYTES, &len, err, sizeof err);
+    if (!text) return sv_fail(SV_ERR_IO, "%s", err);
+    json_doc *doc = json_parse(text, len, err, sizeof err);
+    free(text);
+    if (!doc) return sv_fail(SV_ERR_FORMAT, "%s: %s", path, err);
+    sv_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        json_free(doc);
+        return sv_fail(SV_ERR_NOMEM, "out of memory loading the tokenizer");
+    }
+    loader L = {t, path};
+    const json_value *root = json_root(doc);
+    sv_status st = root->type == JSON_OBJECT ? SV_OK : sv_fail(SV_ERR_FORMAT, "%s: not a JSON object", path);
+    if (st == SV_OK) st = check_truncation_padding(&L, root);
+    if (st == SV_OK) st = load_model(&L, json_get(root, "model"));
+    if (st == SV_OK) st = load_added(&L, json_get(root, "added_tokens"));
+    if (st == SV_OK) st = check_normalizer(&L, json_get(root, "normalizer"));
+    if (st == SV_OK) st = sv_pretok_parse(json_get(root, "pre_tokenizer"), path, &t->pretok);
+    if (st == SV_OK) st = load_post_processor(&L, json_get(root, "post_processor"), 0);
+    if (st == SV_OK) st = check_decoder(&L, json_get(root, "decoder"));
+    if (st == SV_OK) st = build_id_tables(t);
+    json_free(doc);
+    if (st != SV_OK) {
+        sv_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return SV_OK;
+}
+
+void sv_tokenizer_free(sv_tokenizer *t) {
+    if (!t) return;
+    free(t->pool);
+    free(t->vocab_text);
+    free(t->vocab_id);
+    free(t->vocab_slots);
+    free(t->merge_keys);
+    free(t->merge_rank);
+    free(t->merge_new);
+    free(t->added);
+    free(t->id_text);
+    free(t->id_bytes);
+    free(t->id_special);
+    free(t->prefix_ids);
+    free(t->suffix_ids);
+    free(t);
+}
+
+int32_t sv_tokenizer_vocab_size(const sv_tokenizer *t) { return t ? t->vocab_size : 0; }
+
+int32_t sv_tokenizer_token_to_id(const sv_tokenizer *t, const char *token, size_t len) {
+    if (!t || (!token && len)) return NO_ID;
+    for (size_t k = 0; k < t->n_added; k++)
+        if (t->added[k].text.len == len && memcmp(t->pool + t->added[k].text.off, token, len) == 0) return t->added[k].id;
+    return vocab_lookup(t, token, len);
+}
+
+const char *sv_tokenizer_id_to_token(const sv_tokenizer *t, int32_t id, size_t *len_out) {
+    if (!t || id < 0 || id >= t->n_ids || t->id_text[id].off == NO_TEXT) return NULL;
+    if (len_out) *len_out = t->id_text[id].len;
+    return t->pool + t->id_text[id].off;
+}
+
+int32_t sv_tokenizer_is_special(const sv_tokenizer *t, int32_t id) {
+    return t && id >= 0 && id < t->n_ids && t->id_special[id];
+}
+
+/* ---- encoding ---- */
+
+typedef struct {
+    int32_t *ids;
+    size_t n, cap;
+    /* BPE scratch, sized to the longest piece so far */
+    int32_t *sym_id, *sym_prev, *sym_next;
+    struct heap_entry *heap;
+    char *word; /* byte-level text of a piece, for ignore_merges */
+    size_t sym_cap;
+    sv_pretok_scratch pre;
+} encoder;
+
+struct heap_entry {
+    int32_t rank, pos, new_id;
+};
+
+static sv_status emit(encoder *e, int32_t id) {
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 256;
+        int32_t *p = realloc(e->ids, cap * sizeof *p);
+        if (!p) return sv_fail(SV_ERR_NOMEM, "out of memory while encoding");
+        e->ids = p;
+        e->cap = cap;
+    }
+    e->ids[e->n++] = id;
+    return SV_OK;
+}
+
+static int heap_less(const struct heap_entry *a, const struct heap_entry *b) {
+    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static void heap_push(struct heap_entry *h, size_t *n, struct heap_entry x) {
+    size_t i = (*n)++;
+    while (i > 0 && heap_less(&x, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = x;
+}
+
+static struct heap_entry heap_pop(struct heap_entry *h, size_t *n) {
+    struct heap_entry top = h[0], x = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && heap_less(&h[c + 1], &h[c])) c++;
+        if (!heap_less(&h[c], &x)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = x;
+    return top;
+}
+
+/* Queues the merge of the symbol at pos with its successor, if there is one. */
+static void queue_pair(const sv_tokenizer *t, encoder *e, size_t *nh, int32_t pos) {
+    int32_t next = e->sym_next[pos];
+    if (next < 0) return;
+    uint64_t key = ((uint64_t)(uint32_t)e->sym_id[pos] << 32) | (uint32_t)e->sym_id[next];
+    size_t slot = merge_slot(t, key);
+    if (t->merge_keys[slot] == key) heap_push(e->heap, nh, (struct heap_entry){t->merge_rank[slot], pos, t->merge_new[slot]});
+}
+
+static sv_status grow_symbols(encoder *e, size_t n) {
+    if (n <= e->sym_cap) return SV_OK;
+    size_t cap = e->sym_cap ? e->sym_cap : 64;
+    while (cap < n) cap *= 2;
+    int32_t *a = realloc(e->sym_id, cap * sizeof *a);
+    if (a) e->sym_id = a;
+    int32_t *b = realloc(e->sym_prev, cap * sizeof *b);
+    if (b) e->sym_prev = b;
+    int32_t *c = realloc(e->sym_next, cap * sizeof *c);
+    if (c) e->sym_next = c;
+    struct heap_entry *h = realloc(e->heap, 2 * cap * sizeof *h);
+    if (h) e->heap = h;
+    char *w = realloc(e->word, 2 * cap);
+    if (w) e->word = w;
+    if (!a || !b || !c || !h || !w) return sv_fail(SV_ERR_NOMEM, "out of memory while encoding");
+    e->sym_cap = cap;
+    return SV_OK;
+}
+
+/* BPE over one pre-tokenized piece w[0..n) (raw bytes; each stands for its byte-level character). */
+static sv_status bpe_piece(const sv_tokenizer *t, encoder *e, const unsigned char *w, size_t n) {
+    if (n > INT32_MAX / 2) return sv_fail(SV_ERR_ARG, "a %zu-byte piece of text is too long to tokenize", n);
+    sv_status st = grow_symbols(e, n);
+    if (st != SV_OK) return st;
+    if (t->ignore_merges) {
+        size_t len = 0;
+        for (size_t i = 0; i < n; i++) len += utf8_put(t->byte_cp[w[i]], e->word + len);
+        int32_t id = vocab_lookup(t, e->word, len);
+        if (id >= 0) return emit(e, id);
+    }
+    /* initial symbols: one per byte; a byte missing from the vocab becomes unk or is dropped */
+    int32_t ns = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = t->byte_id[w[i]];
+        if (id < 0) {
+            if (t->unk_id < 0 || (t->fuse_unk && ns > 0 && e->sym_id[ns - 1] == t->unk_id)) continue;
+            id = t->unk_id;
+        }
+        e->sym_id[ns] = id;
+        e->sym_prev[ns] = ns - 1;
+        e->sym_next[ns] = ns + 1;
+        ns++;
+    }
+    if (ns == 0) return SV_OK;
+    e->sym_next[ns - 1] = -1;
+    size_t nh = 0;
+    for (int32_t i = 0; i + 1 < ns; i++) queue_pair(t, e, &nh, i);
+    while (nh > 0) {
+        struct heap_entry top = heap_pop(e->heap, &nh);
+        int32_t pos = top.pos, next = e->sym_next[pos];
+        if (e->sym_id[pos] < 0 || next < 0) continue; /* merged away meanwhile */
+        uint64_t key = ((uint64_t)(uint32_t)e->sym_id[pos] << 32) | (uint32_t)e->sym_id[next];
+        size_t slot = merge_slot(t, key);
+        if (t->merge_keys[slot] != key || t->merge_new[slot] != top.new_id) continue; /* stale pair */
+        e->sym_id[pos] = top.new_id;
+        e->sym_id[next] = -1;
+        e->sym_next[pos] = e->sym_next[next];
+        if (e->sym_next[next] >= 0) e->sym_prev[e->sym_next[next]] = pos;
+        if (e->sym_prev[pos] >= 0) queue_pair(t, e, &nh, e->sym_prev[pos]);
+        queue_pair(t, e, &nh, pos);
+    }
+    for (int32_t i = 0; i >= 0; i = e->sym_next[i]) {
+        st = emit(e, e->sym_id[i]);
+        if (st != SV_OK) return st;
+    }
+    return SV_OK;
+}
+
+static sv_status encode_plain(const sv_tokenizer *t, encoder *e, const char *text, size_t len) {
+    if (len == 0) return SV_OK;
+    sv_status st = sv_pretok_run(&t->pretok, text, len, &e->pre);
+    for (size_t i = 0; i < e->pre.n_pieces && st == SV_OK; i++)
+        st = bpe_piece(t, e, (const unsigned char *)e->pre.buf + e->pre.pieces[i].off, e->pre.pieces[i].len);
+    return st;
+}
+
+/* Longest added token (with the given normalized flag) starting at s[0..n), or -1. */
+static int32_t added_at(const sv_tokenizer *t, const char *s, size_t n, int normalized) {
+    int32_t best = -1;
+    for (int32_t k = t->added_by_byte[(unsigned char)s[0]]; k >= 0; k = t->added[k].next_same_byte) {
+        const added_token *a = &t->added[k];
+        if (a->normalized != normalized || a->text.len > n || (best >= 0 && a->text.len <= t->added[best].text.len))
+            continue;
+        if (memcmp(t->pool + a->text.off, s, a->text.len) == 0) best = k;
+    }
+    return best;
+}
+
+/* Start of the whitespace run that ends at s[i] (i itself when there is none). */
+static size_t space_run_start(const char *s, size_t i) {
+    while (i > 0) {
+        size_t k = i - 1;
+        while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--; /* back to the character's first byte */
+        uint32_t cp;
+        sv_utf8_next((const unsigned char *)s + k, i - k, &cp);
+        if (!(sv_uc_flags(cp) & SV_UC_SPACE)) break;
+        i = k;
+    }
+    return i;
+}
+
+/* End of the whitespace run that starts at s[i]. */
+static size_t space_after(const char *s, size_t i, size_t n) {
+    while (i < n) {
+        uint32_t cp;
+        size_t step = sv_utf8_next((const unsigned char *)s + i, n - i, &cp);
+        if (!(sv_uc_flags(cp) & SV_UC_SPACE)) break;
+        i += step;
+    }
+    return i;
+}
+
+/* Cuts the added tokens of one pass out of s[0..n) and passes the text
+ * between them on: pass 0 matches non-normalized tokens, pass 1 normalized
+ * ones (the normalizer is the identity), then the text is pre-tokenized. */
+static sv_status encode_span(const sv_tokenizer *t, encoder *e, const char *s, size_t n, int pass) {
+    if (pass == 2) return encode_plain(t, e, s, n);
+    if (t->n_added == 0) return encode_span(t, e, s, n, pass + 1);
+    size_t done = 0; /* end of what has been emitted */
+    sv_status st = SV_OK;
+    for (size_t i = 0; i < n && st == SV_OK;) {
+        int32_t k = added_at(t, s + i, n - i, pass == 1);
+        if (k < 0) {
+            i++;
+            continue;
+        }
+        const added_token *a = &t->added[k];
+        size_t start = i, stop = i + a->text.len;
+        if (a->lstrip) { /* the token swallows the whitespace before it, unless emitted already */
+            start = space_run_start(s, i);
+            if (start < done) start = done;
+        }
+        if (a->rstrip) stop = space_after(s, stop, n);
+        /* matching resumes after the token itself, so a match may start inside the
+         * rstrip whitespace; tokenizers then emits it without a gap, and so do we */
+        if (start > done) st = encode_span(t, e, s + done, start - done, pass + 1);
+        if (st == SV_OK) st = emit(e, a->id);
+        done = stop;
+        i += a->text.len;
+    }
+    if (st == SV_OK && done < n) st = encode_span(t, e, s + done, n - done, pass + 1);
+    return st;
+}
+
+sv_status sv_tokenizer_encode(const sv_tokenizer *t, const char *text, size_t len, int32_t add_special,
+                              int32_t **ids_out, size_t *n_out) {
+    if (!ids_out || !n_out) return sv_fail(SV_ERR_ARG, "sv_tokenizer_encode: NULL output pointer");
+    *ids_out = NULL;
+    *n_out = 0;
+    if (!t) return sv_fail(SV_ERR_ARG, "sv_tokenizer_encode: no tokenizer");
+    if (!text && len) return sv_fail(SV_ERR_ARG, "sv_tokenizer_encode: text is NULL");
+    char *fixed = NULL;
+    if (!utf8_valid((const unsigned char *)text, len)) {
+        if (len > SIZE_MAX / 3) return sv_fail(SV_ERR_ARG, "text too long");
+        size_t used;
+        fixed = malloc(3 * len);
+        if (!fixed) return sv_fail(SV_ERR_NOMEM, "out of memory while encoding");
+        len = utf8_lossy((const unsigned char *)text, len, 1, fixed, &used);
+        text = fixed;
+    }
+    encoder e = {0};
+    sv_status st = SV_OK;
+    for (size_t i = 0; add_special && i < t->n_prefix && st == SV_OK; i++) st = emit(&e, t->prefix_ids[i]);
+    if (st == SV_OK) st = encode_span(t, &e, text, len, 0);
+    for (size_t i = 0; add_special && i < t->n_suffix && st == SV_OK; i++) st = emit(&e, t->suffix_ids[i]);
+    if (st == SV_OK && !e.ids && !(e.ids = malloc(sizeof *e.ids))) /* a freeable array even for no tokens */
+        st = sv_fail(SV_ERR_NOMEM, "out of memory while encoding");
+    free(fixed);
+    free(e.sym_id);
+    free(e.sym_prev);
+    free(e.sym_next);
+    free(e.heap);
+    free(e.word);
+    sv_pretok_scratch_free(&e.pre);
+    if (st != SV_OK) {
+        free(e.ids);
+        return st;
+    }
+    *ids_out = e.ids;
+    *n_out = e.n;
+    return SV_OK;
+}
+
+/* ---- decoding ---- */
+
+sv_status sv_tokenizer_decode(const sv_tokenizer *t, const int32_t *ids, size_t n, int32_t skip_special, char **text_out,
+                              size_t *len_out) {
+    if (!text_out || !len_out) return sv_fail(SV_ERR_ARG, "sv_tokenizer_decode: NULL output pointer");
+    *text_out = NULL;
+    *len_out = 0;
+    if (!t) return sv_fail(SV_ERR_ARG, "sv_tokenizer_decode: no tokenizer");
+    if (!ids && n) return sv_fail(SV_ERR_ARG, "sv_tokenizer_decode: ids is NULL");
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0) return sv_fail(SV_ERR_ARG, "token id %d at position %zu is negative", ids[i], i);
+        /* ids naming no token are skipped, as tokenizers does */
+        if (ids[i] < t->n_ids && !(skip_special && t->id_special[ids[i]])) total += t->id_bytes[ids[i]].len;
+    }
+    unsigned char *bytes = malloc(total ? total : 1);
+    char *out = malloc(3 * total + 1);
+    if (!bytes || !out) {
+        free(bytes);
+        free(out);
+        return sv_fail(SV_ERR_NOMEM, "out of memory while decoding");
+    }
+    size_t nb = 0, used;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] >= t->n_ids || (skip_special && t->id_special[ids[i]])) continue;
+        span s = t->id_bytes[ids[i]];
+        if (s.off == NO_TEXT) continue;
+        memcpy(bytes + nb, t->pool + s.off, s.len);
+        nb += s.len;
+    }
+    size_t len = utf8_lossy(bytes, nb, 1, out, &used);
+    free(bytes);
+    out[len] = '\0';
+    *text_out = out;
+    *len_out = len;
+    return SV_OK;
+}
+
+struct sv_detokenizer {
+    const sv_tokenizer *t;
+    int skip_special;
+    unsigned char *in; /* held-back bytes of an incomplete character, then the new token's */
+    size_t n_in;
+    char *out;
+};
+
+sv_status sv_detokenizer_create(const sv_tokenizer *t, int32_t skip_special, sv_detokenizer **out) {
+    if (!out) return sv_fail(SV_ERR_ARG, "sv_detokenizer_create: out is NULL");
+    *out = NULL;
+    if (!t) return sv_fail(SV_ERR_ARG, "sv_detokenizer_create: no tokenizer");
+    sv_detokenizer *d = calloc(1, sizeof *d);
+    size_t cap = t->max_token_bytes + 4;
+    if (d) {
+        d->in = malloc(cap);
+        d->out = malloc(3 * cap + 1);
+    }
+    if (!d || !d->in || !d->out) {
+        sv_detokenizer_free(d);
+        return sv_fail(SV_ERR_NOMEM, "out of memory creating a detokenizer");
+    }
+    d->t = t;
+    d->skip_special = skip_special != 0;
+    *out = d;
+    return SV_OK;
+}
+
+/* Converts the held bytes, keeping an incomplete trailing character unless final. */
+static void detok_drain(sv_detokenizer *d, int final, const char **text_out, size_t *len_out) {
+    size_t used, len = utf8_lossy(d->in, d->n_in, final, d->out, &used);
+    memmove(d->in, d->in + used, d->n_in - used);
+    d->n_in -= used;
+    d->out[len] = '\0';
+    *text_out = d->out;
+    *len_out = len;
+}
+
+sv_status sv_detokenizer_push(sv_detokenizer *d, int32_t id, const char **text_out, size_t *len_out) {
+    if (!d || !text_out || !len_out) return sv_fail(SV_ERR_ARG, "sv_detokenizer_push: NULL argument");
+    if (id < 0) return sv_fail(SV_ERR_ARG, "token id %d is negative", id);
+    const sv_tokenizer *t = d->t;
+    if (id < t->n_ids && !(d->skip_special && t->id_special[id]) && t->id_bytes[id].off != NO_TEXT) {
+        span s = t->id_bytes[id];
+        memcpy(d->in + d->n_in, t->pool + s.off, s.len);
+        d->n_in += s.len;
+    }
+    detok_drain(d, 0, text_out, len_out);
+    return SV_OK;
+}
+
+sv_status sv_detokenizer_flush(sv_detokenizer *d, const char **text_out, size_t *len_out) {
+    if (!d || !text_out || !len_out) return sv_fail(SV_ERR_ARG, "sv_detokenizer_flush: NULL argument");
+    detok_drain(d, 1, text_out, len_out);
+    return SV_OK;
+}
+
+void sv_detokenizer_free(sv_detokenizer *d) {
+    if (!d) return;
+    free(d->in);
+    free(d->out);
+    free(d);
+}

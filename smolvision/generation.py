@@ -1,0 +1,337 @@
+"""Token-level generation: sampling options, the C token loop and streaming.
+
+Everything here works on token ids and optional image embedding rows; the
+`Model` methods `logits`, `generate_ids` and `stream_ids` are thin wrappers.
+
+The C loop reports each id through a callback (`_sv_on_token`).  A Python
+exception raised there (KeyboardInterrupt included) cannot cross the C frames,
+so it is stored, generation is stopped by returning non-zero, and it is
+re-raised once the C call has returned.  The engine stays usable afterwards.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import secrets
+import threading
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import errors
+from ._native import check, ffi, lib
+from .config import Config
+
+__all__ = ["SamplingParams", "Timings", "GenerationResult", "read_eos_token_ids"]
+
+#: A per-token callback: return True to stop generating after this id.
+TokenCallback = Callable[[int], Optional[bool]]
+
+_FINISH_REASONS = {lib.SV_FINISH_STOP: "stop", lib.SV_FINISH_LENGTH: "length",
+                   lib.SV_FINISH_CANCELLED: "cancelled"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token.
+
+    temperature 0 is greedy decoding; otherwise the logits pass, in the order
+    transformers' generate uses, repetition penalty, temperature, top-k,
+    top-p and min-p before one random draw.  The repetition penalty applies to
+    greedy decoding too.
+    """
+
+    max_tokens: int = 256
+    """The most ids to generate (an EOS id, when produced, is the last and counts)."""
+    temperature: float = 0.0
+    """0 = greedy; higher flattens the distribution."""
+    top_k: int = 0
+    """Keep the k most likely ids; 0 = off."""
+    top_p: float = 1.0
+    """Keep the most likely ids covering this probability mass, in (0, 1]; 1 = off."""
+    min_p: float = 0.0
+    """Drop ids less likely than min_p times the top one, in [0, 1]; 0 = off."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages ids already in the prompt or output; 1 = off."""
+    seed: Optional[int] = None
+    """Seed of the sampler's own PRNG, in [0, 2**64); None draws a fresh one per call."""
+    eos_token_ids: Optional[Tuple[int, ...]] = None
+    """Ids that end generation; None = the model's generation_config.json."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> errors.InputError:
+            return errors.InputError(f"{name} must be {rule}, not {getattr(self, name)!r}")
+
+        if not _is_int(self.max_tokens) or self.max_tokens < 0:
+            raise bad("max_tokens", "an integer >= 0")
+        if not _is_real(self.temperature) or not (0 <= self.temperature < math.inf):
+            raise bad("temperature", "a finite number >= 0 (0 = greedy)")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0 (0 = off)")
+        if not _is_real(self.top_p) or not (0 < self.top_p <= 1):
+            raise bad("top_p", "a number in (0, 1] (1 = off)")
+        if not _is_real(self.min_p) or not (0 <= self.min_p <= 1):
+            raise bad("min_p", "a number in [0, 1] (0 = off)")
+        if not _is_real(self.repetition_penalty) or not (0 < self.repetition_penalty < math.inf):
+            raise bad("repetition_penalty", "a finite number > 0 (1 = off)")
+        if self.seed is not None and (not _is_int(self.seed) or not (0 <= self.seed < 2**64)):
+            raise bad("seed", "None or an integer in [0, 2**64)")
+        if self.eos_token_ids is not None:
+            ids = (self.eos_token_ids,) if _is_int(self.eos_token_ids) else self.eos_token_ids
+            try:
+                ids = tuple(ids)
+            except TypeError:
+                raise bad("eos_token_ids", "None or a sequence of integers") from None
+            if not all(_is_int(i) and 0 <= i < 2**31 for i in ids):
+                raise bad("eos_token_ids", "None or a sequence of non-negative integers")
+            object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in ids))
+
+    @classmethod
+    def build(cls, params: Optional["SamplingParams"] = None, overrides: Mapping[str, object] = {}) -> "SamplingParams":
+        """`params` (or the defaults) with keyword overrides; unknown names raise InputError."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise errors.InputError(f"unknown sampling option(s) {', '.join(unknown)}; "
+                                    f"valid: {', '.join(sorted(names))}")
+        if params is not None and not isinstance(params, SamplingParams):
+            raise errors.InputError(f"params must be a SamplingParams, not {type(params).__name__}")
+        return replace(params or cls(), **overrides)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one generation went."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_s: float
+    """Prompt processing, up to the first id's logits."""
+    decode_s: float
+    """Everything after: picking ids and running them back through the decoder."""
+    image_encode_s: float = 0.0
+    """Preprocessing and encoding the prompt's images (0 for id-level calls)."""
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The ids one generation produced."""
+
+    token_ids: list
+    """The generated ids (not the prompt); an EOS id that stopped generation is the last."""
+    finish_reason: str
+    """'stop' (an EOS id), 'length' (max_tokens) or 'cancelled' (the callback or consumer stopped it)."""
+    timings: Timings
+
+
+def read_eos_token_ids(model_dir: str) -> Tuple[int, ...]:
+    """The EOS ids of a model directory: generation_config.json's eos_token_id
+    (an int or a list), else config.json's (top level or text_config); () if none."""
+    def eos_of(path: str, *sections: str):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise errors.ModelError(f"{path}: cannot read ({exc})") from exc
+        for section in sections:
+            data = data.get(section) if isinstance(data, dict) else None
+        value = data.get("eos_token_id") if isinstance(data, dict) else None
+        if value is None:
+            return None
+        ids = [value] if _is_int(value) else value
+        if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
+            raise errors.ModelError(f"{path}: eos_token_id must be an integer or a list of integers, not {value!r}")
+        return tuple(ids)
+
+    for path, sections in ((os.path.join(model_dir, "generation_config.json"), ()),
+                           (os.path.join(model_dir, "config.json"), ()),
+                           (os.path.join(model_dir, "config.json"), ("text_config",))):
+        ids = eos_of(path, *sections)
+        if ids is not None:
+            return ids
+    return ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Checked C-ready inputs: ids int32 [n], image rows float32 [rows, text hidden]."""
+
+    ids: np.ndarray
+    image_embeds: Optional[np.ndarray]
+
+    @classmethod
+    def build(cls, config: Config, input_ids, image_embeds=None) -> "Prompt":
+        vocab = config.text.vocab_size
+        try:
+            raw = np.asarray(input_ids)
+        except (TypeError, ValueError) as exc:
+            raise errors.InputError(f"input_ids must be a 1-D sequence of integers ({exc})") from None
+        if raw.ndim != 1 or raw.size == 0 or not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == object):
+            raise errors.InputError(f"input_ids must be a non-empty 1-D sequence of integers, "
+                                    f"got shape {raw.shape} dtype {raw.dtype}")
+        if raw.dtype == object:
+            if not all(_is_int(i) for i in raw):
+                raise errors.InputError("input_ids must contain only integers")
+            bad = next((int(i) for i in raw if not 0 <= int(i) < vocab), None)
+        else:
+            outside = (raw < 0) | (raw >= vocab)
+            bad = int(raw[outside][0]) if outside.any() else None
+        if bad is not None:
+            raise errors.InputError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        ids = np.ascontiguousarray(raw, dtype=np.int32)
+        embeds = None
+        if image_embeds is not None:
+            embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
+            hidden = config.text.hidden_size
+            if embeds.ndim != 2 or embeds.shape[1] != hidden:
+                raise errors.InputError(f"image_embeds must have shape [rows, {hidden}], got {embeds.shape}")
+            if not np.isfinite(embeds).all():
+                raise errors.InputError("image_embeds contains NaN or infinite values")
+        n_image_tokens = int(np.count_nonzero(ids == config.image_token_id))
+        n_rows = 0 if embeds is None else embeds.shape[0]
+        if n_image_tokens != n_rows:
+            raise errors.InputError(f"the prompt has {n_image_tokens} image tokens (id {config.image_token_id}) "
+                                    f"but {n_rows} image embedding rows were given; they must match one to one")
+        return cls(ids, embeds)
+
+    def c_args(self) -> tuple:
+        """(ids pointer, n, image pointer, rows) for the C calls; the arrays must outlive the call."""
+        embeds = ffi.NULL if self.image_embeds is None else ffi.from_buffer("float[]", self.image_embeds)
+        rows = 0 if self.image_embeds is None else self.image_embeds.shape[0]
+        return ffi.from_buffer("int32_t[]", self.ids), len(self.ids), embeds, rows
+
+
+def logits(handle, vocab_size: int, prompt: Prompt) -> np.ndarray:
+    """float32 [vocab] logits after the prompt's last position (the caller holds the model lock)."""
+    out = np.empty(vocab_size, dtype=np.float32)
+    check(lib.sv_logits(handle, *prompt.c_args(), ffi.from_buffer("float[]", out)), errors.GenerationError)
+    return out
+
+
+class _Run:
+    """The Python side of one sv_generate call: the user's callback and what it raised."""
+
+    def __init__(self, on_token: Optional[TokenCallback]) -> None:
+        self.on_token = on_token
+        self.error: Optional[BaseException] = None
+
+    def deliver(self, token_id: int) -> int:
+        if self.on_token is None:
+            return 0
+        try:
+            return 1 if self.on_token(token_id) else 0
+        except BaseException as exc:  # KeyboardInterrupt too: it is re-raised after the C call
+            self.error = exc
+            return 1
+
+
+# The run whose C call is active on this thread; the error hook uses it when
+# an exception escapes _sv_on_token itself (e.g. a signal arriving there).
+_active = threading.local()
+
+
+def _on_callback_error(exc_type, exc_value, traceback) -> None:
+    run = getattr(_active, "run", None)
+    if run is not None and run.error is None:
+        run.error = exc_value if exc_value is not None else exc_type()
+
+
+@ffi.def_extern(error=1, onerror=_on_callback_error)
+def _sv_on_token(user, token_id):
+    return ffi.from_handle(user).deliver(token_id)
+
+
+def generate(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
+             on_token: Optional[TokenCallback] = None) -> GenerationResult:
+    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
+    each id as it is chosen and may return True to stop."""
+    eos = ffi.new("int32_t[]", list(eos_token_ids) or [0])
+    s = ffi.new("sv_sampling *")
+    s.temperature = params.temperature
+    s.top_k = params.top_k
+    s.top_p = params.top_p
+    s.min_p = params.min_p
+    s.repetition_penalty = params.repetition_penalty
+    s.seed = secrets.randbits(64) if params.seed is None else params.seed
+    s.max_tokens = params.max_tokens
+    s.eos_ids = eos
+    s.n_eos_ids = len(eos_token_ids)
+    out_ids = np.zeros(max(params.max_tokens, 1), dtype=np.int32)
+    result = ffi.new("sv_generate_result *")
+    run = _Run(on_token)
+    user = ffi.new_handle(run)
+    previous, _active.run = getattr(_active, "run", None), run
+    try:
+        status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
+                                 ffi.from_buffer("int32_t[]", out_ids), result)
+    finally:
+        _active.run = previous
+    if run.error is not None:
+        raise run.error
+    check(status, errors.GenerationError)
+    n = result.n_generated
+    timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
+                      prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
+    return GenerationResult(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
+                            timings=timings)
+
+
+class _Finished:
+    def __init__(self, result: Optional[GenerationResult] = None, error: Optional[BaseException] = None) -> None:
+        self.result, self.error = result, error
+
+
+def stream(run: Callable[[TokenCallback], GenerationResult]) -> Iterator[int]:
+    """Yields ids as `run(on_token)` produces them on a worker thread.
+
+    Closing the generator early (break, close(), garbage collection, an
+    exception in the consumer) makes the next callback stop the C loop, and
+    waits for the worker.  The generator's return value is the
+    GenerationResult; errors of the run are raised in the consumer."""
+    ids: "queue.SimpleQueue" = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def on_token(token_id: int) -> bool:
+        ids.put(token_id)
+        return stop.is_set()
+
+    def work() -> None:
+        try:
+            ids.put(_Finished(result=run(on_token)))
+        except BaseException as exc:
+            ids.put(_Finished(error=exc))
+
+    worker = threading.Thread(target=work, name="smolvision-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ids.get()
+            if isinstance(item, _Finished):
+                if item.error is not None:
+                    raise item.error
+                return item.result
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -1,0 +1,224 @@
+"""From messages and images to token ids and image rows, and from generated ids back to text.
+
+The glue between the pieces: chat template -> prompt text -> `<image>` expansion -> tokenizer ids;
+images -> tiles -> vision encoder rows; generated ids -> incremental UTF-8 text with stop strings.
+Model's text-level methods are thin wrappers over this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from . import errors
+from .chat import load_chat_template, render_chat_template
+from .generation import Timings
+from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, load_image_seq_len
+from .tokenizer import Tokenizer
+
+DEFAULT_PROMPT = "Describe this image."
+
+
+class Inputs(NamedTuple):
+    """What the decoder consumes for one prompt."""
+
+    input_ids: List[int]
+    """The prompt's token ids, image tokens expanded."""
+    pixel_values: Optional[np.ndarray]
+    """float32 [n_tiles, 3, S, S], every image's tiles in order; None without images."""
+    images: List[PreprocessedImage]
+    """Each image's tiles and grid (rows, cols)."""
+    text: str
+    """The prompt text the ids encode (template applied, image markers expanded)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one Model.generate call."""
+
+    text: str
+    """The answer, without special tokens and cut before any stop string."""
+    token_ids: List[int]
+    """The generated ids (not the prompt); an EOS id that ended generation is the last."""
+    finish_reason: str
+    """'stop' (an EOS id or a stop string), 'length' (max_tokens) or 'cancelled' (on_token asked to stop)."""
+    prompt_tokens: int
+    n_tiles: int
+    """Image tiles encoded for the prompt (0 for text-only prompts)."""
+    timings: Timings
+
+
+class PromptBuilder:
+    """A model directory's chat template, image processor and image token count, read once."""
+
+    def __init__(self, model_dir: str, tokenizer: Tokenizer) -> None:
+        self.model_dir = model_dir
+        self.tokenizer = tokenizer
+        self._template: Optional[str] = None
+        self._processor: Optional[ImageProcessor] = None
+        self.image_seq_len = load_image_seq_len(model_dir)
+        self.special_tokens = _special_tokens(model_dir)
+
+    @property
+    def image_processor(self) -> ImageProcessor:
+        if self._processor is None:
+            self._processor = ImageProcessor.from_dir(self.model_dir)
+        return self._processor
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        if self._template is None:
+            self._template = load_chat_template(self.model_dir)
+        return render_chat_template(self._template, messages, add_generation_prompt=add_generation_prompt,
+                                    **self.special_tokens)
+
+    def preprocess(self, image, do_image_splitting: Optional[bool] = None,
+                   longest_edge: Optional[int] = None) -> PreprocessedImage:
+        return self.image_processor.preprocess(image, do_image_splitting=do_image_splitting,
+                                               longest_edge=longest_edge)
+
+    def build(self, text: str, images: Sequence = (), do_image_splitting: Optional[bool] = None,
+              longest_edge: Optional[int] = None) -> Inputs:
+        """Inputs for prompt text holding one `<image>` marker per image (the processor's convention)."""
+        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+            images = [images] if images is not None else []
+        processed = [self.preprocess(image, do_image_splitting, longest_edge) for image in images]
+        expanded = expand_image_tokens(text, processed, self.image_seq_len)
+        # Like Idefics3Processor: the tokenizer adds what its post-processor declares (nothing for SmolVLM).
+        ids = self.tokenizer.encode(expanded, add_special_tokens=True)
+        pixels = np.concatenate([p.pixel_values for p in processed]) if processed else None
+        return Inputs(ids, pixels, processed, expanded)
+
+
+def chat_messages(prompt: Optional[str], n_images: int, system_prompt: Optional[str]) -> List[dict]:
+    """One user turn (images first, then the text, as SmolVLM's examples do), after an optional system turn."""
+    content: List[dict] = [{"type": "image"} for _ in range(n_images)]
+    if prompt:
+        content.append({"type": "text", "text": prompt})
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+class TextAssembler:
+    """Turns generated ids into text pieces: UTF-8-safe, special tokens dropped, cut at the first stop string.
+
+    Text that could still become a stop string is held back until it cannot, so no piece handed out is
+    ever taken back.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
+        self.decoder = tokenizer.incremental_decoder(skip_special_tokens=True)
+        self.stop = [s for s in stop if s]
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Adds one id; returns the text now safe to show (maybe '')."""
+        return self._advance(self.decoder.push(token_id), final=False)
+
+    def finish(self) -> str:
+        """Returns the rest of the text once generation has ended."""
+        if self.stopped:
+            return ""
+        return self._advance(self.decoder.flush(), final=True)
+
+    def _advance(self, piece: str, final: bool) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        longest = max((len(s) for s in self.stop), default=0)
+        start = max(0, self.emitted - longest + 1)
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.stopped = True
+            end = len(self.text)
+        elif final:
+            end = len(self.text)
+        else:
+            end = len(self.text) - self._partial_stop_suffix()
+        out = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return out
+
+    def _partial_stop_suffix(self) -> int:
+        """The length of the longest end of the text that begins some stop string."""
+        best = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+
+def generate_text(run_ids: Callable, tokenizer: Tokenizer, inputs: Inputs, image_encode_s: float,
+                  stop: Sequence[str], on_token: Optional[Callable[[str], Any]]) -> Result:
+    """Runs `run_ids(on_id)` (the id-level generation) and assembles the text result."""
+    assembler = TextAssembler(tokenizer, stop)
+    user_cancelled = False
+
+    def on_id(token_id: int) -> bool:
+        nonlocal user_cancelled
+        piece = assembler.push(token_id)
+        if piece and on_token is not None and on_token(piece):
+            user_cancelled = True
+        return assembler.stopped or user_cancelled
+
+    ids_result = run_ids(on_id)
+    rest = assembler.finish()
+    if rest and on_token is not None:
+        on_token(rest)
+    reason = ids_result.finish_reason
+    if assembler.stopped:
+        reason = "stop"
+    t = ids_result.timings
+    timings = Timings(prompt_tokens=t.prompt_tokens, generated_tokens=t.generated_tokens, prefill_s=t.prefill_s,
+                      decode_s=t.decode_s, image_encode_s=image_encode_s)
+    n_tiles = 0 if inputs.pixel_values is None else int(inputs.pixel_values.shape[0])
+    return Result(text=assembler.text, token_ids=list(ids_result.token_ids), finish_reason=reason,
+                  prompt_tokens=len(inputs.input_ids), n_tiles=n_tiles, timings=timings)
+
+
+def stop_token_ids(model_dir: str, eos_from_config: Sequence[int], tokenizer: Tokenizer) -> tuple:
+    """generation_config's EOS ids plus the chat end markers the tokenizer knows."""
+    ids = list(eos_from_config)
+    for marker in ("<end_of_utterance>", "<|im_end|>"):
+        token = tokenizer.token_to_id(marker)
+        if token is not None and token not in ids:
+            ids.append(token)
+    return tuple(ids)
+
+
+def _special_tokens(model_dir: str) -> dict:
+    """bos_token / eos_token etc. from tokenizer_config.json, which transformers passes to templates."""
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise errors.ModelError(f"{path}: cannot read ({exc})") from exc
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), seconds)."""
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
