@@ -366,9 +366,19 @@ static sv_status load_tokenizer(sv_model *m) {
 }
 
 sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
+    sv_load_options opts = {n_threads, SV_PRECISION_FP32};
+    return sv_model_load_ex(dir, &opts, out);
+}
+
+sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_model **out) {
     *out = NULL;
     sv_clear_error();
+    sv_load_options o = opts ? *opts : (sv_load_options){0, SV_PRECISION_FP32};
     if (!dir || !dir[0]) return sv_fail(SV_ERR_ARG, "no model directory given");
+    if (o.precision != SV_PRECISION_FP32 && o.precision != SV_PRECISION_BF16)
+        return sv_fail(SV_ERR_ARG, "precision is %d, not %d (fp32) or %d (bf16)", o.precision, SV_PRECISION_FP32,
+                       SV_PRECISION_BF16);
+    int32_t n_threads = o.n_threads;
     sv_model *m = calloc(1, sizeof *m);
     if (!m) return sv_fail(SV_ERR_NOMEM, "out of memory");
     m->dir = strdup(dir);
@@ -405,6 +415,7 @@ sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
         sv_model_free(m);
         return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", m->n_threads);
     }
+    sv_pool_set_precision(m->pool, (sv_precision)o.precision);
     *out = m;
     return SV_OK;
 }
@@ -424,5 +435,7 @@ void sv_model_free(sv_model *m) {
 }
 
 const sv_config *sv_model_config(const sv_model *m) { return &m->cfg; }
+
+int32_t sv_model_precision(const sv_model *m) { return sv_pool_precision(m->pool); }
 
 sv_tokenizer *sv_model_tokenizer(sv_model *m) { return m ? m->tokenizer : NULL; }

@@ -74,6 +74,31 @@ typedef struct sv_model sv_model;
  * Weights are memory-mapped and validated, not converted.  n_threads <= 0
  * means one per online core. */
 sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out);
+
+/* ---- load options and precision ---- */
+
+/* How matmuls compute.  FP32: fp32 activations times weights widened to fp32
+ * (the default).  BF16: activations rounded to BF16 once per matmul, BF16 x
+ * BF16 products summed in fp32 (AVX512_BF16's vdpbf16ps), for BF16 weights on
+ * CPUs with AVX512_BF16; F16 and F32 weights, and CPUs (or SMOLVISION_ISA
+ * settings) without AVX512_BF16, run the FP32 path.  Its error against an
+ * fp32 reference is of the order of transformers' own BF16 run's. */
+typedef enum { SV_PRECISION_FP32 = 0, SV_PRECISION_BF16 = 1 } sv_precision;
+
+typedef struct {
+    int32_t n_threads; /* <= 0: one per online core */
+    int32_t precision; /* an sv_precision */
+} sv_load_options;
+
+/* sv_model_load with options; opts NULL means {0, SV_PRECISION_FP32}.  An
+ * unknown precision is an SV_ERR_ARG. */
+sv_status sv_model_load_ex(const char *model_dir, const sv_load_options *opts, sv_model **out);
+/* The precision the model was loaded with (what it asked for, even where the CPU runs FP32 instead). */
+int32_t sv_model_precision(const sv_model *model);
+/* 1 if precision BF16 runs the BF16 kernels in this process (the CPU has AVX512_BF16 and SMOLVISION_ISA
+ * does not lower the kernels below it), 0 if it falls back to FP32. */
+int32_t sv_kernels_bf16(void);
+
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
@@ -213,6 +238,13 @@ const char *sv_kernels_isa(void);
 sv_status sv_debug_matmul(const char *isa, int32_t blas, const float *x, int64_t n, const void *w, int32_t dtype,
                           int64_t rows, int64_t cols, const float *b, float *y, int32_t threads, int32_t repeat,
                           double *seconds);
+
+/* sv_debug_matmul for a precision (an sv_precision), choosing kernels as
+ * sv_matmul does: BF16 runs the named ISA's BF16 x BF16 kernels where it has
+ * them (avx512bf16) and the weights are BF16, the FP32 ones otherwise. */
+sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const float *x, int64_t n, const void *w,
+                                    int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
+                                    int32_t threads, int32_t repeat, double *seconds);
 
 /* One small kernel of kernels.h with the named ISA's build of it, in place on
  * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",

@@ -19,6 +19,9 @@ struct sv_pool {
     sv_task_fn fn;
     void *arg;
     int64_t n;
+    void *shared;         /* sv_pool_shared's buffer */
+    size_t shared_bytes;
+    sv_precision precision;
 };
 
 typedef struct {
@@ -96,6 +99,7 @@ void sv_pool_free(sv_pool *p) {
     free(p->workers);
     for (int i = 0; i < p->n_scratch; i++) free(p->scratch[i]);
     free(p->scratch);
+    free(p->shared);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
@@ -125,3 +129,17 @@ void sv_pool_run(sv_pool *p, sv_task_fn fn, void *arg, int64_t n) {
     while (p->pending) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
+
+void *sv_pool_shared(sv_pool *p, size_t bytes) {
+    if (bytes <= p->shared_bytes) return p->shared;
+    void *buf;
+    if (posix_memalign(&buf, 64, bytes) != 0) return NULL;
+    free(p->shared);
+    p->shared = buf;
+    p->shared_bytes = bytes;
+    return buf;
+}
+
+void sv_pool_set_precision(sv_pool *p, sv_precision precision) { p->precision = precision; }
+
+sv_precision sv_pool_precision(const sv_pool *p) { return p->precision; }

@@ -5,11 +5,16 @@
  * takes a chunk too, so a pool of 1 thread runs everything inline.
  *
  * Each thread also owns a scratch buffer allocated with the pool, so kernels
- * (e.g. widening a weight panel for BLAS) need no allocation per call. */
+ * (e.g. widening a weight panel for BLAS) need no allocation per call.  The
+ * pool also carries the owning model's matmul precision, so sv_matmul's
+ * callers need not pass it. */
 #ifndef SV_THREADPOOL_H
 #define SV_THREADPOOL_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "smolvision.h"
 
 typedef struct sv_pool sv_pool;
 
@@ -25,5 +30,14 @@ int sv_pool_threads(const sv_pool *pool);
 /* Thread t's scratch (SV_POOL_SCRATCH_BYTES): only that thread may use it, and only inside a task. */
 float *sv_pool_scratch(sv_pool *pool, int thread);
 void sv_pool_run(sv_pool *pool, sv_task_fn fn, void *arg, int64_t n);
+
+/* A buffer of at least `bytes`, 64-byte aligned, that the caller of sv_pool_run fills before a run
+ * and every thread may read during it (e.g. activations rounded to BF16 once per matmul).  Grown on
+ * demand, never shrunk, freed with the pool; NULL if it cannot grow.  Call it only outside tasks. */
+void *sv_pool_shared(sv_pool *pool, size_t bytes);
+
+/* The matmul precision of the model owning the pool (sv_precision; SV_PRECISION_FP32 when created). */
+void sv_pool_set_precision(sv_pool *pool, sv_precision precision);
+sv_precision sv_pool_precision(const sv_pool *pool);
 
 #endif

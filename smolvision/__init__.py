@@ -4,7 +4,7 @@
     with smolvision.load("path/to/SmolVLM-Instruct") as model:
         ...
 """
-from ._native import build_info, version
+from ._native import build_info, cpu_features, version
 from .config import Config, TextConfig, VisionConfig
 from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,
                      TokenizerError)
@@ -17,5 +17,5 @@ __version__ = version()
 __all__ = [
     "Config", "Error", "GenerationError", "GenerationResult", "ImageError", "IncrementalDecoder", "InputError",
     "Model", "ModelError", "ResourceError", "SamplingParams", "TextConfig", "Timings", "Tokenizer", "TokenizerError",
-    "VisionConfig", "build_info", "load",
+    "VisionConfig", "build_info", "cpu_features", "load",
 ]

@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "smolvision's C engine is not built: install with `pip install .`, or for development "
         "run `cmake -S . -B build && cmake --build build` and use PYTHONPATH=." ) from exc
 
-__all__ = ["ffi", "lib", "check", "last_error", "build_info", "version"]
+__all__ = ["ffi", "lib", "check", "last_error", "build_info", "cpu_features", "version"]
 
 
 def last_error() -> str:
@@ -47,3 +47,10 @@ def version() -> str:
 def build_info() -> str:
     """How the C library was built, e.g. 'blas=scipy-openblas32 sanitize=off'."""
     return ffi.string(lib.sv_build_info()).decode()
+
+
+def cpu_features() -> dict:
+    """Which matmul kernels this process runs: {"kernels": "portable" | "avx2" | "avx512" | "avx512bf16"
+    (the best this CPU runs, or lower if the SMOLVISION_ISA environment variable says so), "bf16_matmul":
+    whether precision="bf16" runs BF16 x BF16 kernels here (AVX512_BF16) rather than falling back to fp32}."""
+    return {"kernels": ffi.string(lib.sv_kernels_isa()).decode(), "bf16_matmul": bool(lib.sv_kernels_bf16())}

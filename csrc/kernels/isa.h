@@ -32,6 +32,26 @@ typedef struct {
                  const float *b);
 } sv_isa;
 
+/* The BF16 x BF16 kernels of precision "bf16" (matmul_avx512bf16.c): products of BF16 pairs summed in
+ * fp32.  Only BF16 weights take them.  The driver rounds the activations once per matmul into
+ * xb[n, ldx], ldx = W.cols rounded up to even (zero-padded), which every thread then reads. */
+typedef struct {
+    const char *name;
+    /* xb[i, :] = x[i, :] rounded to BF16 (nearest even), zero-padded: x[n, k], xb[n, ldx]. */
+    void (*round_rows)(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k);
+    /* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1, weights read from the mapping:
+     * xb[n, ldx], W BF16, y[n, ldy], b NULL or [W.rows]. */
+    void (*dot)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,
+                const float *b, int64_t r0, int64_t r1);
+    int dot_max_n; /* the driver uses dot up to this n, pack + gemm above */
+    /* panel[ceil(W.cols / 2), panel_width]: BF16 pairs of W[r0:r1, :]^T as 32-bit words, zero-padded;
+     * gemm: y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for c < width (xb[n, ldx], y[n, ldy]). */
+    int panel_width;
+    void (*pack)(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1);
+    void (*gemm)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+                 int64_t width, const float *b);
+} sv_bf16_isa;
+
 /* The small kernels of kernels.h, same shapes as there. */
 typedef struct {
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps);
@@ -47,11 +67,14 @@ extern const sv_ops sv_ops_portable;
 #ifdef SV_X86_KERNELS
 extern const sv_isa sv_isa_avx2, sv_isa_avx512;
 extern const sv_ops sv_ops_avx2, sv_ops_avx512;
+extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
 
 /* The tables for a level, or NULL when this CPU (or this build) cannot run it. */
 const sv_isa *sv_isa_for(sv_isa_level level);
 const sv_ops *sv_ops_for(sv_isa_level level);
+/* The BF16 x BF16 kernels for a level: NULL below SV_ISA_AVX512BF16 (precision "bf16" then runs fp32). */
+const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);
 /* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */

@@ -14,7 +14,14 @@
  * SigLIP shapes, n = 729, one thread: 105 vs 92 GFLOP/s for BF16 weights,
  * where BLAS pays for widening a panel and then packing it again).
  * Every path computes the same fp32 sums in a different order, so results
- * agree to fp32 rounding.  Nothing here allocates. */
+ * agree to fp32 rounding.
+ *
+ * Precision "bf16" (the pool's, set from the model's load options) with BF16
+ * weights on a CPU with AVX512_BF16: the activations are rounded to BF16 once
+ * per matmul into the pool's shared buffer, in parallel, and the BF16 x BF16
+ * kernels (isa.h: sv_bf16_isa) run the same dot / packed-GEMM split; anything
+ * else, or a shared buffer that cannot grow, takes the fp32 paths above.
+ * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
 #include <time.h>
@@ -44,7 +51,7 @@ enum {
     BLAS_PANEL_MAX = 512 /* rows of W widened per sgemm call: 256 and 512 measured best */
 };
 
-typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM } matmul_path;
+typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM } matmul_path;
 
 /* When BLAS may run (the `blas` argument of sv_debug_matmul). */
 typedef enum { BLAS_NEVER = 0, BLAS_FIRST = 1, BLAS_FALLBACK = 2 } blas_use;
@@ -57,6 +64,9 @@ typedef struct {
     int64_t n;
     const sv_matrix *W;
     const float *b;
+    const sv_bf16_isa *bf16; /* the BF16 paths: their kernels and x rounded, xb[n, ldx] */
+    uint16_t *xb;
+    int64_t ldx;
 } matmul_job;
 
 static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
@@ -82,6 +92,30 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
         int64_t w = r1 - r < width ? r1 - r : width;
         j->isa->pack(panel, j->W, r, r + w);
         j->isa->gemm(j->y + r, ldy, j->x, j->n, j->W->cols, panel, w, j->b ? j->b + r : NULL);
+    }
+}
+
+static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    j->bf16->round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
+}
+
+static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    int64_t r0, r1;
+    row_range(j, begin, end, &r0, &r1);
+    j->bf16->dot(j->y, j->W->rows, j->xb, j->ldx, j->n, j->W, j->b, r0, r1);
+}
+
+static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    int64_t r0, r1, width = j->bf16->panel_width, ldy = j->W->rows;
+    row_range(j, begin, end, &r0, &r1);
+    uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
+    for (int64_t r = r0; r < r1; r += width) {
+        int64_t w = r1 - r < width ? r1 - r : width;
+        j->bf16->pack(panel, j->W, r, r + w);
+        j->bf16->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
 }
 
@@ -141,12 +175,30 @@ static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const
     return own ? PATH_GEMM : PATH_DOT;
 }
 
-static void matmul(sv_pool *pool, const sv_isa *isa, blas_use use, float *y, const float *x, int64_t n,
-                   const sv_matrix *W, const float *b) {
+/* The BF16 path for this product, or PATH_DOT when it takes the fp32 ones.  Rounds x into the
+ * pool's shared buffer (job->xb) on the way. */
+static matmul_path prepare_bf16(matmul_job *job) {
+    const sv_bf16_isa *bf = job->bf16;
+    const int64_t K = job->W->cols;
+    if (!bf || job->W->dtype != ST_BF16) return PATH_DOT;
+    job->ldx = (K + 1) / 2 * 2;
+    job->xb = sv_pool_shared(job->pool, (size_t)(job->n * job->ldx) * sizeof(uint16_t));
+    if (!job->xb) return PATH_DOT;
+    sv_pool_run(job->pool, round_task, job, job->n);
+    int gemm_fits = job->ldx / 2 * bf->panel_width * (int64_t)sizeof(uint32_t) <= SV_POOL_SCRATCH_BYTES;
+    return job->n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
+}
+
+static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, blas_use use, float *y,
+                   const float *x, int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
-    matmul_job job = {isa, pool, y, x, n, W, b};
+    matmul_job job = {isa, pool, y, x, n, W, b, bf16, NULL, 0};
     int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    switch (choose_path(isa, use, n, W)) {
+    matmul_path path = prepare_bf16(&job);
+    if (path == PATH_DOT) path = choose_path(isa, use, n, W);
+    switch (path) {
+    case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
+    case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;
     case PATH_DOT: sv_pool_run(pool, dot_task, &job, blocks); break;
     case PATH_GEMM: sv_pool_run(pool, gemm_task, &job, blocks); break;
     case PATH_BLAS:
@@ -158,8 +210,14 @@ static void matmul(sv_pool *pool, const sv_isa *isa, blas_use use, float *y, con
     }
 }
 
+/* The BF16 kernels a precision runs with at this ISA level: NULL for fp32. */
+static const sv_bf16_isa *bf16_kernels(sv_precision precision, sv_isa_level level) {
+    return precision == SV_PRECISION_BF16 ? sv_bf16_isa_for(level) : NULL;
+}
+
 void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
-    matmul(pool, sv_isa_for(sv_isa_selected()), BLAS_FALLBACK, y, x, n, W, b);
+    sv_isa_level level = sv_isa_selected();
+    matmul(pool, sv_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), BLAS_FALLBACK, y, x, n, W, b);
 }
 
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
@@ -170,20 +228,25 @@ void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
 
 const char *sv_kernels_isa(void) { return sv_isa_level_name(sv_isa_selected()); }
 
+int32_t sv_kernels_bf16(void) { return sv_bf16_isa_for(sv_isa_selected()) != NULL; }
+
 static double now_seconds(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-sv_status sv_debug_matmul(const char *isa_name, int32_t blas, const float *x, int64_t n, const void *w,
-                          int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
-                          int32_t repeat, double *seconds) {
+static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t blas, const float *x, int64_t n,
+                              const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
+                              int32_t threads, int32_t repeat, double *seconds) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
     if (level < 0)
         return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa_name ? isa_name : "(null)");
     const sv_isa *isa = sv_isa_for((sv_isa_level)level);
     if (!isa) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
+    if (precision != SV_PRECISION_FP32 && precision != SV_PRECISION_BF16)
+        return sv_fail(SV_ERR_ARG, "precision is %d, not 0 (fp32) or 1 (bf16)", precision);
+    const sv_bf16_isa *bf16 = bf16_kernels((sv_precision)precision, (sv_isa_level)level);
     if (blas < BLAS_NEVER || blas > BLAS_FALLBACK) return sv_fail(SV_ERR_ARG, "blas is %d, not 0, 1 or 2", blas);
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return sv_fail(SV_ERR_ARG, "dtype %d is not 0 (F32), 1 (F16) or 2 (BF16)", dtype);
@@ -194,10 +257,23 @@ sv_status sv_debug_matmul(const char *isa_name, int32_t blas, const float *x, in
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
-    if (seconds) matmul(pool, isa, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
+    if (seconds) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
     double start = now_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, (blas_use)blas, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b);
     if (seconds) *seconds = now_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;
+}
+
+sv_status sv_debug_matmul(const char *isa_name, int32_t blas, const float *x, int64_t n, const void *w,
+                          int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
+                          int32_t repeat, double *seconds) {
+    return debug_matmul(isa_name, SV_PRECISION_FP32, blas, x, n, w, dtype, rows, cols, b, y, threads, repeat, seconds);
+}
+
+sv_status sv_debug_matmul_precision(const char *isa_name, int32_t precision, const float *x, int64_t n,
+                                    const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b,
+                                    float *y, int32_t threads, int32_t repeat, double *seconds) {
+    return debug_matmul(isa_name, precision, BLAS_FALLBACK, x, n, w, dtype, rows, cols, b, y, threads, repeat,
+                        seconds);
 }

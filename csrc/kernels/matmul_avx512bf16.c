@@ -1,0 +1,183 @@
+/* matmul_avx512bf16.c - the BF16 x BF16 matmul kernels of precision "bf16"
+ * for x86-64 CPUs with AVX512_BF16.  CMake compiles this one file with those
+ * target flags; dispatch.c hands its table out only after checking the CPU.
+ *
+ * vdpbf16ps multiplies 32 BF16 pairs and adds each pair's two products into
+ * one of 16 fp32 lanes: a BF16 product is exact in fp32, so the only errors
+ * are rounding the activations to BF16 (round_rows, once per matmul) and the
+ * fp32 accumulation.  The weights are BF16 already and are read straight from
+ * the mapping (dot) or from a packed panel (gemm).  The instruction treats
+ * denormal inputs and results as zero, as transformers' BF16 CPU matmuls
+ * effectively do too (BF16 denormals are below 1e-38). */
+#ifdef SV_X86_KERNELS
+#include <immintrin.h>
+#include <string.h>
+
+#include "isa.h"
+
+#define INLINE static inline __attribute__((always_inline))
+/* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
+#define UNROLL _Pragma("GCC unroll 16")
+
+enum {
+    ROWS = 4,       /* weight rows per dot tile */
+    ROWS_GEMV = 8,  /* weight rows per dot tile when n = 1: more loads in flight */
+    XROWS = 4,      /* input rows per dot tile */
+    PANEL = 32,     /* packed panel width for gemm: two zmm of BF16 pairs per panel row */
+    GEMM_XROWS = 12 /* input rows per gemm tile: 24 accumulators */
+};
+
+#define BH(v) ((__m512bh)(v))
+
+/* xb[i, :] = x[i, :] rounded to BF16 (nearest even), zero-padded to ldx: x[n, k], xb[n, ldx]. */
+static void round_rows(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *src = x + i * k;
+        uint16_t *dst = xb + i * ldx;
+        int64_t c = 0;
+        for (; c + 16 <= k; c += 16)
+            _mm256_storeu_si256((__m256i *)(dst + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + c)));
+        if (c < k) {
+            __mmask16 m = (__mmask16)((1u << (k - c)) - 1);
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c));
+            _mm256_mask_storeu_epi16(dst + c, m, h);
+        }
+        for (c = k; c < ldx; c++) dst[c] = 0;
+    }
+}
+
+/* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < NI, r < NR: w points at weight row 0 of the tile, stride bytes apart. */
+INLINE void dot_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t K, const char *w, size_t stride,
+                     const float *b, const int NI, const int NR) {
+    __m512 acc[XROWS][ROWS_GEMV];
+    UNROLL
+    for (int i = 0; i < NI; i++)
+        UNROLL
+        for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i wv[ROWS_GEMV];
+        UNROLL
+        for (int r = 0; r < NR; r++) wv[r] = _mm512_loadu_si512(w + r * stride + k * 2);
+        UNROLL
+        for (int i = 0; i < NI; i++) {
+            __m512i xv = _mm512_loadu_si512(xb + i * ldx + k);
+            UNROLL
+            for (int r = 0; r < NR; r++) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], BH(xv), BH(wv[r]));
+        }
+    }
+    if (k < K) {
+        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
+        __m512i wv[ROWS_GEMV];
+        UNROLL
+        for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_epi16(m, w + r * stride + k * 2);
+        UNROLL
+        for (int i = 0; i < NI; i++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(m, xb + i * ldx + k);
+            UNROLL
+            for (int r = 0; r < NR; r++) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], BH(xv), BH(wv[r]));
+        }
+    }
+    UNROLL
+    for (int i = 0; i < NI; i++)
+        UNROLL
+        for (int r = 0; r < NR; r++) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]) + (b ? b[r] : 0.0f);
+}
+
+/* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
+#define DOT_ROWS(NI, NR)                                                                                         \
+    do {                                                                                                         \
+        int64_t r = r0;                                                                                          \
+        for (; r + NR <= r1; r += NR)                                                                            \
+            dot_tile(yb + r, ldy, xr, ldx, K, w + r * stride, stride, b ? b + r : NULL, NI, NR);                 \
+        for (; r < r1; r++) dot_tile(yb + r, ldy, xr, ldx, K, w + r * stride, stride, b ? b + r : NULL, NI, 1);  \
+    } while (0)
+
+/* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: W BF16 [rows, K], xb[n, ldx], y[n, ldy]. */
+static void dot(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,
+                const float *b, int64_t r0, int64_t r1) {
+    const int64_t K = W->cols;
+    const size_t stride = (size_t)K * 2;
+    const char *w = W->data;
+    for (int64_t ib = 0; ib < n; ib += XROWS) {
+        float *yb = y + ib * ldy;
+        const uint16_t *xr = xb + ib * ldx;
+        switch (n - ib < XROWS ? n - ib : XROWS) {
+        case 1: DOT_ROWS(1, ROWS_GEMV); break;
+        case 2: DOT_ROWS(2, ROWS); break;
+        case 3: DOT_ROWS(3, ROWS); break;
+        default: DOT_ROWS(4, ROWS); break;
+        }
+    }
+}
+
+/* panel[p, c] = the BF16 pair W[r0 + c, 2p : 2p + 2] as one 32-bit word (low half first, as vdpbf16ps reads it),
+ * for p < ceil(K / 2), c < PANEL; a missing second element (odd K) and columns past r1 - r0 are zero. */
+static void pack(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
+    const int64_t K = W->cols, pairs = (K + 1) / 2, whole = K / 2;
+    const uint16_t *w = W->data;
+    for (int64_t c = 0; c < PANEL; c++) {
+        if (r0 + c >= r1) {
+            for (int64_t p = 0; p < pairs; p++) panel[p * PANEL + c] = 0;
+            continue;
+        }
+        const uint16_t *row = w + (r0 + c) * K;
+        for (int64_t p = 0; p < whole; p++) {
+            uint32_t pair;
+            memcpy(&pair, row + 2 * p, sizeof pair); /* rows of odd K are only 2-byte aligned */
+            panel[p * PANEL + c] = pair;
+        }
+        if (pairs > whole) panel[whole * PANEL + c] = row[K - 1];
+    }
+}
+
+/* y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for i < NI, c < width (masks m0, m1 select c). */
+INLINE void gemm_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t pairs, const uint32_t *panel,
+                      __mmask16 m0, __mmask16 m1, __m512 b0, __m512 b1, const int NI) {
+    __m512 acc[GEMM_XROWS][2];
+    UNROLL
+    for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; p++) {
+        __m512i w0 = _mm512_load_si512(panel + p * PANEL), w1 = _mm512_load_si512(panel + p * PANEL + 16);
+        UNROLL
+        for (int i = 0; i < NI; i++) {
+            uint32_t pair;
+            memcpy(&pair, xb + i * ldx + 2 * p, sizeof pair);
+            __m512i xv = _mm512_set1_epi32((int)pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], BH(xv), BH(w0));
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], BH(xv), BH(w1));
+        }
+    }
+    UNROLL
+    for (int i = 0; i < NI; i++) {
+        _mm512_mask_storeu_ps(y + i * ldy, m0, _mm512_add_ps(acc[i][0], b0));
+        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, _mm512_add_ps(acc[i][1], b1));
+    }
+}
+
+/* y[i, c] = xb[i, :] . panel[:, c] + b[c] for i < n, c < width: xb[n, ldx], panel[ldx / 2, PANEL], y[n, ldy]. */
+static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+                 int64_t width, const float *b) {
+    const int64_t pairs = ldx / 2;
+    __mmask16 m0 = width >= 16 ? 0xFFFF : (__mmask16)((1u << width) - 1);
+    __mmask16 m1 = width >= 32 ? 0xFFFF : width > 16 ? (__mmask16)((1u << (width - 16)) - 1) : 0;
+    __m512 b0 = b ? _mm512_maskz_loadu_ps(m0, b) : _mm512_setzero_ps();
+    __m512 b1 = b ? _mm512_maskz_loadu_ps(m1, b + 16) : _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + GEMM_XROWS <= n; i += GEMM_XROWS)
+        gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, GEMM_XROWS);
+    for (; i + 4 <= n; i += 4) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 4);
+    for (; i < n; i++) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 1);
+}
+
+const sv_bf16_isa sv_bf16_isa_avx512bf16 = {
+    .name = "avx512bf16",
+    .round_rows = round_rows,
+    .dot = dot,
+    .dot_max_n = 16,
+    .panel_width = PANEL,
+    .pack = pack,
+    .gemm = gemm,
+};
+
+#endif
