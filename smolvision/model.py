@@ -18,6 +18,9 @@ from .processing import PreprocessedImage
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# Model(precision=...) -> sv_precision
+_PRECISIONS = {"fp32": 0, "bf16": 1}
+
 
 class Model:
     """A SmolVLM model loaded from a Hugging Face model directory.
@@ -28,19 +31,29 @@ class Model:
 
         with smolvision.load("SmolVLM-Instruct") as model:
             print(model.config.text.hidden_size)
+
+    precision: "fp32" (default) multiplies fp32 activations by the weights
+    widened to fp32.  "bf16" rounds activations to BF16 and sums BF16 x BF16
+    products in fp32 (AVX512_BF16), for BF16 weights: faster, with errors of
+    the order of transformers' own bfloat16 run.  On CPUs without AVX512_BF16
+    (see smolvision.cpu_features()), and for F16/F32 weights, "bf16" computes
+    as "fp32".
     """
 
-    def __init__(self, model_dir: PathLike, threads: Optional[int] = None) -> None:
+    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise errors.InputError(f"threads must be a positive integer or None, not {threads!r}")
+        if not isinstance(precision, str) or precision not in _PRECISIONS:
+            raise errors.InputError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}")
         self.model_dir = path
         # One engine handle is not reentrant: calls into it are serialised.
         self._lock = threading.RLock()
         out = ffi.new("sv_model **")
-        check(lib.sv_model_load(path.encode(), threads or 0, out), errors.ModelError)
+        options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision]})
+        check(lib.sv_model_load_ex(path.encode(), options, out), errors.ModelError)
         self._handle = out[0]
         self.config = Config._from_c(lib.sv_model_config(self._handle))
         self._eos_token_ids: Optional[Tuple[int, ...]] = None
@@ -51,6 +64,12 @@ class Model:
         if self._handle is None:
             raise errors.Error("this Model is closed")
         return self._handle
+
+    @property
+    def precision(self) -> str:
+        """The matmul precision asked for at load: "fp32" or "bf16" (which may compute as fp32, see Model)."""
+        code = lib.sv_model_precision(self._ptr)
+        return next(name for name, value in _PRECISIONS.items() if value == code)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -302,6 +321,7 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(model_dir: PathLike, threads: Optional[int] = None) -> Model:
-    """Loads a SmolVLM model directory; `threads` defaults to one per core."""
-    return Model(model_dir, threads=threads)
+def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> Model:
+    """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
+    (see Model)."""
+    return Model(model_dir, threads=threads, precision=precision)

@@ -102,3 +102,158 @@ def test_debug_matmul_precision_rejects_unknown_precision():
                                            2, 4, ffi.NULL, ffi.from_buffer("float[]", y), 1, 1, ffi.NULL)
     assert status == lib.SV_ERR_ARG
     assert "precision" in ffi.string(lib.sv_last_error()).decode()
+
+
+# ---- the load option ----
+
+def test_precision_defaults_to_fp32_and_is_reported(mha_dir):
+    with smolvision.load(mha_dir) as model:
+        assert model.precision == "fp32"
+    with smolvision.load(mha_dir, precision="bf16") as model:
+        assert model.precision == "bf16"
+    with smolvision.Model(mha_dir, threads=1, precision="fp32") as model:
+        assert model.precision == "fp32"
+
+
+@pytest.mark.parametrize("bad", ["fp16", "BF16", "", None, 1])
+def test_unknown_precision_is_an_input_error(mha_dir, bad):
+    with pytest.raises(smolvision.InputError, match="precision"):
+        smolvision.load(mha_dir, precision=bad)
+
+
+def test_load_ex_checks_precision_and_takes_null_options(mha_dir):
+    out = ffi.new("sv_model **")
+    options = ffi.new("sv_load_options *", {"n_threads": 1, "precision": 2})
+    assert lib.sv_model_load_ex(str(mha_dir).encode(), options, out) == lib.SV_ERR_ARG
+    assert "precision" in ffi.string(lib.sv_last_error()).decode() and out[0] == ffi.NULL
+    assert lib.sv_model_load_ex(str(mha_dir).encode(), ffi.NULL, out) == lib.SV_OK
+    assert lib.sv_model_precision(out[0]) == FP32
+    lib.sv_model_free(out[0])
+
+
+def test_cpu_features_names_the_kernels():
+    features = smolvision.cpu_features()
+    assert features["kernels"] in ("portable", "avx2", "avx512", "avx512bf16")
+    assert features["bf16_matmul"] == (features["kernels"] == "avx512bf16")
+
+
+# ---- the contract on the tiny models ----
+#
+# Error = max |x - fp32 reference| / max |fp32 reference|, the measure of the fp32 parity tests.
+# Ours in bf16 mode must be within MARGIN times transformers' own bfloat16 run on the same inputs (or
+# FLOOR, about one BF16 ulp, should that run be unusually lucky).  The two round at different places
+# (transformers stores every activation and the pixels in BF16; we round only the matmul inputs and
+# keep fp32 between them), so the errors are of the same order but not equal, and which is larger
+# varies with the inputs; 1.5 leaves room for that while still failing on mistakes that multiply
+# the error, such as BF16 accumulation or rounding twice.
+MARGIN = 1.5
+FLOOR = 4e-3
+
+_references: dict = {}
+
+
+def reference(model_dir, dtype: torch.dtype):
+    from transformers import Idefics3ForConditionalGeneration
+
+    key = (str(model_dir), dtype)
+    if key not in _references:
+        _references[key] = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).eval()
+    return _references[key]
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    assert ours.shape == ref.shape
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def token_ids(model_dir, text: str) -> list:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))(text, add_special_tokens=False)["input_ids"]
+
+
+def random_pixels(model_dir, n_tiles: int, seed: int) -> np.ndarray:
+    size = reference(model_dir, torch.float32).config.vision_config.image_size
+    return np.random.default_rng(seed).uniform(-1, 1, (n_tiles, 3, size, size)).astype(np.float32)
+
+
+@torch.no_grad()
+def transformers_features(model_dir, pixels: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    out = reference(model_dir, dtype).model.get_image_features(torch.from_numpy(pixels).to(dtype)[None])
+    (features,) = out.pooler_output
+    return features.float().numpy()
+
+
+@torch.no_grad()
+def transformers_logits(model_dir, ids: list, dtype: torch.dtype, pixels: np.ndarray | None = None) -> np.ndarray:
+    pixel_values = None if pixels is None else torch.from_numpy(pixels).to(dtype)[None]
+    out = reference(model_dir, dtype)(input_ids=torch.tensor([ids]), pixel_values=pixel_values)
+    return out.logits[0, -1].float().numpy()
+
+
+def image_prompt(model_dir, n_tiles: int) -> list:
+    config = reference(model_dir, torch.float32).config
+    fake = token_ids(model_dir, "<fake_token_around_image>")
+    ids = token_ids(model_dir, "User:")
+    for _ in range(n_tiles):
+        ids += fake + [config.image_token_id] * (
+            (config.vision_config.image_size // config.vision_config.patch_size) ** 2 // config.scale_factor ** 2) + fake
+    return ids + token_ids(model_dir, "What is in this image?\nAssistant:")
+
+
+PROMPTS = {
+    "short": "User: Hi!\nAssistant:",  # under 16 tokens: the dot (GEMV) kernels throughout
+    "long": "User: Describe the picture of the old lighthouse on the cliff, and say what the weather is like "
+            "there today and tomorrow, in detail please.\nAssistant:",  # the packed GEMM for the prompt
+}
+
+
+@needs_bf16
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_bf16_logits_are_as_close_as_transformers_bf16(mha_dir, prompt):
+    ids = token_ids(mha_dir, PROMPTS[prompt])
+    assert (len(ids) <= 16) == (prompt == "short")
+    ref = transformers_logits(mha_dir, ids, torch.float32)
+    theirs = relative_error(transformers_logits(mha_dir, ids, torch.bfloat16), ref)
+    with smolvision.load(mha_dir, precision="bf16") as model:
+        ours = relative_error(model.logits(ids), ref)
+    with smolvision.load(mha_dir) as model:
+        fp32 = relative_error(model.logits(ids), ref)
+    print(f"{prompt}: ours bf16 {ours:.2e}, transformers bf16 {theirs:.2e}, ours fp32 {fp32:.2e}")
+    assert ours <= max(theirs * MARGIN, FLOOR)
+    assert ours > fp32  # the BF16 kernels ran: fp32 is much closer
+
+
+@needs_bf16
+def test_bf16_image_features_are_as_close_as_transformers_bf16(mha_dir):
+    pixels = random_pixels(mha_dir, 3, seed=5)
+    ref = transformers_features(mha_dir, pixels, torch.float32)
+    theirs = relative_error(transformers_features(mha_dir, pixels, torch.bfloat16), ref)
+    with smolvision.load(mha_dir, precision="bf16") as model:
+        ours = relative_error(model.encode_pixel_values(pixels), ref)
+    print(f"image features: ours bf16 {ours:.2e}, transformers bf16 {theirs:.2e}")
+    assert ours <= max(theirs * MARGIN, FLOOR)
+
+
+@needs_bf16
+def test_bf16_image_prompt_logits_are_as_close_as_transformers_bf16(mha_dir):
+    pixels = random_pixels(mha_dir, 2, seed=6)
+    ids = image_prompt(mha_dir, 2)
+    ref = transformers_logits(mha_dir, ids, torch.float32, pixels)
+    theirs = relative_error(transformers_logits(mha_dir, ids, torch.bfloat16, pixels), ref)
+    with smolvision.load(mha_dir, precision="bf16") as model:
+        ours = relative_error(model.logits(ids, image_embeds=model.encode_pixel_values(pixels)), ref)
+    print(f"image prompt: ours bf16 {ours:.2e}, transformers bf16 {theirs:.2e}")
+    assert ours <= max(theirs * MARGIN, FLOOR)
+
+
+def test_bf16_mode_equals_fp32_mode_for_f32_weights(gqa_dir):
+    """gqa_dir's weights are F32: no matmul takes the BF16 kernels, so the results are identical."""
+    ids = token_ids(gqa_dir, PROMPTS["long"])
+    pixels = random_pixels(gqa_dir, 2, seed=7)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        with smolvision.load(gqa_dir, precision=precision) as model:
+            results[precision] = (model.logits(ids), model.encode_pixel_values(pixels))
+    assert np.array_equal(results["fp32"][0], results["bf16"][0])
+    assert np.array_equal(results["fp32"][1], results["bf16"][1])
