@@ -7,7 +7,9 @@ weights streamed, against the machine's read bandwidth; its 33.6 MB are about
 the size of Zen 4's 32 MB L3, so back-to-back runs partly hit L3).  GEMM: vision shape,
 n=729 tokens through a 4304x1152 weight (SigLIP fc1; compute bound: GFLOP/s,
 against the FP32 FMA peak), through BLAS sgemm and through our own GEMM
-kernels (sv_matmul uses its own where the ISA has one).  Figures for this machine
+kernels (sv_matmul uses its own where the ISA has one).  The "avx512bf16 bf16"
+rows run precision="bf16": x rounded to BF16, BF16 x BF16 products summed in
+fp32 (vdpbf16ps); the percentages there are still of the FP32 FMA peak.  Figures for this machine
 are in shared/MEASUREMENTS.md; pass --bandwidth/--peak to compare elsewhere.
 """
 from __future__ import annotations
@@ -34,11 +36,12 @@ def to_weights(w: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def time_matmul(isa: str, use_blas: bool, x: np.ndarray, w: np.ndarray, dtype: str, rows: int, cols: int,
-                threads: int, repeat: int) -> tuple[float, float] | None:
+                threads: int, repeat: int, bf16: bool = False) -> tuple[float, float] | None:
     """(wall seconds, CPU seconds per thread) per matmul, best of 3 timed batches; None if this CPU lacks the ISA.
 
     On a shared, loaded machine the wall time mostly measures the other tenants;
-    CPU time per thread estimates what an idle machine would show.
+    CPU time per thread estimates what an idle machine would show.  bf16: precision "bf16"
+    (sv_debug_matmul_precision, which never uses BLAS) instead of fp32.
     """
     n = x.shape[0]
     y = np.empty((n, rows), np.float32)
@@ -46,9 +49,12 @@ def time_matmul(isa: str, use_blas: bool, x: np.ndarray, w: np.ndarray, dtype: s
     best = best_cpu = None
     for _ in range(3):
         cpu_start = time.process_time()
-        status = lib.sv_debug_matmul(isa.encode(), 1 if use_blas else 0, ffi.from_buffer("float[]", x), n,
-                                     ffi.from_buffer(w), DTYPE_CODES[dtype], rows, cols, ffi.NULL,
-                                     ffi.from_buffer("float[]", y), threads, repeat, seconds)
+        args = (ffi.from_buffer("float[]", x), n, ffi.from_buffer(w), DTYPE_CODES[dtype], rows, cols, ffi.NULL,
+                ffi.from_buffer("float[]", y), threads, repeat, seconds)
+        if bf16:
+            status = lib.sv_debug_matmul_precision(isa.encode(), 1, *args)
+        else:
+            status = lib.sv_debug_matmul(isa.encode(), 1 if use_blas else 0, *args)
         if status == lib.SV_ERR_UNSUPPORTED:
             return None
         if status != lib.SV_OK:
@@ -76,15 +82,16 @@ def main() -> None:
     w = to_weights(rng.standard_normal((rows, cols), np.float32) * 0.02, "bf16")
     x = rng.standard_normal((1, cols), np.float32)
     print(f"\nGEMV n=1, BF16 W[{rows}x{cols}] ({w.nbytes / 1e6:.1f} MB); machine {args.bandwidth} GB/s")
-    print(f"{'isa':<10}{'threads':>8}{'wall us':>10}{'GB/s':>8}{'of bw':>8}{'cpu us':>10}{'GB/s':>8}{'of bw':>8}")
-    for isa in ISAS:
+    print(f"{'isa':<15}{'threads':>8}{'wall us':>10}{'GB/s':>8}{'of bw':>8}{'cpu us':>10}{'GB/s':>8}{'of bw':>8}")
+    for isa, bf16 in [(isa, False) for isa in ISAS] + [("avx512bf16", True)]:
+        label = f"{isa} bf16" if bf16 else isa
         for threads in (1, 2):
-            times = time_matmul(isa, False, x, w, "bf16", rows, cols, threads, 20 if args.quick else 100)
+            times = time_matmul(isa, False, x, w, "bf16", rows, cols, threads, 20 if args.quick else 100, bf16)
             if times is None:
-                print(f"{isa:<10}{threads:>8}  (not supported here)")
+                print(f"{label:<15}{threads:>8}  (not supported here)")
                 continue
             bw = args.bandwidth if threads == 2 else args.bandwidth_1
-            line = f"{isa:<10}{threads:>8}"
+            line = f"{label:<15}{threads:>8}"
             for t in times:
                 gbs = w.nbytes / t / 1e9
                 line += f"{t * 1e6:>10.0f}{gbs:>8.1f}{gbs / bw:>8.0%}"
@@ -95,25 +102,28 @@ def main() -> None:
     x = rng.standard_normal((n, cols), np.float32)
     wf = rng.standard_normal((rows, cols), np.float32) * 0.02
     print(f"\nGEMM n={n}, W[{rows}x{cols}] ({flops / 1e9:.2f} GFLOP); FP32 peak {args.peak} GFLOP/s (2 threads)")
-    print(f"{'isa':<10}{'dtype':>6}{'gemm':>6}{'threads':>8}{'wall ms':>9}{'GFLOP/s':>9}{'of peak':>8}"
+    print(f"{'isa':<15}{'dtype':>6}{'gemm':>6}{'threads':>8}{'wall ms':>9}{'GFLOP/s':>9}{'of peak':>8}"
           f"{'cpu ms':>9}{'GFLOP/s':>9}{'of peak':>8}")
     for dtype in ("bf16", "f32"):
         w = to_weights(wf, dtype)
-        for isa in ISAS:
-            for use_blas in (True, False):
-                for threads in (1, 2):
-                    if isa == "portable" and not use_blas and threads == 1:
-                        continue  # minutes of scalar C; the 2-thread row shows its speed
-                    times = time_matmul(isa, use_blas, x, w, dtype, rows, cols, threads, 1 if args.quick else 3)
-                    if times is None:
-                        print(f"{isa:<10}{dtype:>6}{'':>6}{threads:>8}  (not supported here)")
-                        continue
-                    peak = args.peak * threads / 2
-                    line = f"{isa:<10}{dtype:>6}{'blas' if use_blas else 'own':>6}{threads:>8}"
-                    for t in times:
-                        gf = flops / t / 1e9
-                        line += f"{t * 1e3:>9.1f}{gf:>9.1f}{gf / peak:>8.0%}"
-                    print(line)
+        runs = [(isa, use_blas, False) for isa in ISAS for use_blas in (True, False)]
+        if dtype == "bf16":
+            runs.append(("avx512bf16", False, True))
+        for isa, use_blas, bf16 in runs:
+            label = f"{isa} bf16" if bf16 else isa
+            for threads in (1, 2):
+                if isa == "portable" and not use_blas and threads == 1:
+                    continue  # minutes of scalar C; the 2-thread row shows its speed
+                times = time_matmul(isa, use_blas, x, w, dtype, rows, cols, threads, 1 if args.quick else 3, bf16)
+                if times is None:
+                    print(f"{label:<15}{dtype:>6}{'':>6}{threads:>8}  (not supported here)")
+                    continue
+                peak = args.peak * threads / 2
+                line = f"{label:<15}{dtype:>6}{'blas' if use_blas else 'own':>6}{threads:>8}"
+                for t in times:
+                    gf = flops / t / 1e9
+                    line += f"{t * 1e3:>9.1f}{gf:>9.1f}{gf / peak:>8.0%}"
+                print(line)
 
 
 if __name__ == "__main__":

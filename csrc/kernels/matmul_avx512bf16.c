@@ -24,7 +24,7 @@ enum {
     ROWS_GEMV = 8,  /* weight rows per dot tile when n = 1: more loads in flight */
     XROWS = 4,      /* input rows per dot tile */
     PANEL = 32,     /* packed panel width for gemm: two zmm of BF16 pairs per panel row */
-    GEMM_XROWS = 12 /* input rows per gemm tile: 24 accumulators */
+    GEMM_XROWS = 8  /* input rows per gemm tile: 16 accumulators (GCC 12 spilled the weights at 12) */
 };
 
 #define BH(v) ((__m512bh)(v))
@@ -138,14 +138,15 @@ INLINE void gemm_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, in
     UNROLL
     for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++) {
-        __m512i w0 = _mm512_load_si512(panel + p * PANEL), w1 = _mm512_load_si512(panel + p * PANEL + 16);
+        const __m512bh w0 = BH(_mm512_load_si512(panel + p * PANEL));
+        const __m512bh w1 = BH(_mm512_load_si512(panel + p * PANEL + 16));
         UNROLL
         for (int i = 0; i < NI; i++) {
             uint32_t pair;
             memcpy(&pair, xb + i * ldx + 2 * p, sizeof pair);
-            __m512i xv = _mm512_set1_epi32((int)pair);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], BH(xv), BH(w0));
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], BH(xv), BH(w1));
+            const __m512bh xv = BH(_mm512_set1_epi32((int)pair));
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], xv, w0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], xv, w1);
         }
     }
     UNROLL
