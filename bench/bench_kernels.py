@@ -9,7 +9,9 @@ n=729 tokens through a 4304x1152 weight (SigLIP fc1; compute bound: GFLOP/s,
 against the FP32 FMA peak), through BLAS sgemm and through our own GEMM
 kernels (sv_matmul uses its own where the ISA has one).  The "avx512bf16 bf16"
 rows run precision="bf16": x rounded to BF16, BF16 x BF16 products summed in
-fp32 (vdpbf16ps); the percentages there are still of the FP32 FMA peak.  Figures for this machine
+fp32 (vdpbf16ps); the percentages there are still of the FP32 FMA peak.
+Layer: the six matmuls of one SigLIP-SO400M encoder layer (q, k, v, o
+1152x1152, fc1 4304x1152, fc2 1152x4304; n=729, BF16 weights) in each precision.  Figures for this machine
 are in shared/MEASUREMENTS.md; pass --bandwidth/--peak to compare elsewhere.
 """
 from __future__ import annotations
@@ -124,6 +126,27 @@ def main() -> None:
                     gf = flops / t / 1e9
                     line += f"{t * 1e3:>9.1f}{gf:>9.1f}{gf / peak:>8.0%}"
                 print(line)
+
+    layer = [(1152, 1152)] * 4 + [(4304, 1152), (1152, 4304)]  # (rows, cols) of W: q, k, v, o, fc1, fc2
+    flops = sum(2.0 * n * r * c for r, c in layer)
+    weights = [to_weights(rng.standard_normal((r, c), np.float32) * 0.02, "bf16") for r, c in layer]
+    inputs = {c: rng.standard_normal((n, c), np.float32) for c in (1152, 4304)}
+    print(f"\nSigLIP-SO400M layer matmuls, n={n}, BF16 weights ({flops / 1e9:.1f} GFLOP), avx512bf16 kernels")
+    print(f"{'precision':<10}{'threads':>8}{'wall ms':>9}{'cpu ms':>9}{'GFLOP/s':>9}")
+    for bf16 in (False, True):
+        for threads in (1, 2):
+            total = [0.0, 0.0]
+            for (r, c), w in zip(layer, weights):
+                times = time_matmul("avx512bf16", False, inputs[c], w, "bf16", r, c, threads, 1 if args.quick else 2,
+                                    bf16)
+                if times is None:
+                    break
+                total = [a + b for a, b in zip(total, times)]
+            else:
+                print(f"{'bf16' if bf16 else 'fp32':<10}{threads:>8}{total[0] * 1e3:>9.1f}{total[1] * 1e3:>9.1f}"
+                      f"{flops / total[1] / 1e9:>9.1f}")
+                continue
+            print(f"{'bf16' if bf16 else 'fp32':<10}{threads:>8}  (not supported here)")
 
 
 if __name__ == "__main__":
