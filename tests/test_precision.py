@@ -9,6 +9,11 @@ the fp32 fallback is checked everywhere.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +262,21 @@ def test_bf16_mode_equals_fp32_mode_for_f32_weights(gqa_dir):
             results[precision] = (model.logits(ids), model.encode_pixel_values(pixels))
     assert np.array_equal(results["fp32"][0], results["bf16"][0])
     assert np.array_equal(results["fp32"][1], results["bf16"][1])
+
+
+def test_bf16_mode_falls_back_to_fp32_without_avx512bf16(mha_dir):
+    """With the kernels lowered to AVX-512 (as on a CPU without AVX512_BF16), precision="bf16" on BF16
+    weights computes exactly what "fp32" does, and cpu_features() says so."""
+    code = f"""
+import numpy as np, smolvision
+ids = list(range(100, 130))
+out = {{}}
+for precision in ("fp32", "bf16"):
+    with smolvision.load({str(mha_dir)!r}, precision=precision) as model:
+        out[precision] = model.logits(ids)
+print(smolvision.cpu_features()["bf16_matmul"], np.array_equal(out["fp32"], out["bf16"]))
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, SMOLVISION_ISA="avx512", PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True"]
