@@ -276,7 +276,9 @@ for precision in ("fp32", "bf16"):
         out[precision] = model.logits(ids)
 print(smolvision.cpu_features()["bf16_matmul"], np.array_equal(out["fp32"], out["bf16"]))
 """
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, SMOLVISION_ISA="avx512", PYTHONPATH=str(root))
-    result = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    # The child imports the same build as this process (installed or in-tree), from the folder holding it.
+    home = str(Path(smolvision.__file__).resolve().parent.parent)
+    env = dict(os.environ, SMOLVISION_ISA="avx512", PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True,
+                            text=True)
     assert result.stdout.split() == ["False", "True"]

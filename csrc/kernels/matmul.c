@@ -175,18 +175,19 @@ static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const
     return own ? PATH_GEMM : PATH_DOT;
 }
 
-/* The BF16 path for this product, or PATH_DOT when it takes the fp32 ones.  Rounds x into the
- * pool's shared buffer (job->xb) on the way. */
-static matmul_path prepare_bf16(matmul_job *job) {
-    const sv_bf16_isa *bf = job->bf16;
-    const int64_t K = job->W->cols;
-    if (!bf || job->W->dtype != ST_BF16) return PATH_DOT;
-    job->ldx = (K + 1) / 2 * 2;
+/* Whether this product takes the BF16 paths; if so, x is rounded into the pool's shared buffer (job->xb). */
+static int round_for_bf16(matmul_job *job) {
+    if (!job->bf16 || job->W->dtype != ST_BF16) return 0;
+    job->ldx = (job->W->cols + 1) / 2 * 2;
     job->xb = sv_pool_shared(job->pool, (size_t)(job->n * job->ldx) * sizeof(uint16_t));
-    if (!job->xb) return PATH_DOT;
+    if (!job->xb) return 0;
     sv_pool_run(job->pool, round_task, job, job->n);
-    int gemm_fits = job->ldx / 2 * bf->panel_width * (int64_t)sizeof(uint32_t) <= SV_POOL_SCRATCH_BYTES;
-    return job->n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
+    return 1;
+}
+
+static matmul_path choose_bf16_path(const sv_bf16_isa *bf, int64_t n, const sv_matrix *W) {
+    int gemm_fits = (W->cols + 1) / 2 * bf->panel_width * (int64_t)sizeof(uint32_t) <= SV_POOL_SCRATCH_BYTES;
+    return n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
 }
 
 static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, blas_use use, float *y,
@@ -194,9 +195,7 @@ static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, bl
     if (n <= 0 || W->rows <= 0) return;
     matmul_job job = {isa, pool, y, x, n, W, b, bf16, NULL, 0};
     int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    matmul_path path = prepare_bf16(&job);
-    if (path == PATH_DOT) path = choose_path(isa, use, n, W);
-    switch (path) {
+    switch (round_for_bf16(&job) ? choose_bf16_path(bf16, n, W) : choose_path(isa, use, n, W)) {
     case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
     case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;
     case PATH_DOT: sv_pool_run(pool, dot_task, &job, blocks); break;
