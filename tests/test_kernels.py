@@ -142,10 +142,14 @@ def selected_isa_with(env_value: str | None) -> str:
     env.pop("SMOLVISION_ISA", None)
     if env_value is not None:
         env["SMOLVISION_ISA"] = env_value
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    # The child must import the same build as this process (installed or in-tree), so it runs from
+    # the folder that holds that smolvision package.
+    import smolvision
+    home = str(Path(smolvision.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = home + os.pathsep + env.get("PYTHONPATH", "")
     code = "from smolvision._native import ffi, lib; print(ffi.string(lib.sv_kernels_isa()).decode())"
-    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def test_smolvision_isa_lowers_but_never_raises_the_choice():
