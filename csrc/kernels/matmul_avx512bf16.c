@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "isa.h"
+#include "transpose_avx512.h"
 
 #define INLINE static inline __attribute__((always_inline))
 /* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
@@ -112,22 +113,23 @@ static void dot(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t 
 }
 
 /* panel[p, c] = the BF16 pair W[r0 + c, 2p : 2p + 2] as one 32-bit word (low half first, as vdpbf16ps reads it),
- * for p < ceil(K / 2), c < PANEL; a missing second element (odd K) and columns past r1 - r0 are zero. */
+ * for p < ceil(K / 2), c < PANEL; a missing second element (odd K) and columns past r1 - r0 are zero.  Each step
+ * loads 16 pairs of 16 rows (masked at the tail, so odd K reads nothing past its row) and transposes them. */
 static void pack(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
-    const int64_t K = W->cols, pairs = (K + 1) / 2, whole = K / 2;
+    const int64_t K = W->cols;
     const uint16_t *w = W->data;
-    for (int64_t c = 0; c < PANEL; c++) {
-        if (r0 + c >= r1) {
-            for (int64_t p = 0; p < pairs; p++) panel[p * PANEL + c] = 0;
-            continue;
+    for (int64_t k = 0; k < K; k += 32) {
+        int64_t len = K - k < 32 ? K - k : 32, pairs = (len + 1) / 2;
+        __mmask32 m = len == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << len) - 1);
+        for (int h = 0; h < PANEL; h += 16) {
+            __m512 v[16];
+            UNROLL
+            for (int c = 0; c < 16; c++)
+                v[c] = r0 + h + c < r1 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, w + (r0 + h + c) * K + k))
+                                       : _mm512_setzero_ps();
+            transpose16(v);
+            for (int64_t p = 0; p < pairs; p++) _mm512_store_ps((float *)panel + (k / 2 + p) * PANEL + h, v[p]);
         }
-        const uint16_t *row = w + (r0 + c) * K;
-        for (int64_t p = 0; p < whole; p++) {
-            uint32_t pair;
-            memcpy(&pair, row + 2 * p, sizeof pair); /* rows of odd K are only 2-byte aligned */
-            panel[p * PANEL + c] = pair;
-        }
-        if (pairs > whole) panel[whole * PANEL + c] = row[K - 1];
     }
 }
 
