@@ -94,7 +94,7 @@ const sv_ops *sv_ops_for(sv_isa_level level) {
 const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
     if (level > supported) return NULL;
-#if defined(SV_X86_KERNELS)
+#if defined(SV_BF16_KERNELS)
     if (level == SV_ISA_AVX512BF16) return &sv_bf16_isa_avx512bf16;
 #endif
     return NULL;

@@ -67,6 +67,8 @@ extern const sv_ops sv_ops_portable;
 #ifdef SV_X86_KERNELS
 extern const sv_isa sv_isa_avx2, sv_isa_avx512;
 extern const sv_ops sv_ops_avx2, sv_ops_avx512;
+#endif
+#ifdef SV_BF16_KERNELS
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
 

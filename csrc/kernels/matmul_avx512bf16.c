@@ -1,15 +1,16 @@
 /* matmul_avx512bf16.c - the BF16 x BF16 matmul kernels of precision "bf16"
  * for x86-64 CPUs with AVX512_BF16.  CMake compiles this one file with those
- * target flags; dispatch.c hands its table out only after checking the CPU.
+ * target flags (SV_BF16_KERNELS: when the compiler has them); dispatch.c hands
+ * its table out only after checking the CPU.
  *
  * vdpbf16ps multiplies 32 BF16 pairs and adds each pair's two products into
  * one of 16 fp32 lanes: a BF16 product is exact in fp32, so the only errors
  * are rounding the activations to BF16 (round_rows, once per matmul) and the
  * fp32 accumulation.  The weights are BF16 already and are read straight from
  * the mapping (dot) or from a packed panel (gemm).  The instruction treats
- * denormal inputs and results as zero, as transformers' BF16 CPU matmuls
- * effectively do too (BF16 denormals are below 1e-38). */
-#ifdef SV_X86_KERNELS
+ * denormal inputs and results as zero (magnitudes below about 1e-38, which
+ * activations and weights do not reach). */
+#ifdef SV_BF16_KERNELS
 #include <immintrin.h>
 #include <string.h>
 
