@@ -216,7 +216,11 @@ class FakeModel:
 def fake_model(monkeypatch) -> FakeModel:
     model = FakeModel()
     model.config = "fake-config"
-    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None: model)
+    def load(model_dir, threads=None, precision="fp32"):
+        model.loaded_with = dict(threads=threads, precision=precision)
+        return model
+
+    monkeypatch.setattr(smolvision, "load", load)
     return model
 
 
@@ -270,7 +274,8 @@ def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model)
     import huggingface_hub  # noqa: F401  (a test dependency)
     snapshot = fake_hf_cache(tmp_path / "hub", "ORG/NAME")
     seen = []
-    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None: seen.append(model_dir) or fake_model)
+    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None, precision="fp32":
+                        seen.append(model_dir) or fake_model)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["-m", "ORG/NAME", "-p", "hi", "-t", "3"]) == 0
@@ -732,3 +737,10 @@ def test_caption_silent_writes_nothing_on_stderr(tmp_path, image, capsys, fake_m
     assert cli.main(["caption", "-d", str(tmp_path), str(image), "-o", str(out), "--silent"]) == 0
     assert capsys.readouterr() == ("", "")
     assert [r["image"] for r in read_lines(out)] == [str(image)]
+
+
+def test_threads_and_precision_reach_the_loader(tmp_path, capsys, fake_model):
+    assert cli.main(["-d", str(tmp_path), "-p", "hi", "-t", "3", "--precision", "bf16", "--silent"]) == 0
+    assert fake_model.loaded_with == dict(threads=3, precision="bf16")
+    assert cli.main(["-d", str(tmp_path), "-p", "hi", "--precision", "fp16"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
