@@ -57,7 +57,7 @@ static uint64_t read_u64_le(const unsigned char *p) {
 /* Maps path and appends it to a->files. */
 static sv_status map_file(st_archive *a, const char *path, int *index) {
     if (a->n_files >= ST_MAX_SHARDS) return sv_fail(SV_ERR_FORMAT, "%s: more than %d shards", path, ST_MAX_SHARDS);
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* O_NONBLOCK: a FIFO must not block the open */
     if (fd < 0) return sv_fail(SV_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
