@@ -318,9 +318,9 @@ sv_status st_open_dir(st_archive *a, const char *dir) {
     sv_status s;
     if (!index || !single) {
         s = sv_fail(SV_ERR_NOMEM, "out of memory");
-    } else if (access(index, F_OK) == 0) {
+    } else if (access(index, F_OK) == 0 || errno != ENOENT) { /* a link loop is an error, not "absent" */
         s = open_index(a, dir, index);
-    } else if (access(single, F_OK) == 0) {
+    } else if (access(single, F_OK) == 0 || errno != ENOENT) {
         int fi = 0;
         s = map_file(a, single, &fi);
         if (s == SV_OK) s = read_header(a, fi);
