@@ -35,7 +35,7 @@ struct sv_decoder {
     int n_threads;
     float *k_cache;       /* [layers, kv_heads, capacity, head_dim] */
     float *v_cache;       /* [layers, kv_heads, head_dim, capacity]: transposed */
-    float *x;             /* [chunk, hidden]: the residual stream */
+    float *x;             /* [chunk, hidden]: the residual stream; starts the one scratch block */
     float *xn;            /* [chunk, hidden]: normed input / projection output */
     float *q;             /* [chunk, heads * head_dim] */
     float *k, *v;         /* [chunk, kv_heads * head_dim] */
@@ -44,9 +44,9 @@ struct sv_decoder {
     float *cos, *sin;     /* [chunk, head_dim / 2] */
     float *inv_freq;      /* [head_dim / 2] */
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
-    float *group_scores;  /* [group * chunk, capacity]: their attention weights */
+    float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */
-    float *v_keys;        /* [head_dim, capacity]: V^T of the keys so far, contiguous */
+    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys] */
     float *scores;        /* [n_threads, capacity]: one decoded query's attention row per thread */
     float *logits;        /* [vocab] */
     int64_t bytes;        /* everything above */
@@ -112,7 +112,7 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->n_threads = sv_pool_threads(m->pool);
     int64_t ch = s->chunk;
     int64_t cache_floats = (int64_t)c->text_layers * kvd * capacity;
-    /* All scratch is one block, carved in the order of the struct. */
+    /* All scratch is one block (freed through x), carved in the order of slots[]. */
     int64_t gch = ch * (c->text_heads / c->text_kv_heads);
     int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
                        ch * half, ch * half,     half,       gch * hd,  gch * capacity, gch * hd,
@@ -150,11 +150,12 @@ sv_status sv_decoder_begin(sv_model *m, int32_t capacity) {
         int64_t rounded = ((int64_t)capacity + CAPACITY_STEP - 1) / CAPACITY_STEP * CAPACITY_STEP;
         if (rounded > m->cfg.max_position_embeddings) rounded = m->cfg.max_position_embeddings;
         if (rounded < capacity) rounded = capacity;
-        sv_decoder *grown = NULL;
-        sv_status st = decoder_alloc(m, (int32_t)rounded, &grown);
-        if (st != SV_OK) return st;
+        /* The old state goes first so the two never coexist at the peak. */
         sv_decoder_free(s);
-        m->decoder = s = grown;
+        m->decoder = s = NULL;
+        sv_status st = decoder_alloc(m, (int32_t)rounded, &s);
+        if (st != SV_OK) return st;
+        m->decoder = s;
     }
     s->busy = 1;
     s->n_past = 0;
@@ -210,23 +211,22 @@ static int64_t cache_base(const sv_config *c, const sv_decoder *s, int64_t layer
     return (layer * c->text_kv_heads + kv_head) * s->capacity * c->head_dim;
 }
 
-/* Decode attention, one task per (query head, row): softmax(q K^T / sqrt(hd)) V
- * over the cached positions 0..pos. */
-static void attention_rows_task(void *arg, int64_t begin, int64_t end, int thread) {
+/* Decode attention for the single row at pos0, one task per query head:
+ * softmax(q K^T / sqrt(hd)) V over the cached positions 0..pos0. */
+static void attention_row_task(void *arg, int64_t begin, int64_t end, int thread) {
     const attention_job *j = arg;
     const sv_config *c = j->c;
     sv_decoder *s = j->s;
-    int64_t hd = c->head_dim, qd = (int64_t)c->text_heads * hd, cap = s->capacity;
+    int64_t hd = c->head_dim, cap = s->capacity, keys = j->pos0 + 1;
     int64_t group = c->text_heads / c->text_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     float *scores = s->scores + (int64_t)thread * cap;
-    for (int64_t t = begin; t < end; t++) {
-        int64_t h = t / j->n, i = t % j->n, keys = j->pos0 + i + 1;
+    for (int64_t h = begin; h < end; h++) {
         int64_t base = cache_base(c, s, j->layer, h / group);
-        const float *q = s->q + i * qd + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
+        const float *q = s->q + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
         for (int64_t p = 0; p < keys; p++) scores[p] = dot(q, K + p * hd, hd) * scale;
         sv_softmax(scores, keys);
-        float *out = s->att + i * qd + h * hd;
+        float *out = s->att + h * hd;
         for (int64_t k = 0; k < hd; k++) out[k] = dot(scores, Vt + k * cap, keys);
     }
 }
@@ -255,11 +255,12 @@ static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0)
     int64_t hd = c->head_dim, qd = (int64_t)c->text_heads * hd, cap = s->capacity;
     int64_t group = c->text_heads / c->text_kv_heads, keys = pos0 + n, rows = group * n;
     attention_job job = {c, s, layer, n, pos0};
+    size_t head_bytes = (size_t)hd * sizeof(float);
     for (int64_t kvh = 0; kvh < c->text_kv_heads; kvh++) {
         int64_t base = cache_base(c, s, layer, kvh);
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
-                memcpy(s->group_q + (g * n + i) * hd, s->q + i * qd + (kvh * group + g) * hd, (size_t)hd * 4);
+                memcpy(s->group_q + (g * n + i) * hd, s->q + i * qd + (kvh * group + g) * hd, head_bytes);
         sv_matrix K = {s->k_cache + base, ST_F32, keys, hd};
         sv_matmul(m->pool, s->group_scores, s->group_q, rows, &K, NULL);
         sv_pool_run(m->pool, causal_softmax_task, &job, rows);
@@ -269,7 +270,7 @@ static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0)
         sv_matmul(m->pool, s->group_out, s->group_scores, rows, &Vt, NULL);
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
-                memcpy(s->att + i * qd + (kvh * group + g) * hd, s->group_out + (g * n + i) * hd, (size_t)hd * 4);
+                memcpy(s->att + i * qd + (kvh * group + g) * hd, s->group_out + (g * n + i) * hd, head_bytes);
     }
 }
 
@@ -310,7 +311,7 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
         }
         if (n == 1) {
             attention_job job = {c, s, l, n, pos0};
-            sv_pool_run(m->pool, attention_rows_task, &job, c->text_heads);
+            sv_pool_run(m->pool, attention_row_task, &job, c->text_heads);
         } else {
             attention_chunk(m, l, n, pos0);
         }

@@ -104,16 +104,22 @@ static void top_k_filter(sv_sampler *smp, float *logits, int32_t k) {
 
 /* Keeps the most likely ids whose probabilities, summed from the top, first
  * reach top_p (TopPLogitsWarper: it drops the ascending tail whose
- * cumulative probability is <= 1 - top_p); the top id always stays. */
+ * cumulative probability is <= 1 - top_p); the top id always stays.
+ *
+ * Only ids with probability above (1 - top_p) / vocab are sorted: all ids
+ * below that weigh at most 1 - top_p together and lead the ascending order,
+ * so the reference drops every one of them anyway. */
 static void top_p_filter(sv_sampler *smp, float *logits, float top_p) {
-    int32_t n = 0;
-    for (int32_t i = 0; i < smp->vocab; i++)
-        if (logits[i] > -INFINITY) smp->candidates[n++] = (sv_candidate){logits[i], i};
-    if (n == 0) return;
-    qsort(smp->candidates, (size_t)n, sizeof *smp->candidates, by_logit_descending);
-    float max = smp->candidates[0].logit;
+    float max = logits[argmax(logits, smp->vocab)];
     double total = 0;
-    for (int32_t i = 0; i < n; i++) total += exp((double)(smp->candidates[i].logit - max));
+    for (int32_t i = 0; i < smp->vocab; i++) total += exp((double)(logits[i] - max));
+    double floor = (1.0 - top_p) * total / smp->vocab; /* in units of exp(logit - max) */
+    int32_t n = 0;
+    for (int32_t i = 0; i < smp->vocab; i++) {
+        if (exp((double)(logits[i] - max)) > floor) smp->candidates[n++] = (sv_candidate){logits[i], i};
+        else logits[i] = -INFINITY;
+    }
+    qsort(smp->candidates, (size_t)n, sizeof *smp->candidates, by_logit_descending);
     double before = 0; /* probability mass of the ids ranked above candidate i */
     int32_t i = 0;
     while (i < n && before < top_p) before += exp((double)(smp->candidates[i++].logit - max)) / total;

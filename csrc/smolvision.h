@@ -195,6 +195,32 @@ void sv_detokenizer_free(sv_detokenizer *d);
  * is; NULL when the model directory has no tokenizer.json. */
 sv_tokenizer *sv_model_tokenizer(sv_model *model);
 
+/* ---- test hooks ---- */
+/* Not for applications: entry points that let tests and benchmarks drive the
+ * kernels directly. */
+
+/* The matmul kernel family this process uses: "portable", "avx2", "avx512" or
+ * "avx512bf16" (the best the CPU runs, or lower if SMOLVISION_ISA says so). */
+const char *sv_kernels_isa(void);
+
+/* y = x @ W^T + b with the named ISA's kernels on a fresh pool of `threads`:
+ * x[n, cols], W[rows, cols] of dtype 0 (F32), 1 (F16) or 2 (BF16), b[rows] or
+ * NULL, y[n, rows].  blas: 0 never uses BLAS, 1 uses it for every shape it
+ * takes (n above the direct kernel's limit: 6 portable, 16 SIMD; if the build
+ * has BLAS), 2 as sv_matmul (only where the ISA has no GEMM kernel).  Runs `repeat` times; if seconds is not
+ * NULL, after one untimed warm-up run it receives the wall time of the
+ * repeats.  SV_ERR_UNSUPPORTED if this CPU or build cannot run that ISA. */
+sv_status sv_debug_matmul(const char *isa, int32_t blas, const float *x, int64_t n, const void *w, int32_t dtype,
+                          int64_t rows, int64_t cols, const float *b, float *y, int32_t threads, int32_t repeat,
+                          double *seconds);
+
+/* One small kernel of kernels.h with the named ISA's build of it, in place on
+ * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",
+ * "silu_mul" (other = up [n, dim]), "softmax" (each row), "add" (other
+ * [n, dim]).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED as above. */
+sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
+                      const float *b, const float *other, float eps);
+
 /* SV_CDEF_END */
 
 #ifdef __cplusplus

@@ -9,6 +9,8 @@
 struct sv_pool {
     int n_threads;
     pthread_t *workers;
+    float **scratch;      /* [n_scratch], SV_POOL_SCRATCH_BYTES each */
+    int n_scratch;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
     uint64_t generation;  /* bumped for every job */
@@ -57,9 +59,18 @@ sv_pool *sv_pool_create(int n_threads) {
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     p->workers = calloc((size_t)n_threads, sizeof *p->workers);
-    if (!p->workers) {
+    p->scratch = calloc((size_t)n_threads, sizeof *p->scratch);
+    if (!p->workers || !p->scratch) {
         sv_pool_free(p);
         return NULL;
+    }
+    for (; p->n_scratch < n_threads; p->n_scratch++) {
+        void *buf;
+        if (posix_memalign(&buf, 64, (size_t)SV_POOL_SCRATCH_BYTES) != 0) {
+            sv_pool_free(p);
+            return NULL;
+        }
+        p->scratch[p->n_scratch] = buf;
     }
     /* Thread 0 is the caller; workers are 1..n-1. */
     for (int i = 1; i < n_threads; i++) {
@@ -83,6 +94,8 @@ void sv_pool_free(sv_pool *p) {
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads && p->workers; i++) pthread_join(p->workers[i], NULL);
     free(p->workers);
+    for (int i = 0; i < p->n_scratch; i++) free(p->scratch[i]);
+    free(p->scratch);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
@@ -90,6 +103,8 @@ void sv_pool_free(sv_pool *p) {
 }
 
 int sv_pool_threads(const sv_pool *p) { return p->n_threads; }
+
+float *sv_pool_scratch(sv_pool *p, int thread) { return p->scratch[thread]; }
 
 void sv_pool_run(sv_pool *p, sv_task_fn fn, void *arg, int64_t n) {
     if (n <= 0) return;

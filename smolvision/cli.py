@@ -361,6 +361,13 @@ def load_model(args: argparse.Namespace, reporter: Reporter):
     return model, load_s
 
 
+def tile_progress(spinner: Spinner):
+    """An on_progress callback that shows how many image tiles are encoded on the spinner."""
+    def show(done: int, total: int) -> None:
+        spinner.label = f"encoding image tiles {done}/{total}"
+    return show
+
+
 # ---------------------------------------------------------------------------------------------
 # smolvision [run]
 
@@ -374,6 +381,7 @@ def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
         spinner = reporter.spinner(f"encoding {len(images)} image(s) and the prompt" if images
                                    else "reading the prompt")
+        kwargs["on_progress"] = tile_progress(spinner)
         if args.json:
             counted = [0]
 
@@ -478,7 +486,8 @@ def cmd_chat(args: argparse.Namespace, reporter: Reporter) -> int:
             printer = StreamPrinter(sys.stdout, reporter.spinner("thinking"))
             printer.spinner.start()
             try:
-                result = model.generate(messages=messages, images=images, on_token=printer, **kwargs)
+                result = model.generate(messages=messages, images=images, on_token=printer,
+                                        on_progress=tile_progress(printer.spinner), **kwargs)
             except KeyboardInterrupt:
                 printer.abort()
                 if printer.pieces:  # the partial answer was seen: keep it, so the history matches the screen

@@ -198,7 +198,10 @@ class Prompt:
         ids = np.ascontiguousarray(raw, dtype=np.int32)
         embeds = None
         if image_embeds is not None:
-            embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
+            try:
+                embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise errors.InputError(f"image_embeds must be a float array ({exc})") from None
             hidden = config.text.hidden_size
             if embeds.ndim != 2 or embeds.shape[1] != hidden:
                 raise errors.InputError(f"image_embeds must have shape [rows, {hidden}], got {embeds.shape}")

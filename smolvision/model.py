@@ -188,7 +188,8 @@ class Model:
                  repetition_penalty: float = 1.0, seed: Optional[int] = None, stop: Sequence[str] = (),
                  on_token: Optional[Callable[[str], Any]] = None, raw: bool = False,
                  system_prompt: Optional[str] = None, do_image_splitting: Optional[bool] = None,
-                 longest_edge: Optional[int] = None) -> Result:
+                 longest_edge: Optional[int] = None,
+                 on_progress: Optional[Callable[[int, int], Any]] = None) -> Result:
         """Answers a prompt about images (or a whole conversation) and returns the text.
 
         `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
@@ -196,7 +197,8 @@ class Model:
         feeds `prompt` verbatim (one `<image>` marker per image). temperature 0 is greedy. Generation
         ends at the model's EOS tokens, a `stop` string (cut from the text) or `max_tokens`.
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
-        exceptions from on_token cancel generation and propagate; the model stays usable."""
+        exceptions from on_token cancel generation and propagate; the model stays usable.
+        `on_progress(done, total)` follows the encoding of the images' tiles."""
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed)
         if isinstance(stop, str):
@@ -204,7 +206,7 @@ class Model:
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
         inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
-                                           longest_edge, params.max_tokens)
+                                           longest_edge, params.max_tokens, on_progress)
         eos = pipeline.stop_token_ids(self.model_dir, self.eos_token_ids, self.tokenizer)
         params = SamplingParams.build(params, {"eos_token_ids": eos})
         return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
@@ -222,7 +224,7 @@ class Model:
                                                                 **options))
 
     def _prepare(self, prompt, images, messages, raw, system_prompt, do_image_splitting, longest_edge,
-                 max_tokens: int):
+                 max_tokens: int, on_progress=None):
         """The prompt's Inputs (with image encode time) and its checked decoder Prompt.
 
         A prompt that cannot fit the context window with max_tokens more is refused before the images
@@ -255,9 +257,23 @@ class Model:
         if len(inputs.input_ids) + max_tokens > window:
             raise errors.InputError(f"the prompt is {len(inputs.input_ids)} tokens; with max_tokens={max_tokens} "
                                     f"that exceeds the {window}-token context window (max_position_embeddings)")
-        embeds = None if inputs.pixel_values is None else self.encode_pixel_values(inputs.pixel_values)
+        embeds = None if inputs.pixel_values is None else self._encode_tiles(inputs.pixel_values, on_progress)
         encode_s = time.perf_counter() - start
         return _Prepared(inputs, encode_s), generation.Prompt.build(self.config, inputs.input_ids, embeds)
+
+    # Tiles per engine call when progress is reported: small enough to report often, large enough
+    # that each weight is still read once for several tiles.
+    _PROGRESS_TILES = 4
+
+    def _encode_tiles(self, pixel_values: np.ndarray, on_progress) -> np.ndarray:
+        if on_progress is None:
+            return self.encode_pixel_values(pixel_values)
+        total, rows = len(pixel_values), []
+        on_progress(0, total)
+        for start in range(0, total, self._PROGRESS_TILES):
+            rows.append(self.encode_pixel_values(pixel_values[start:start + self._PROGRESS_TILES]))
+            on_progress(min(start + self._PROGRESS_TILES, total), total)
+        return np.concatenate(rows)
 
     def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
         """Image features of preprocessed tiles, as transformers' `get_image_features`.

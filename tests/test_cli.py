@@ -190,8 +190,10 @@ class FakeModel:
         self.calls: List[dict] = []
         self.closed = False
 
-    def generate(self, prompt=None, images=(), messages=None, on_token=None, **kwargs):
+    def generate(self, prompt=None, images=(), messages=None, on_token=None, on_progress=None, **kwargs):
         self.calls.append(dict(prompt=prompt, images=list(images), messages=messages, **kwargs))
+        if on_progress is not None:  # the CLI shows tile progress; the fake has two tiles per image
+            on_progress(2 * len(images), 2 * len(images))
         for path in images:
             if str(path).endswith(".bad"):
                 raise smolvision.ImageError(f"cannot decode image {path}")
@@ -265,7 +267,7 @@ def test_interrupt_exits_130(tmp_path, capsys, monkeypatch, fake_model):
 
 
 def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model):
-    pytest.importorskip("huggingface_hub")
+    import huggingface_hub  # noqa: F401  (a test dependency)
     snapshot = fake_hf_cache(tmp_path / "hub", "ORG/NAME")
     seen = []
     monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None: seen.append(model_dir) or fake_model)
@@ -365,7 +367,7 @@ def fake_hf_cache(cache: Path, repo_id: str, files=("config.json", "model.safete
 
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch) -> Path:
-    pytest.importorskip("huggingface_hub")
+    import huggingface_hub  # noqa: F401  (a test dependency)
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -632,7 +634,7 @@ def test_unreadable_image_is_a_one_line_error(mha_dir, tmp_path):
 
 
 def test_m_loads_a_cached_model_offline(mha_dir, tmp_path):
-    pytest.importorskip("huggingface_hub")
+    import huggingface_hub  # noqa: F401  (a test dependency)
     fake_hf_cache(tmp_path / "hub", "ORG/TINY", source=Path(mha_dir))
     expected = generate_text(mha_dir, prompt="Hi.", max_tokens=5)
     proc = run_cli("-m", "ORG/TINY", "-p", "Hi.", "--max-tokens", 5, "--silent", cwd=tmp_path,
@@ -670,7 +672,7 @@ def test_caption_resumes_after_interruption(mha_dir, tmp_path):
 
 
 def test_chat_two_turns_in_a_terminal(mha_dir, image, tmp_path):
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect
     user1 = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
     user2 = {"role": "user", "content": [{"type": "text", "text": "Tell me more."}]}
     with smolvision.load(mha_dir) as model:

@@ -6,6 +6,8 @@ tiny model directory in the same test and compares.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -143,6 +145,35 @@ def test_long_prompt_matches_transformers_with_linear_scratch(gqa_dir):
     assert state_bytes < 4 * n * n  # less than a single head's score matrix would take
 
 
+@pytest.fixture(scope="module")
+def odd_dir(tmp_path_factory):
+    """A decoder off the beaten path: F16 weights, attention and MLP biases,
+    one KV head for four query heads, head_dim 24 != hidden / heads."""
+    import modelgen
+
+    spec = dict(modelgen.VARIANTS["gqa"], dtype="float16", tie=False)
+    spec["text"] = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=24, attention_bias=True, mlp_bias=True,
+                        rope_theta=50000.0, rms_norm_eps=1e-6, max_position_embeddings=4096)
+    modelgen.VARIANTS["decoder-odd"] = spec
+    try:
+        return modelgen.write_model(tmp_path_factory.mktemp("decoder-odd"), "decoder-odd")
+    finally:
+        del modelgen.VARIANTS["decoder-odd"]
+
+
+def test_biases_f16_mqa_and_wide_heads_match_transformers(odd_dir):
+    base = text_ids(odd_dir, PROMPT * 2)
+    long_ids = (base * 20)[:600]  # three prefill chunks
+    with smolvision.load(odd_dir) as model:
+        assert model.config.text.attention_bias and model.config.text.mlp_bias
+        assert model.config.text.head_dim * model.config.text.num_attention_heads != model.config.text.hidden_size
+        for ids in (base, long_ids):
+            assert relative_error(model.logits(ids), reference_logits(odd_dir, ids)) < TOLERANCE
+        result = model.generate_ids(base, max_tokens=16, eos_token_ids=())
+    assert result.token_ids == reference_generate(odd_dir, base, max_new_tokens=16, eos_token_id=None)
+
+
 # ---- greedy generation parity ----
 
 @torch.no_grad()
@@ -227,20 +258,27 @@ def test_top_k_1_and_tiny_top_p_and_full_min_p_equal_greedy(gqa_model, gqa_dir):
         assert sampled.token_ids == greedy, opts
 
 
-def test_sampled_ids_stay_inside_transformers_filters(gqa_model, gqa_dir):
+@pytest.mark.parametrize("opts", [dict(temperature=8.0, top_k=40, top_p=0.9, min_p=0.02),
+                                  dict(temperature=4.0, top_p=0.5), dict(temperature=3.0, min_p=0.05),
+                                  dict(temperature=6.0, top_k=5)])
+def test_sampled_ids_stay_inside_transformers_filters(gqa_model, gqa_dir, opts):
     """Draws the first id under many seeds: each must survive transformers'
     temperature -> top-k -> top-p -> min-p warpers applied to our logits."""
     ids = text_ids(gqa_dir, SAMPLE_PROMPT)
-    temperature, top_k, top_p, min_p = 8.0, 40, 0.9, 0.02
     scores = torch.from_numpy(gqa_model.logits(ids))[None]
     context = torch.tensor([ids])
-    for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p),
-                   MinPLogitsWarper(min_p)):
+    warpers = [TemperatureLogitsWarper(opts["temperature"])]
+    if "top_k" in opts:
+        warpers.append(TopKLogitsWarper(opts["top_k"]))
+    if "top_p" in opts:
+        warpers.append(TopPLogitsWarper(opts["top_p"]))
+    if "min_p" in opts:
+        warpers.append(MinPLogitsWarper(opts["min_p"]))
+    for warper in warpers:
         scores = warper(context, scores)
     allowed = set(torch.nonzero(torch.isfinite(scores[0])).flatten().tolist())
-    assert 1 < len(allowed) <= top_k
-    drawn = {gqa_model.generate_ids(ids, max_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    min_p=min_p, seed=seed).token_ids[0] for seed in range(60)}
+    assert 1 < len(allowed) < gqa_model.config.text.vocab_size // 4  # the filter bites
+    drawn = {gqa_model.generate_ids(ids, max_tokens=1, seed=seed, **opts).token_ids[0] for seed in range(60)}
     assert drawn <= allowed
     assert len(drawn) > 1
 
@@ -276,6 +314,21 @@ def test_callback_exception_propagates_and_model_still_works(gqa_model, gqa_dir,
     assert len(calls) == 2  # generation stopped right there
     np.testing.assert_array_equal(gqa_model.logits(ids), before)
     assert len(gqa_model.generate_ids(ids, max_tokens=4, eos_token_ids=()).token_ids) == 4
+
+
+def test_ctrl_c_during_generation_stops_it(gqa_model, gqa_dir):
+    """A real SIGINT: Python runs its handler in the next token callback, which stops the C loop."""
+    ids = text_ids(gqa_dir)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gqa_model.generate_ids(ids, max_tokens=8000, eos_token_ids=())
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 5  # 8000 ids take far longer
+    assert len(gqa_model.generate_ids(ids, max_tokens=3, eos_token_ids=()).token_ids) == 3
 
 
 def test_reentrant_call_from_callback_is_refused(gqa_model, gqa_dir):
@@ -357,6 +410,8 @@ def test_image_row_count_must_match(gqa_model):
         gqa_model.logits([1, image, 2])
     with pytest.raises(smolvision.InputError, match="shape"):
         gqa_model.logits([1, image, 2], image_embeds=np.zeros((1, hidden + 1), np.float32))
+    with pytest.raises(smolvision.InputError):
+        gqa_model.logits([1, image, 2], image_embeds="not an array")
 
 
 @pytest.mark.parametrize("opts", [dict(max_tokens=-1), dict(temperature=-0.5), dict(temperature=float("nan")),

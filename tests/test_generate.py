@@ -222,3 +222,13 @@ def test_real_weights_chat_text_matches_transformers(real_dir, question):
     assert result.text == processor.decode(ref_ids, skip_special_tokens=True)
     words = result.text.split()
     assert len(words) >= 5 and sum(c.isalpha() or c.isspace() for c in result.text) > 0.8 * len(result.text)
+
+
+def test_on_progress_follows_the_tiles_and_changes_nothing(model):
+    seen = []
+    result = model.generate("What is this?", images=IMAGES[:1], max_tokens=6,
+                            on_progress=lambda done, total: seen.append((done, total)))
+    plain = model.generate("What is this?", images=IMAGES[:1], max_tokens=6)
+    assert seen[0] == (0, result.n_tiles) and seen[-1] == (result.n_tiles, result.n_tiles)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 2
+    assert result.token_ids == plain.token_ids

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-torch = pytest.importorskip("torch")
-from transformers import AutoProcessor, Idefics3ForConditionalGeneration  # noqa: E402
+import torch
+from transformers import AutoProcessor, Idefics3ForConditionalGeneration
 
 import realmodel  # noqa: E402
 

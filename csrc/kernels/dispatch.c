@@ -1,0 +1,92 @@
+/* dispatch.c - which matmul kernels this CPU can run.
+ *
+ * The library is built for the baseline ISA; only matmul_avx2.c and
+ * matmul_avx512.c are compiled with extra target flags.  Their tables are
+ * handed out only after cpuid says the CPU has the instructions and xgetbv
+ * says the OS saves the wider registers.  SMOLVISION_ISA=portable|avx2|
+ * avx512|avx512bf16 lowers the choice (for tests and benchmarks); a name
+ * above what the CPU supports, or an unknown one, is ignored. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "isa.h"
+
+#if defined(SV_X86_KERNELS)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static sv_isa_level detect(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return SV_ISA_PORTABLE;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(osxsave && avx && fma && f16c)) return SV_ISA_PORTABLE;
+    uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return SV_ISA_PORTABLE; /* OS does not save ymm state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return SV_ISA_PORTABLE;
+    int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    if (!avx2) return SV_ISA_PORTABLE;
+    if (!(avx512f && avx512bw && avx512vl) || (xcr0 & 0xE6) != 0xE6) return SV_ISA_AVX2; /* + opmask, zmm state */
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) return SV_ISA_AVX512BF16;
+    return SV_ISA_AVX512;
+}
+#else
+static sv_isa_level detect(void) { return SV_ISA_PORTABLE; }
+#endif
+
+static const char *const level_names[SV_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16"};
+
+static sv_isa_level supported, selected;
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
+
+static void choose(void) {
+    supported = selected = detect();
+    const char *forced = getenv("SMOLVISION_ISA");
+    int level = forced ? sv_isa_parse(forced) : -1;
+    if (level >= 0 && level < (int)supported) selected = (sv_isa_level)level;
+}
+
+int sv_isa_parse(const char *name) {
+    for (int i = 0; i < SV_ISA_COUNT; i++)
+        if (strcmp(name, level_names[i]) == 0) return i;
+    return -1;
+}
+
+const char *sv_isa_level_name(sv_isa_level level) { return level_names[level]; }
+
+sv_isa_level sv_isa_selected(void) {
+    pthread_once(&detect_once, choose);
+    return selected;
+}
+
+const sv_isa *sv_isa_for(sv_isa_level level) {
+    pthread_once(&detect_once, choose);
+    if (level > supported) return NULL;
+    switch (level) {
+#if defined(SV_X86_KERNELS)
+    /* The fp32 kernels gain nothing from AVX512_BF16: widening BF16 is a shift. */
+    case SV_ISA_AVX512BF16:
+    case SV_ISA_AVX512: return &sv_isa_avx512;
+    case SV_ISA_AVX2: return &sv_isa_avx2;
+#endif
+    default: return &sv_isa_portable;
+    }
+}
+
+const sv_ops *sv_ops_for(sv_isa_level level) {
+    pthread_once(&detect_once, choose);
+    if (level > supported) return NULL;
+    switch (level) {
+#if defined(SV_X86_KERNELS)
+    case SV_ISA_AVX512BF16:
+    case SV_ISA_AVX512: return &sv_ops_avx512;
+    case SV_ISA_AVX2: return &sv_ops_avx2;
+#endif
+    default: return &sv_ops_portable;
+    }
+}

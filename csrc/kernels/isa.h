@@ -1,0 +1,80 @@
+/* isa.h - the contract between the matmul driver (matmul.c) and the per-ISA
+ * kernel files (matmul_generic.c, matmul_avx2.c, matmul_avx512.c).
+ *
+ * Each ISA file fills one sv_isa table with the same matmul kernels, and
+ * ops_*.c one sv_ops table with the small kernels; callers go through the
+ * tables dispatch.c hands out, so AVX code runs only on CPUs that have been
+ * checked for it.  Internal to the library: nothing here is public API. */
+#ifndef SV_KERNELS_ISA_H
+#define SV_KERNELS_ISA_H
+
+#include <stdint.h>
+
+#include "../model.h"
+
+typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_COUNT } sv_isa_level;
+
+typedef struct {
+    const char *name;
+    /* Direct product for small n (decode): streams each weight row once, widening in registers.
+     * y[i, r] = x[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: x[n, W.cols], y[n, ldy], b NULL or [W.rows]. */
+    void (*dot)(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,
+                int64_t r1);
+    int dot_max_n; /* the driver uses dot up to this n: above it packing (or BLAS) measured faster */
+    /* dst = W[r0:r1, :] widened to fp32, row-major: dst[r1 - r0, W.cols] (the B operand for BLAS). */
+    void (*widen)(float *dst, const sv_matrix *W, int64_t r0, int64_t r1);
+    /* Blocked fp32 GEMM without BLAS; NULL where the ISA has none (dot is used instead).
+     * panel_width: rows of W per packed panel; pack writes panel[W.cols, panel_width] = W[r0:r1, :]^T,
+     * zero-padded when r1 - r0 < panel_width; gemm adds y[i, c] = x[i, :] . panel[:, c] + b[c] for c < width. */
+    int panel_width;
+    void (*pack)(float *panel, const sv_matrix *W, int64_t r0, int64_t r1);
+    void (*gemm)(float *y, int64_t ldy, const float *x, int64_t n, int64_t k, const float *panel, int64_t width,
+                 const float *b);
+} sv_isa;
+
+/* The small kernels of kernels.h, same shapes as there. */
+typedef struct {
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps);
+    void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps);
+    void (*gelu_tanh)(float *x, int64_t n);
+    void (*silu_mul)(float *gate, const float *up, int64_t n);
+    void (*softmax)(float *x, int64_t n);
+    void (*add)(float *y, const float *x, int64_t n);
+} sv_ops;
+
+extern const sv_isa sv_isa_portable;
+extern const sv_ops sv_ops_portable;
+#ifdef SV_X86_KERNELS
+extern const sv_isa sv_isa_avx2, sv_isa_avx512;
+extern const sv_ops sv_ops_avx2, sv_ops_avx512;
+#endif
+
+/* The tables for a level, or NULL when this CPU (or this build) cannot run it. */
+const sv_isa *sv_isa_for(sv_isa_level level);
+const sv_ops *sv_ops_for(sv_isa_level level);
+/* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
+sv_isa_level sv_isa_selected(void);
+/* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */
+int sv_isa_parse(const char *name);
+const char *sv_isa_level_name(sv_isa_level level);
+
+/* Scalar widening for the portable kernels, branch-free so loops over it vectorise. */
+static inline float sv_bits_to_float(uint32_t bits) {
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+
+static inline float sv_bf16_to_float(uint16_t h) { return sv_bits_to_float((uint32_t)h << 16); }
+
+/* F16 -> F32: the exponent and mantissa shifted into place read as a float
+ * that is 2^112 too small (for subnormals too, exactly), so scale it; all-ones
+ * exponents (inf, NaN) map to the float all-ones exponent instead. */
+static inline float sv_f16_to_float(uint16_t h) {
+    uint32_t magnitude = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16;
+    float scaled = sv_bits_to_float(magnitude) * 0x1p112f;
+    union { float f; uint32_t u; } v = {scaled};
+    uint32_t bits = (h & 0x7C00) == 0x7C00 ? magnitude | 0x7F800000 : v.u;
+    return sv_bits_to_float(bits | sign);
+}
+
+#endif

@@ -1,0 +1,49 @@
+/* ops.c - the small kernels of kernels.h (norms, activations, softmax,
+ * add): the portable build of ops_impl.h, and the entry points that forward
+ * to the table for the selected ISA. */
+#include <string.h>
+
+#include "../error.h"
+#include "../kernels.h"
+#include "isa.h"
+
+#define OPS_TABLE sv_ops_portable
+#include "ops_impl.h"
+
+static const sv_ops *ops(void) { return sv_ops_for(sv_isa_selected()); }
+
+void sv_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps) {
+    ops()->layernorm(y, x, w, b, n, dim, eps);
+}
+
+void sv_rmsnorm(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps) {
+    ops()->rmsnorm(y, x, w, n, dim, eps);
+}
+
+void sv_gelu_tanh(float *x, int64_t n) { ops()->gelu_tanh(x, n); }
+
+void sv_silu_mul(float *gate, const float *up, int64_t n) { ops()->silu_mul(gate, up, n); }
+
+void sv_softmax(float *x, int64_t n) { ops()->softmax(x, n); }
+
+void sv_add(float *y, const float *x, int64_t n) { ops()->add(y, x, n); }
+
+/* ---- test hooks (declared in smolvision.h) ---- */
+
+sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
+                      const float *b, const float *other, float eps) {
+    int level = isa ? sv_isa_parse(isa) : -1;
+    if (level < 0) return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa ? isa : "(null)");
+    const sv_ops *k = sv_ops_for((sv_isa_level)level);
+    if (!k) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa);
+    if (!op || n < 1 || dim < 1) return sv_fail(SV_ERR_ARG, "bad op arguments n=%lld dim=%lld", (long long)n, (long long)dim);
+    if (strcmp(op, "layernorm") == 0) k->layernorm(x, x, w, b, n, dim, eps);
+    else if (strcmp(op, "rmsnorm") == 0) k->rmsnorm(x, x, w, n, dim, eps);
+    else if (strcmp(op, "gelu_tanh") == 0) k->gelu_tanh(x, n * dim);
+    else if (strcmp(op, "silu_mul") == 0) k->silu_mul(x, other, n * dim);
+    else if (strcmp(op, "add") == 0) k->add(x, other, n * dim);
+    else if (strcmp(op, "softmax") == 0)
+        for (int64_t i = 0; i < n; i++) k->softmax(x + i * dim, dim);
+    else return sv_fail(SV_ERR_ARG, "unknown op '%s'", op);
+    return SV_OK;
+}

@@ -1,0 +1,7 @@
+/* ops_avx512.c - the small kernels built for AVX-512: ops_impl.h compiled with this
+ * file's target flags (see CMakeLists.txt); dispatch.c hands the table out
+ * only on CPUs that run it. */
+#ifdef SV_X86_KERNELS
+#define OPS_TABLE sv_ops_avx512
+#include "ops_impl.h"
+#endif

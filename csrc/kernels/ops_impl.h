@@ -1,0 +1,126 @@
+/* ops_impl.h - the bodies of the small kernels (norms, activations, softmax,
+ * add), compiled once per ISA: ops.c includes it for the portable table,
+ * ops_avx2.c and ops_avx512.c with their target flags.  The includer defines
+ * OPS_TABLE, the name of the sv_ops table to emit.
+ *
+ * Plain C written so that compilers vectorise it without -ffast-math: sums
+ * go into LANES independent partial sums, and exp() is our own branch-free
+ * polynomial, because the vision tower evaluates gelu and softmax on
+ * millions of values per layer and a libm call per element would cost as
+ * much as a matmul.  CMake builds the includers with -fno-trapping-math (we
+ * never read FP exception flags): without it GCC will not turn the clamps
+ * and selects into vector code. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "isa.h"
+
+enum { LANES = 16 };
+
+/* e^x to about 1 ulp for x in [-87, 88]; inputs beyond are clamped, so the
+ * result is always a finite normal number (e^-87 ~ 1.6e-38 stands in for 0).
+ * x = m*ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor series, 2^m
+ * built in the exponent field. */
+static inline float exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float round = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float m = (x * 1.44269504f + round) - round;
+    float r = x - m * 0.693145752f; /* ln2 split in two: the high part is exact in m * hi */
+    r = r - m * 1.42860677e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)m + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* sum(x[k]) and sum(x[k]^2) over LANES partial sums, in double at the end. */
+static float sum_lanes(const float *x, int64_t n, int squares) {
+    float acc[LANES] = {0};
+    int64_t k = 0;
+    for (; k + LANES <= n; k += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += squares ? x[k + l] * x[k + l] : x[k + l];
+    double s = 0;
+    for (; k < n; k++) s += squares ? (double)x[k] * x[k] : x[k];
+    for (int l = 0; l < LANES; l++) s += acc[l];
+    return (float)s;
+}
+
+static void layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * dim;
+        float *yi = y + i * dim;
+        float mean = sum_lanes(xi, dim, 0) / (float)dim;
+        /* variance from the centred values: no cancellation when |mean| >> std */
+        float acc[LANES] = {0};
+        int64_t k = 0;
+        for (; k + LANES <= dim; k += LANES)
+            for (int l = 0; l < LANES; l++) acc[l] += (xi[k + l] - mean) * (xi[k + l] - mean);
+        double var = 0;
+        for (; k < dim; k++) var += (double)(xi[k] - mean) * (xi[k] - mean);
+        for (int l = 0; l < LANES; l++) var += acc[l];
+        float inv = (float)(1.0 / sqrt(var / (double)dim + eps));
+        for (k = 0; k < dim; k++) yi[k] = (xi[k] - mean) * inv * w[k] + b[k];
+    }
+}
+
+static void rmsnorm(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * dim;
+        float *yi = y + i * dim;
+        float inv = (float)(1.0 / sqrt((double)sum_lanes(xi, dim, 1) / (double)dim + eps));
+        for (int64_t k = 0; k < dim; k++) yi[k] = xi[k] * inv * w[k];
+    }
+}
+
+/* 0.5 v (1 + tanh(z)) = v * sigmoid(2z) = v / (1 + e^-2z), z = sqrt(2/pi) (v + 0.044715 v^3) */
+static void gelu_tanh(float *x, int64_t n) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = v / (1.0f + exp_poly(-2.0f * c * (v + 0.044715f * v * v * v)));
+    }
+}
+
+static void silu_mul(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + exp_poly(-g)) * up[i];
+    }
+}
+
+static void softmax(float *x, int64_t n) {
+    float lane_max[LANES];
+    for (int l = 0; l < LANES; l++) lane_max[l] = x[0];
+    int64_t k = 0;
+    for (; k + LANES <= n; k += LANES)
+        for (int l = 0; l < LANES; l++) lane_max[l] = x[k + l] > lane_max[l] ? x[k + l] : lane_max[l];
+    float max = x[0];
+    for (; k < n; k++) max = x[k] > max ? x[k] : max;
+    for (int l = 0; l < LANES; l++) max = lane_max[l] > max ? lane_max[l] : max;
+    for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - max);
+    float inv = 1.0f / sum_lanes(x, n, 0);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static void add(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+const sv_ops OPS_TABLE = {
+    .layernorm = layernorm,
+    .rmsnorm = rmsnorm,
+    .gelu_tanh = gelu_tanh,
+    .silu_mul = silu_mul,
+    .softmax = softmax,
+    .add = add,
+};

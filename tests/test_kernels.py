@@ -1,0 +1,222 @@
+"""The C kernels against float64 numpy (and torch), and every SIMD path against the portable one.
+
+Driven through the test hooks of smolvision.h (sv_debug_matmul, sv_debug_op).
+ISA paths this CPU cannot run are skipped with the reason; the portable path
+and the best one available always run.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smolvision._native import ffi, lib
+
+ISAS = ("portable", "avx2", "avx512", "avx512bf16")
+DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
+SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (1000, 129), (33, 1000)]  # (rows, cols) of W
+BATCHES = (1, 3, 17, 300)
+BLAS_NEVER, BLAS_FIRST, BLAS_AS_SV_MATMUL = 0, 1, 2
+# fp32 dot products over K terms: error well under 1e-5 of sum(|x_k w_k|) for these K
+TOLERANCE = 1e-5
+
+
+def as_weights(w: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(raw weights in dtype, the exact values they hold as float64)."""
+    if dtype == "f32":
+        raw = np.ascontiguousarray(w, np.float32)
+        return raw, raw.astype(np.float64)
+    if dtype == "f16":
+        raw = w.astype(np.float16)
+        return raw.view(np.uint16), raw.astype(np.float64)
+    bf = torch.from_numpy(np.ascontiguousarray(w, np.float32)).to(torch.bfloat16)
+    return bf.view(torch.int16).numpy().view(np.uint16), bf.double().numpy()
+
+
+def matmul(isa: str, x: np.ndarray, w: np.ndarray, dtype: str, rows: int, b: np.ndarray | None, threads: int,
+           blas: int = BLAS_AS_SV_MATMUL) -> np.ndarray:
+    """y = x @ W^T + b with the named ISA's kernels; skips the test if this CPU cannot run them."""
+    n, cols = x.shape
+    y = np.full((n, rows), np.nan, np.float32)
+    status = lib.sv_debug_matmul(isa.encode(), blas, ffi.from_buffer("float[]", x), n, ffi.from_buffer(w),
+                                 DTYPES[dtype], rows, cols, ffi.from_buffer("float[]", b) if b is not None else ffi.NULL,
+                                 ffi.from_buffer("float[]", y), threads, 1, ffi.NULL)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
+    assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
+    return y
+
+
+def problem(n: int, rows: int, cols: int, dtype: str, bias: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    w, w64 = as_weights(rng.standard_normal((rows, cols)).astype(np.float32), dtype)
+    b = rng.standard_normal(rows).astype(np.float32) if bias else None
+    x64 = x.astype(np.float64)
+    ref = x64 @ w64.T + (b if bias else 0.0)
+    # the natural scale of a dot product's rounding error: sum |x_k w_k| (+ |b|)
+    scale = np.abs(x64) @ np.abs(w64).T + (np.abs(b) if bias else 0.0)
+    return x, w, b, ref, scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("blas", [BLAS_FIRST, BLAS_NEVER, BLAS_AS_SV_MATMUL], ids=["blas", "noblas", "default"])
+def test_matmul_matches_float64_and_portable(isa, dtype, blas):
+    worst = 0.0
+    for n in BATCHES:
+        for rows, cols in SHAPES:
+            for bias in (True, False):
+                x, w, b, ref, scale = problem(n, rows, cols, dtype, bias)
+                portable = matmul("portable", x, w, dtype, rows, b, 1, blas)
+                for threads in (1, 2):
+                    y = matmul(isa, x, w, dtype, rows, b, threads, blas)
+                    where = f"n={n} W[{rows}x{cols}] bias={bias} threads={threads}"
+                    assert np.isfinite(y).all(), where
+                    err = float(np.max(np.abs(y - ref) / scale))
+                    assert err < TOLERANCE, f"{where}: error {err:.2e} vs float64"
+                    diff = float(np.max(np.abs(y - portable) / scale))
+                    assert diff < TOLERANCE, f"{where}: differs from portable by {diff:.2e}"
+                    worst = max(worst, err)
+    print(f"{isa} {dtype} blas={blas}: worst error {worst:.2e} of sum|x w|")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_widening_is_exact_for_special_values(isa, dtype):
+    """Subnormals, extremes, inf and NaN widen exactly (y = 1 * w with K = 1)."""
+    if dtype == "f16":
+        values = np.array([0.0, -0.0, 6e-8, -6e-8, 3e-5, 6.1e-5, 65504, -65504, np.inf, -np.inf, np.nan, 1.5, -2.75],
+                          np.float16)
+        raw, exact = values.view(np.uint16), values.astype(np.float32)
+    else:
+        values = np.array([0.0, -0.0, 1e-40, -1e-40, 1.2e-38, 3e38, -3e38, np.inf, -np.inf, np.nan, 1.5, -2.75],
+                          np.float32)
+        raw, exact64 = as_weights(values[:, None], "bf16")
+        exact = exact64.astype(np.float32).ravel()
+    rows = len(exact)
+    for n in (1, 40):  # the dot kernel and the GEMM path
+        y = matmul(isa, np.ones((n, 1), np.float32), raw.reshape(rows, 1), dtype, rows, None, 1)
+        for i in range(n):
+            np.testing.assert_array_equal(y[i], exact)  # (a sum turns -0 into +0, which compares equal)
+
+
+def test_matmul_decode_is_exact_across_threads():
+    """Threads split whole rows of W, so the thread count must not change a single bit."""
+    x, w, b, _, _ = problem(1, 1000, 1000, "bf16", True)
+    best = ffi.string(lib.sv_kernels_isa()).decode()
+    assert np.array_equal(matmul(best, x, w, "bf16", 1000, b, 1), matmul(best, x, w, "bf16", 1000, b, 2))
+
+
+def test_matmul_unaligned_weights():
+    """Tensors in a safetensors file need not be aligned to their element size."""
+    x, w, b, ref, scale = problem(17, 33, 129, "f32", True)
+    for dtype, raw in (("f32", w), ("bf16", as_weights(w, "bf16")[0])):
+        _, w64 = as_weights(w, dtype)
+        ref = x.astype(np.float64) @ w64.T + b
+        buf = np.zeros(raw.nbytes + 1, np.uint8)
+        shifted = buf[1:]
+        shifted[:] = raw.view(np.uint8).ravel()
+        for isa in ("portable", ffi.string(lib.sv_kernels_isa()).decode()):
+            y = matmul(isa, x, shifted, dtype, 33, b, 2)
+            assert np.max(np.abs(y - ref) / scale) < TOLERANCE, (dtype, isa)
+
+
+def test_debug_matmul_rejects_bad_arguments():
+    x = np.zeros((1, 4), np.float32)
+    w = np.zeros((2, 4), np.float32)
+    y = np.zeros((1, 2), np.float32)
+    args = (ffi.from_buffer("float[]", x), 1, ffi.from_buffer(w))
+    assert lib.sv_debug_matmul(b"sse9", 1, *args, 0, 2, 4, ffi.NULL, ffi.from_buffer("float[]", y), 1, 1, ffi.NULL) == lib.SV_ERR_ARG
+    assert b"sse9" in ffi.string(lib.sv_last_error())
+    assert lib.sv_debug_matmul(b"portable", 1, *args, 7, 2, 4, ffi.NULL, ffi.from_buffer("float[]", y), 1, 1, ffi.NULL) == lib.SV_ERR_ARG
+
+
+def selected_isa_with(env_value: str | None) -> str:
+    env = dict(os.environ)
+    env.pop("SMOLVISION_ISA", None)
+    if env_value is not None:
+        env["SMOLVISION_ISA"] = env_value
+    # The child must import the same build as this process (installed or in-tree), so it runs from
+    # the folder that holds that smolvision package.
+    import smolvision
+    home = str(Path(smolvision.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = home + os.pathsep + env.get("PYTHONPATH", "")
+    code = "from smolvision._native import ffi, lib; print(ffi.string(lib.sv_kernels_isa()).decode())"
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_smolvision_isa_lowers_but_never_raises_the_choice():
+    best = selected_isa_with(None)
+    assert best in ISAS
+    assert selected_isa_with("portable") == "portable"
+    assert selected_isa_with("no-such-isa") == best
+    if best == "portable":
+        assert selected_isa_with("avx512") == "portable"  # a name above the CPU is ignored
+    else:
+        assert selected_isa_with("avx2") == "avx2"
+
+
+# ---- the small kernels ----
+
+def op(isa: str, name: str, x: np.ndarray, w=None, b=None, other=None, eps: float = 0.0) -> np.ndarray:
+    """One small kernel in the named ISA's build; skips the test if this CPU cannot run it."""
+    out = np.ascontiguousarray(x, np.float32).copy()
+    n, dim = out.shape
+    ptr = lambda a: ffi.from_buffer("float[]", np.ascontiguousarray(a, np.float32)) if a is not None else ffi.NULL
+    status = lib.sv_debug_op(isa.encode(), name.encode(), ffi.from_buffer("float[]", out), n, dim, ptr(w), ptr(b),
+                             ptr(other), eps)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
+    assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dim", [1, 7, 16, 33, 1152])
+def test_norms_match_float64(isa, dim):
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((5, dim)) * 3 + 10).astype(np.float32)  # |mean| >> std: cancellation-prone
+    w = rng.standard_normal(dim).astype(np.float32)
+    b = rng.standard_normal(dim).astype(np.float32)
+    x64 = x.astype(np.float64)
+    ln = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-6) * w + b
+    np.testing.assert_allclose(op(isa, "layernorm", x, w, b, eps=1e-6), ln, rtol=1e-5, atol=1e-5 * np.abs(ln).max())
+    rms = x64 / np.sqrt((x64**2).mean(1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(op(isa, "rmsnorm", x, w, eps=1e-5), rms, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activations_match_float64(isa):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(-30, 30, 6001), rng.standard_normal(999) * 4,
+                        [0.0, -0.0, 1e-30, -1e-30, 90, -90, 1e4, -1e4]])
+    x = x.astype(np.float32).reshape(1, -1)
+    x64 = torch.from_numpy(x.astype(np.float64))
+    gelu = torch.nn.functional.gelu(x64, approximate="tanh").numpy()
+    # atol: deep in the negative tail gelu is ~1e-13 and even float64's 1 + tanh(z) cancels to noise
+    np.testing.assert_allclose(op(isa, "gelu_tanh", x), gelu, rtol=2e-6, atol=1e-9)
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    silu = (torch.nn.functional.silu(x64) * torch.from_numpy(up.astype(np.float64))).numpy()
+    np.testing.assert_allclose(op(isa, "silu_mul", x, other=up), silu, rtol=2e-6, atol=1e-30)
+    np.testing.assert_array_equal(op(isa, "add", x, other=up), x + up)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dim", [1, 5, 16, 729, 4000])
+def test_softmax_matches_float64(isa, dim):
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((4, dim)) * [[1], [10], [100], [1000]]).astype(np.float32)
+    x[0, 0] = -np.inf  # a masked score
+    if dim == 1:
+        x[0, 0] = 5.0
+    ref = torch.softmax(torch.from_numpy(x.astype(np.float64)), dim=-1).numpy()
+    y = op(isa, "softmax", x)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
