@@ -9,8 +9,22 @@ cd "$(dirname "$0")/.."
 CC=${CC:-gcc}
 OUT=${LEAKCHECK_BUILD:-build-leakcheck}
 mkdir -p "$OUT"
-"$CC" -std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-  -D_POSIX_C_SOURCE=200809L -Icsrc tools/leakcheck.c csrc/*.c -lm -lpthread -o "$OUT/leakcheck"
+FLAGS=(-std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+       -D_POSIX_C_SOURCE=200809L -Icsrc)
+srcs=(tools/leakcheck.c csrc/*.c csrc/kernels/*.c)
+# The SIMD kernels as CMake builds them (dispatch.c picks them only on CPUs that have them).
+if [ "$(uname -m)" = x86_64 ]; then
+  FLAGS+=(-DSV_X86_KERNELS)
+  objs=()
+  for f in csrc/kernels/*_avx2.c csrc/kernels/*_avx512.c; do
+    isa=(-mavx2 -mfma -mf16c)
+    case "$f" in *_avx512.c) isa+=(-mavx512f -mavx512bw -mavx512vl) ;; esac
+    "$CC" "${FLAGS[@]}" "${isa[@]}" -c "$f" -o "$OUT/$(basename "$f" .c).o"
+    objs+=("$OUT/$(basename "$f" .c).o")
+  done
+  srcs=(tools/leakcheck.c csrc/*.c $(ls csrc/kernels/*.c | grep -v '_avx') "${objs[@]}")
+fi
+"$CC" "${FLAGS[@]}" "${srcs[@]}" -lm -lpthread -o "$OUT/leakcheck"
 dirs=("$@")
 if [ ${#dirs[@]} -eq 0 ]; then
   tmp=$(mktemp -d)
