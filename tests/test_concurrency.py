@@ -71,7 +71,7 @@ def test_two_models_in_two_threads_are_independent(mha_dir, gqa_dir):
 
 def test_the_gil_is_released_during_c_work(gqa_dir):
     # While one thread is inside a long C call (no Python callbacks), another keeps running Python at
-    # close to its solo speed.  Were the GIL held, the counter would only get the switch interval
+    # a good share of its solo speed (two cores shared with the C thread and whatever else runs).  Were the GIL held, the counter would only get the switch interval
     # (5 ms) around the call: a few percent of it.
     with smolvision.load(gqa_dir, threads=1) as model:
         size = model.config.vision.image_size
@@ -98,7 +98,7 @@ def test_the_gil_is_released_during_c_work(gqa_dir):
         counter.join()
     assert elapsed > 0.05, "the C call was too short to tell"
     print(f"counter rate during C: {during_rate:.0f}/s, alone: {solo_rate:.0f}/s, call {elapsed:.3f} s")
-    assert during_rate > 0.4 * solo_rate, (during_rate, solo_rate, elapsed)
+    assert during_rate > 0.25 * solo_rate, (during_rate, solo_rate, elapsed)
 
 
 def test_an_event_set_from_another_thread_cancels_generation(mha_dir):
