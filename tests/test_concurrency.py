@@ -71,8 +71,9 @@ def test_two_models_in_two_threads_are_independent(mha_dir, gqa_dir):
 
 def test_the_gil_is_released_during_c_work(gqa_dir):
     # While one thread is inside a long C call (no Python callbacks), another keeps running Python at
-    # a good share of its solo speed (two cores shared with the C thread and whatever else runs).  Were the GIL held, the counter would only get the switch interval
-    # (5 ms) around the call: a few percent of it.
+    # a good share of its solo speed (two cores are shared with the C thread and whatever else runs).
+    # Were the GIL held, the counter would only get the switch interval (5 ms) around the call: a few
+    # percent of it.
     with smolvision.load(gqa_dir, threads=1) as model:
         size = model.config.vision.image_size
         tiles = np.random.default_rng(2).standard_normal((160, 3, size, size)).astype(np.float32)
