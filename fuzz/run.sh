@@ -20,15 +20,18 @@ FLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize
        -D_POSIX_C_SOURCE=200809L -std=c11 -Icsrc -Ifuzz)
 
 # The engine once, as objects instrumented for coverage (no main).
+# Rebuilt when a source changed, appeared or went away.
 LIB="$OUT/libsv_fuzz.a"
-if [ ! -f "$LIB" ] || [ -n "$(find csrc -name '*.[ch]' -newer "$LIB")" ]; then
-  rm -f "$OUT"/*.o
-  for src in csrc/*.c csrc/kernels/*.c; do
-    [ -f "$src" ] || continue
+SOURCES=$(ls csrc/*.c csrc/kernels/*.c 2>/dev/null)
+if [ ! -f "$LIB" ] || [ -n "$(find csrc -name '*.[ch]' -newer "$LIB")" ] || \
+   [ "$SOURCES" != "$(cat "$OUT/sources.txt" 2>/dev/null)" ]; then
+  rm -f "$OUT"/*.o "$LIB"
+  for src in $SOURCES; do
     obj="$OUT/$(echo "$src" | tr / _).o"
     nice "$CC" "${FLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj"
   done
   ar rcs "$LIB" "$OUT"/*.o
+  echo "$SOURCES" >"$OUT/sources.txt"
 fi
 
 python3 fuzz/make_seeds.py fuzz/corpus
