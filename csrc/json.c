@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- arena: big blocks, freed together ---- */
 
@@ -47,6 +49,7 @@ typedef struct {
     char *err;
     size_t err_size;
     int failed;
+    size_t n_values; /* parsed so far, against JSON_MAX_VALUES */
 } parser;
 
 static int fail(parser *p, const char *fmt, ...) {
@@ -292,6 +295,7 @@ static int parse_object(parser *p, json_value *out, int depth) {
 
 static int parse_value(parser *p, json_value *out, int depth) {
     if (depth > JSON_MAX_DEPTH) return fail(p, "nesting deeper than %d", JSON_MAX_DEPTH);
+    if (++p->n_values > JSON_MAX_VALUES) return fail(p, "more than %d values", JSON_MAX_VALUES);
     skip_ws(p);
     if (p->pos >= p->len) return fail(p, "unexpected end of input");
     switch (p->s[p->pos]) {
@@ -312,7 +316,7 @@ json_doc *json_parse(const char *text, size_t len, char *err, size_t err_size) {
         if (err && err_size) snprintf(err, err_size, "out of memory");
         return NULL;
     }
-    parser p = {text, len, 0, doc, err, err_size, 0};
+    parser p = {text, len, 0, doc, err, err_size, 0, 0};
     if (parse_value(&p, &doc->root, 0) == 0) {
         skip_ws(&p);
         if (p.pos != p.len) fail(&p, "trailing characters after the JSON value");
@@ -381,37 +385,44 @@ const char *json_get_string(const json_value *obj, const char *key) {
 }
 
 char *json_read_file(const char *path, size_t max_bytes, size_t *len_out, char *err, size_t err_size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever;
+     * it changes nothing for the regular files that pass the check below. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
         snprintf(err, err_size, "cannot open %s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, err_size, "%s is not a regular file", path);
-        fclose(f);
+        close(fd);
         return NULL;
     }
     if ((unsigned long long)st.st_size > max_bytes) {
         snprintf(err, err_size, "%s is %lld bytes, more than the %zu allowed", path, (long long)st.st_size,
                  max_bytes);
-        fclose(f);
+        close(fd);
         return NULL;
     }
-    size_t n = (size_t)st.st_size;
+    size_t n = (size_t)st.st_size, got = 0;
     char *buf = malloc(n + 1);
     if (!buf) {
         snprintf(err, err_size, "out of memory reading %s", path);
-        fclose(f);
+        close(fd);
         return NULL;
     }
-    if (fread(buf, 1, n, f) != n) {
-        snprintf(err, err_size, "cannot read %s", path);
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got != n) {
+        snprintf(err, err_size, "cannot read %s (got %zu of %zu bytes)", path, got, n);
         free(buf);
-        fclose(f);
         return NULL;
     }
-    fclose(f);
     buf[n] = 0;
     *len_out = n;
     return buf;

@@ -4,7 +4,9 @@
  * json_parse() builds a read-only tree in one arena; json_free() releases it
  * all at once.  Strings are unescaped to UTF-8 and NUL-terminated (len is kept
  * because "\u0000" is legal).  Nesting is limited so hostile input cannot
- * exhaust the stack. */
+ * exhaust the stack, and so is the number of values: each costs ~64 bytes of
+ * tree for as little as 2 bytes of text ("0,"), so without a cap a 100 MB
+ * safetensors header would take 6 GB. */
 #ifndef SV_JSON_H
 #define SV_JSON_H
 
@@ -37,6 +39,8 @@ struct json_member {
 typedef struct json_doc json_doc;
 
 #define JSON_MAX_DEPTH 256
+/* 20x the values of SmolLM2's tokenizer.json (196k); at most ~400 MB of tree. */
+#define JSON_MAX_VALUES (1 << 22)
 
 /* Parses text[0..len).  Returns NULL and writes a message (with the byte
  * offset) into err on failure.  The tree stays valid until json_free(). */

@@ -3,6 +3,7 @@
  * refuses anything that does not match the config. */
 #include "model.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #define MAX_IMAGE_SIZE 8192
 #define MAX_POSITIONS (1 << 22)
 #define MAX_CONFIG_BYTES (16u << 20)
+#define MAX_THREADS 1024
 
 /* ---- config ---- */
 
@@ -360,7 +362,8 @@ static sv_status load_tokenizer(sv_model *m) {
     char *path = malloc(n);
     if (!path) return sv_fail(SV_ERR_NOMEM, "out of memory");
     snprintf(path, n, "%s/tokenizer.json", m->dir);
-    sv_status s = access(path, F_OK) == 0 ? sv_tokenizer_load(path, &m->tokenizer) : SV_OK;
+    /* Only a truly absent file is optional: a link loop or unreadable one is an error. */
+    sv_status s = access(path, F_OK) != 0 && errno == ENOENT ? SV_OK : sv_tokenizer_load(path, &m->tokenizer);
     free(path);
     return s;
 }
@@ -379,6 +382,7 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
         return sv_fail(SV_ERR_ARG, "precision is %d, not %d (fp32) or %d (bf16)", o.precision, SV_PRECISION_FP32,
                        SV_PRECISION_BF16);
     int32_t n_threads = o.n_threads;
+    if (n_threads > MAX_THREADS) return sv_fail(SV_ERR_ARG, "%d threads asked for; at most %d", n_threads, MAX_THREADS);
     sv_model *m = calloc(1, sizeof *m);
     if (!m) return sv_fail(SV_ERR_NOMEM, "out of memory");
     m->dir = strdup(dir);

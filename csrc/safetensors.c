@@ -57,7 +57,7 @@ static uint64_t read_u64_le(const unsigned char *p) {
 /* Maps path and appends it to a->files. */
 static sv_status map_file(st_archive *a, const char *path, int *index) {
     if (a->n_files >= ST_MAX_SHARDS) return sv_fail(SV_ERR_FORMAT, "%s: more than %d shards", path, ST_MAX_SHARDS);
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* O_NONBLOCK: a FIFO must not block the open */
     if (fd < 0) return sv_fail(SV_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -81,7 +81,7 @@ static sv_status map_file(st_archive *a, const char *path, int *index) {
         return sv_fail(SV_ERR_NOMEM, "out of memory opening %s", path);
     }
     a->files = files;
-    a->files[a->n_files] = (st_file){copy, map, size};
+    a->files[a->n_files] = (st_file){copy, map, size, 1};
     *index = a->n_files++;
     return SV_OK;
 }
@@ -146,6 +146,8 @@ static sv_status parse_entry(const char *path, const json_member *m, const unsig
 static sv_status read_header(st_archive *a, int fi) {
     const st_file *f = &a->files[fi];
     const unsigned char *base = f->map;
+    if (f->size < 8)
+        return sv_fail(SV_ERR_FORMAT, "%s: file is %zu bytes, too short for a safetensors header", f->path, f->size);
     uint64_t header_len = read_u64_le(base);
     if (header_len > ST_MAX_HEADER_BYTES)
         return sv_fail(SV_ERR_FORMAT, "%s: header length %llu exceeds the %u-byte limit", f->path,
@@ -234,6 +236,23 @@ sv_status st_open_file(st_archive *a, const char *path) {
     return s;
 }
 
+sv_status st_open_memory(st_archive *a, const void *bytes, size_t size, const char *name) {
+    memset(a, 0, sizeof *a);
+    a->files = malloc(sizeof *a->files);
+    char *copy = strdup(name);
+    if (!a->files || !copy) {
+        free(copy);
+        st_close(a);
+        return sv_fail(SV_ERR_NOMEM, "out of memory opening %s", name);
+    }
+    a->files[0] = (st_file){copy, (void *)bytes, size, 0};
+    a->n_files = 1;
+    sv_status s = read_header(a, 0);
+    if (s == SV_OK) s = finish(a);
+    if (s != SV_OK) st_close(a);
+    return s;
+}
+
 static char *join_path(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = malloc(n);
@@ -299,9 +318,9 @@ sv_status st_open_dir(st_archive *a, const char *dir) {
     sv_status s;
     if (!index || !single) {
         s = sv_fail(SV_ERR_NOMEM, "out of memory");
-    } else if (access(index, F_OK) == 0) {
+    } else if (access(index, F_OK) == 0 || errno != ENOENT) { /* a link loop is an error, not "absent" */
         s = open_index(a, dir, index);
-    } else if (access(single, F_OK) == 0) {
+    } else if (access(single, F_OK) == 0 || errno != ENOENT) {
         int fi = 0;
         s = map_file(a, single, &fi);
         if (s == SV_OK) s = read_header(a, fi);
@@ -331,7 +350,7 @@ void st_close(st_archive *a) {
     for (size_t i = 0; i < a->n_tensors; i++) free((char *)a->tensors[i].name);
     free(a->tensors);
     for (int i = 0; i < a->n_files; i++) {
-        munmap(a->files[i].map, a->files[i].size);
+        if (a->files[i].mapped) munmap(a->files[i].map, a->files[i].size);
         free(a->files[i].path);
     }
     free(a->files);

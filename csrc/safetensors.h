@@ -35,6 +35,7 @@ typedef struct {
     char *path;
     void *map;
     size_t size;
+    int mapped;  /* 1: map is our mmap (unmapped by st_close); 0: the caller's buffer */
 } st_file;
 
 typedef struct {
@@ -51,6 +52,11 @@ sv_status st_open_dir(st_archive *a, const char *model_dir);
 
 /* Opens one .safetensors file. */
 sv_status st_open_file(st_archive *a, const char *path);
+
+/* Parses a whole safetensors file already in memory, bytes[0..size) (the
+ * fuzz harness's entry; files go through the same header parser).  The
+ * buffer is borrowed and must outlive the archive; name is for messages. */
+sv_status st_open_memory(st_archive *a, const void *bytes, size_t size, const char *name);
 
 const st_tensor *st_find(const st_archive *a, const char *name);
 void st_close(st_archive *a);

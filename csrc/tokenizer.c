@@ -582,8 +582,15 @@ sv_status sv_tokenizer_load(const char *path, sv_tokenizer **out) {
     size_t len;
     char *text = json_read_file(path, MAX_TOKENIZER_BYTES, &len, err, sizeof err);
     if (!text) return sv_fail(SV_ERR_IO, "%s", err);
-    json_doc *doc = json_parse(text, len, err, sizeof err);
+    sv_status st = sv_tokenizer_load_json(text, len, path, out);
     free(text);
+    return st;
+}
+
+sv_status sv_tokenizer_load_json(const char *text, size_t len, const char *path, sv_tokenizer **out) {
+    *out = NULL;
+    char err[512];
+    json_doc *doc = json_parse(text, len, err, sizeof err);
     if (!doc) return sv_fail(SV_ERR_FORMAT, "%s: %s", path, err);
     sv_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {

@@ -71,4 +71,8 @@ static inline size_t sv_utf8_next(const unsigned char *s, size_t n, uint32_t *cp
     return 4;
 }
 
+/* sv_tokenizer_load on tokenizer.json text already in memory, text[0..len)
+ * (the file loader and the fuzz harness share it); path is for messages. */
+sv_status sv_tokenizer_load_json(const char *text, size_t len, const char *path, sv_tokenizer **out);
+
 #endif

@@ -21,6 +21,7 @@ import jinja2.ext
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from smolvision._files import read_json, read_text
 from smolvision.errors import InputError, ModelError
 
 __all__ = ["load_chat_template", "normalize_messages", "render_chat_template"]
@@ -38,12 +39,7 @@ def load_chat_template(model_dir: str | os.PathLike) -> str:
     if template is None:
         template = _json_key(model_dir / "chat_template.json", "chat_template")
     if template is None:
-        try:
-            template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise ModelError(f"cannot read {model_dir / 'chat_template.jinja'}: {err}") from err
+        template = read_text(model_dir / "chat_template.jinja")
     if template is None:
         template = _json_key(model_dir / "tokenizer_config.json", "chat_template")
     if template is None:
@@ -176,16 +172,7 @@ def _plain(value: Any) -> Any:
 
 
 def _json_key(path: Path, key: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise ModelError(f"cannot read {path}: {err}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path} is not valid JSON: {err}") from err
+    data = read_json(path)
     return data.get(key) if isinstance(data, dict) else None
 
 

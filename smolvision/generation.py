@@ -10,7 +10,6 @@ re-raised once the C call has returned.  The engine stays usable afterwards.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -22,6 +21,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import errors
+from ._files import read_json
 from ._native import check, ffi, lib
 from .config import Config
 
@@ -147,13 +147,9 @@ def read_eos_token_ids(model_dir: str) -> Tuple[int, ...]:
     """The EOS ids of a model directory: generation_config.json's eos_token_id
     (an int or a list), else config.json's (top level or text_config); () if none."""
     def eos_of(path: str, *sections: str):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
+        data = read_json(path)
+        if data is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise errors.ModelError(f"{path}: cannot read ({exc})") from exc
         for section in sections:
             data = data.get(section) if isinstance(data, dict) else None
         value = data.get("eos_token_id") if isinstance(data, dict) else None

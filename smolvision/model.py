@@ -51,6 +51,9 @@ class Model:
         self.model_dir = path
         # One engine handle is not reentrant: calls into it are serialised.
         self._lock = threading.RLock()
+        # True while a C call that calls back into Python (generation) runs;
+        # only the thread holding the lock can see it set.
+        self._in_callback_call = False
         out = ffi.new("sv_model **")
         options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision]})
         check(lib.sv_model_load_ex(path.encode(), options, out), errors.ModelError)
@@ -85,8 +88,15 @@ class Model:
         return self._handle is None
 
     def close(self) -> None:
-        """Releases the weights mapping and the engine's threads; idempotent."""
+        """Releases the weights mapping and the engine's threads; idempotent.
+
+        Safe from any thread: it waits for a call running on another thread to
+        finish.  From inside this model's own callback (on_token) it would free
+        the engine under the running call, so it raises instead."""
         with self._lock:
+            if self._in_callback_call:
+                raise errors.Error("cannot close a Model from inside its own generation callback; "
+                                   "return True from on_token to stop, then close")
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
                 lib.sv_model_free(handle)
@@ -143,8 +153,17 @@ class Model:
     def _generate(self, prompt: "generation.Prompt", params: SamplingParams,
                   on_token: Optional[TokenCallback]) -> GenerationResult:
         eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
+        window = self.config.text.max_position_embeddings
+        if len(prompt.ids) + params.max_tokens > window:  # before anything max_tokens long is allocated
+            raise errors.InputError(f"the prompt is {len(prompt.ids)} tokens; with max_tokens={params.max_tokens} "
+                                    f"that exceeds the {window}-token context window (max_position_embeddings)")
         with self._lock:
-            return generation.generate(self._ptr, prompt, params, eos, on_token)
+            handle = self._ptr
+            outer, self._in_callback_call = self._in_callback_call, True
+            try:
+                return generation.generate(handle, prompt, params, eos, on_token)
+            finally:
+                self._in_callback_call = outer
 
     # ---- text level: templates, images, prompts (see pipeline.py) ----
 
@@ -206,7 +225,7 @@ class Model:
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
         inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
-                                           longest_edge, on_progress)
+                                           longest_edge, params.max_tokens, on_progress)
         eos = pipeline.stop_token_ids(self.model_dir, self.eos_token_ids, self.tokenizer)
         params = SamplingParams.build(params, {"eos_token_ids": eos})
         return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
@@ -224,9 +243,17 @@ class Model:
                                                                 **options))
 
     def _prepare(self, prompt, images, messages, raw, system_prompt, do_image_splitting, longest_edge,
-                 on_progress=None):
-        """The prompt's Inputs (with image encode time) and its checked decoder Prompt."""
+                 max_tokens: int, on_progress=None):
+        """The prompt's Inputs (with image encode time) and its checked decoder Prompt.
+
+        A prompt that cannot fit the context window with max_tokens more is refused before the images
+        are decoded (each takes at least image_seq_len tokens) and again, exactly, before they are encoded."""
         images = _as_list(images)
+        window = self.config.text.max_position_embeddings
+        if len(images) * self._prompts.image_seq_len + max_tokens > window:
+            raise errors.InputError(
+                f"{len(images)} images take at least {len(images) * self._prompts.image_seq_len} tokens; with "
+                f"max_tokens={max_tokens} that exceeds the {window}-token context window (max_position_embeddings)")
         if messages is not None:
             if prompt is not None or raw or system_prompt is not None:
                 raise errors.InputError("messages is a whole conversation: don't also pass prompt, raw or "
@@ -246,6 +273,9 @@ class Model:
             text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt))
         start = time.perf_counter()
         inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
+        if len(inputs.input_ids) + max_tokens > window:
+            raise errors.InputError(f"the prompt is {len(inputs.input_ids)} tokens; with max_tokens={max_tokens} "
+                                    f"that exceeds the {window}-token context window (max_position_embeddings)")
         embeds = None if inputs.pixel_values is None else self._encode_tiles(inputs.pixel_values, on_progress)
         encode_s = time.perf_counter() - start
         return _Prepared(inputs, encode_s), generation.Prompt.build(self.config, inputs.input_ids, embeds)

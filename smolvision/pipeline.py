@@ -6,7 +6,6 @@ Model's text-level methods are thin wrappers over this module.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from . import errors
+from ._files import read_json
 from .chat import load_chat_template, render_chat_template
 from .generation import Timings
 from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, load_image_seq_len
@@ -200,13 +200,9 @@ def stop_token_ids(model_dir: str, eos_from_config: Sequence[int], tokenizer: To
 def _special_tokens(model_dir: str) -> dict:
     """bos_token / eos_token etc. from tokenizer_config.json, which transformers passes to templates."""
     path = os.path.join(model_dir, "tokenizer_config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
+    data = read_json(path)
+    if data is None:
         return {}
-    except (OSError, ValueError) as exc:
-        raise errors.ModelError(f"{path}: cannot read ({exc})") from exc
     out = {}
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         value = data.get(key) if isinstance(data, dict) else None

@@ -13,7 +13,6 @@ Only Pillow and NumPy are used at run time.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import warnings
@@ -25,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from smolvision._files import read_json
 from smolvision.errors import ImageError, InputError, ModelError
 
 __all__ = [
@@ -343,16 +343,9 @@ def _require_positive_int(value: Any, name: str, error: type[Exception]) -> None
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The parsed JSON object in `path`, or None when the file does not exist."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    data = read_json(path)
+    if data is None:
         return None
-    except OSError as err:
-        raise ModelError(f"cannot read {path}: {err}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ModelError(f"{path} must hold a JSON object")
     return data
