@@ -226,7 +226,7 @@ class Model:
             raise errors.InputError("stop must be a string or a sequence of strings")
         inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
                                            longest_edge, params.max_tokens, on_progress)
-        eos = pipeline.stop_token_ids(self.model_dir, self.eos_token_ids, self.tokenizer)
+        eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
         params = SamplingParams.build(params, {"eos_token_ids": eos})
         return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
                                       inputs.inputs, inputs.encode_s, stop, on_token)

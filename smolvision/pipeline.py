@@ -7,13 +7,11 @@ Model's text-level methods are thin wrappers over this module.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import errors
 from ._files import read_json
 from .chat import load_chat_template, render_chat_template
 from .generation import Timings
@@ -187,7 +185,7 @@ def generate_text(run_ids: Callable, tokenizer: Tokenizer, inputs: Inputs, image
                   prompt_tokens=len(inputs.input_ids), n_tiles=n_tiles, timings=timings)
 
 
-def stop_token_ids(model_dir: str, eos_from_config: Sequence[int], tokenizer: Tokenizer) -> tuple:
+def stop_token_ids(eos_from_config: Sequence[int], tokenizer: Tokenizer) -> tuple:
     """generation_config's EOS ids plus the chat end markers the tokenizer knows."""
     ids = list(eos_from_config)
     for marker in ("<end_of_utterance>", "<|im_end|>"):
@@ -211,10 +209,3 @@ def _special_tokens(model_dir: str) -> dict:
         if isinstance(value, str):
             out[key] = value
     return out
-
-
-def timed(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), seconds)."""
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - start

@@ -271,7 +271,6 @@ def test_interrupt_exits_130(tmp_path, capsys, monkeypatch, fake_model):
 
 
 def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model):
-    import huggingface_hub  # noqa: F401  (a test dependency)
     snapshot = fake_hf_cache(tmp_path / "hub", "ORG/NAME")
     seen = []
     monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None, precision="fp32":
@@ -372,7 +371,6 @@ def fake_hf_cache(cache: Path, repo_id: str, files=("config.json", "model.safete
 
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch) -> Path:
-    import huggingface_hub  # noqa: F401  (a test dependency)
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -639,7 +637,6 @@ def test_unreadable_image_is_a_one_line_error(mha_dir, tmp_path):
 
 
 def test_m_loads_a_cached_model_offline(mha_dir, tmp_path):
-    import huggingface_hub  # noqa: F401  (a test dependency)
     fake_hf_cache(tmp_path / "hub", "ORG/TINY", source=Path(mha_dir))
     expected = generate_text(mha_dir, prompt="Hi.", max_tokens=5)
     proc = run_cli("-m", "ORG/TINY", "-p", "Hi.", "--max-tokens", 5, "--silent", cwd=tmp_path,

@@ -4,12 +4,9 @@ SmolVLM variants (Digits + ByteLevel, added tokens) and edited copies that
 exercise the other pre-tokenizers and added-token options."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
-import shutil
-import unicodedata
 from pathlib import Path
 
 import pytest
