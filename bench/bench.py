@@ -171,11 +171,11 @@ def worker_transformers(model_dir: str, threads: int, work: Workload) -> dict:
     def decode(ids: np.ndarray, steps: int) -> float:
         """Tokens/s of `steps` greedy decoder steps after prefilling ids."""
         outputs = prefill(ids)
-        cache, token = outputs.past_key_values, outputs.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = outputs.cache, outputs.logits[:, -1].argmax(-1, keepdim=True)
         start = time.perf_counter()
         for _ in range(steps):
-            outputs = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = outputs.past_key_values, outputs.logits[:, -1].argmax(-1, keepdim=True)
+            outputs = model(input_ids=token, cache=cache, use_cache=True)
+            cache, token = outputs.cache, outputs.logits[:, -1].argmax(-1, keepdim=True)
         return steps / (time.perf_counter() - start)
 
     pixels = torch.from_numpy(tile_pixels(config)).to(torch.bfloat16)[None]  # [batch 1, 1 tile, 3, S, S]
@@ -371,6 +371,23 @@ def llama_cpp_tools(threads: int) -> dict:
     return tools
 
 
+def converter_python() -> str:
+    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece (imported
+    even for BPE tokenizers), else a venv in CACHE on top of this one's packages, with it added."""
+    if subprocess.run([sys.executable, "-c", "import sentencepiece"], capture_output=True).returncode == 0:
+        return sys.executable
+    venv = CACHE / "convert-venv"
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import sentencepiece"], capture_output=True).returncode != 0:
+        log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
+        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                 [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]
+        for step in steps:
+            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+                raise RuntimeError(f"could not set up {venv} for the GGUF conversion")
+    return str(python)
+
+
 def write_llama_checkpoint(model_dir: Path, out: Path) -> None:
     """The decoder of an Idefics3 directory as a plain LlamaForCausalLM checkpoint in `out`.
 
@@ -436,7 +453,7 @@ def llama_cpp_models(tools: dict, model_dir: Path) -> dict:
             write_llama_checkpoint(model_dir, Path(tmp))
             log("llama.cpp: converting to GGUF BF16")
             partial = paths["BF16"].with_suffix(".partial")
-            convert = subprocess.run([sys.executable, str(tools["convert"]), tmp, "--outtype", "bf16", "--outfile",
+            convert = subprocess.run([converter_python(), str(tools["convert"]), tmp, "--outtype", "bf16", "--outfile",
                                       str(partial)], stdout=sys.stderr)
             if convert.returncode != 0:
                 raise RuntimeError("convert_hf_to_gguf.py failed")
