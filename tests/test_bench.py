@@ -43,3 +43,25 @@ def test_bench_without_a_model_says_how_to_make_one(tmp_path):
     run = run_bench("--model", str(tmp_path), "--quick")
     assert run.returncode == 2
     assert "make_model.py instruct" in run.stderr
+
+
+def test_decode_bytes_are_the_decoder_matrices_in_bf16(any_model_dir):
+    """The bandwidth limit counts every matrix one decode step reads: the layers' and the LM head's."""
+    import json
+
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+
+    config = json.loads((any_model_dir / "config.json").read_text())
+    elements = 0
+    for file in any_model_dir.glob("*.safetensors"):
+        with safe_open(str(file), framework="np") as tensors:
+            for key in tensors.keys():
+                shape = tensors.get_slice(key).get_shape()
+                if len(shape) == 2 and "text_model.layers." in key:
+                    elements += shape[0] * shape[1]
+    text = config["text_config"]
+    elements += text["vocab_size"] * text["hidden_size"]  # the LM head, tied or not
+    assert bench.Costs.of(config).decode_bytes == 2 * elements
