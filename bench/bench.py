@@ -213,6 +213,8 @@ def worker_transformers(model_dir: str, threads: int, work: Workload) -> dict:
                                    do_sample=False)
         out["e2e_s"] = time.perf_counter() - start
         out["e2e_generated"] = generated.shape[1] - inputs["input_ids"].shape[1]
+        out["e2e_tiles"] = inputs["pixel_values"].shape[1]
+        out["e2e_prompt_tokens"] = inputs["input_ids"].shape[1]
         log(f"transformers: end to end {out['e2e_s']:.2f} s")
     return out
 
@@ -323,8 +325,9 @@ def limit_cells(limits: Optional[dict], costs: Costs, work: Workload, e2e: Optio
     }
     if e2e and e2e.get("e2e_tiles") is not None:
         flops = e2e["e2e_tiles"] * costs.tile_flops + costs.prefill_flops(e2e["e2e_prompt_tokens"])
-        seconds = flops / fp32 + work.e2e_tokens * costs.decode_bytes / bw
-        cells["e2e"] = f"≥ {_number(seconds)} s"
+        decode_s = work.e2e_tokens * costs.decode_bytes / bw
+        cells["e2e"] = f"≥ {_number(flops / fp32 + decode_s)} s" + \
+            (f" ({_number(flops / (bf16 * 1e9) + decode_s)} BF16)" if bf16 else "")
     return cells
 
 
@@ -542,7 +545,9 @@ def table(work: Workload, engines: dict, limits: dict) -> str:
         values = {name: (result or {}).get(FIELDS[key]) for name, result in engines.items()}
         cells = [_number(values[name]) if values[name] else "–" for name in engines]
         mine = values.get("smolvision")
-        peer_values = [values[name] for name in peers if values[name]]
+        # Peak RSS compares engines that hold the whole model (llama.cpp runs the text model only).
+        same_work = [name for name in peers if key != "rss" or (engines[name] or {}).get("vision_s_per_tile")]
+        peer_values = [values[name] for name in same_work if values[name]]
         ratio = "–"
         if mine and peer_values:
             best = max(peer_values) if higher else min(peer_values)
@@ -601,7 +606,8 @@ def main() -> None:
         print(f"- peer: {engines['transformers BF16']['version']}, BF16 weights and compute")
     llama = [result for name, result in engines.items() if name.startswith("llama.cpp") and result]
     if llama:
-        print(f"- peer: llama.cpp from {llama[0]['version']} (llama-bench, text model only: no vision/e2e rows)")
+        print(f"- peer: llama.cpp from {llama[0]['version']} (llama-bench, text model only: no vision/e2e rows, "
+              f"and its RSS is not compared)")
     if limits:
         bf16 = f"{limits['bf16_gflop_s']} GFLOP/s" if limits["bf16_gflop_s"] else "not on this CPU"
         print(f"- machine ({limits['threads']} threads, {limits['isa']}): read bandwidth {limits['read_gb_s']} GB/s, "
@@ -611,6 +617,9 @@ def main() -> None:
               f"FP32 {limits['fp32_gflop_s_cpu']}{cpu_bf16} GFLOP/s)")
     if mine.get("e2e_generated") is not None and mine["e2e_generated"] < work.e2e_tokens:
         print(f"- note: smolvision stopped at EOS after {mine['e2e_generated']} of {work.e2e_tokens} tokens")
+    for name, result in engines.items():
+        if result and result.get("e2e_tiles") is not None:
+            print(f"- end to end, {name}: {result['e2e_tiles']} tiles, {result['e2e_prompt_tokens']} prompt tokens")
     print()
     print(table(work, engines, limit_cells(limits, Costs.of(config), work, mine)))
 
