@@ -96,6 +96,16 @@ def test_image(edge: int) -> np.ndarray:
     return np.random.default_rng(2).integers(0, 256, (edge, edge, 3), dtype=np.uint8)
 
 
+def best_seconds(run, repeats: int) -> float:
+    """The shortest wall time of `repeats` calls of run()."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -116,14 +126,8 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     model.encode_pixel_values(pixels)
     model.generate_ids(prompt_ids(config, 8, 0), max_tokens=2, **no_eos)
 
-    best = None
-    for _ in range(work.repeats):
-        start = time.perf_counter()
-        model.encode_pixel_values(pixels)
-        seconds = time.perf_counter() - start
-        best = seconds if best is None else min(best, seconds)
-    out["vision_s_per_tile"] = best
-    log(f"smolvision: vision {best:.3f} s/tile")
+    out["vision_s_per_tile"] = best_seconds(lambda: model.encode_pixel_values(pixels), work.repeats)
+    log(f"smolvision: vision {out['vision_s_per_tile']:.3f} s/tile")
 
     result = model.generate_ids(prompt_ids(config, work.prefill_tokens, 3), max_tokens=1, **no_eos)
     out["prefill_tok_s"] = result.timings.prefill_tokens_per_s
@@ -183,14 +187,8 @@ def worker_transformers(model_dir: str, threads: int, work: Workload) -> dict:
         model.get_image_features(pixel_values=pixels)
         decode(prompt_ids(config, 8, 0), 1)
 
-        best = None
-        for _ in range(work.repeats):
-            start = time.perf_counter()
-            model.get_image_features(pixel_values=pixels)
-            seconds = time.perf_counter() - start
-            best = seconds if best is None else min(best, seconds)
-        out["vision_s_per_tile"] = best
-        log(f"transformers: vision {best:.3f} s/tile")
+        out["vision_s_per_tile"] = best_seconds(lambda: model.get_image_features(pixel_values=pixels), work.repeats)
+        log(f"transformers: vision {out['vision_s_per_tile']:.3f} s/tile")
 
         ids = prompt_ids(config, work.prefill_tokens, 3)
         start = time.perf_counter()
@@ -320,8 +318,8 @@ def limit_cells(limits: Optional[dict], costs: Costs, work: Workload, e2e: Optio
     cells = {
         "vision": compute(costs.tile_flops, "s", False),
         "prefill": compute(costs.prefill_flops(work.prefill_tokens) / work.prefill_tokens, "tok/s", True),
-        "decode_short": f"≤ {_number(bw / costs.decode_bytes)} tok/s (bandwidth)",
-        "decode_long": f"≤ {_number(bw / costs.decode_bytes)} tok/s (bandwidth)",
+        "decode_short": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
+        "decode_long": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
     }
     if e2e and e2e.get("e2e_tiles") is not None:
         flops = e2e["e2e_tiles"] * costs.tile_flops + costs.prefill_flops(e2e["e2e_prompt_tokens"])
