@@ -1,0 +1,626 @@
+"""smolvision against its peers, one table from one run.
+
+    PYTHONPATH=. python3 bench/bench.py --model DIR [--threads 2] [--llama-cpp] [--no-peers] [--quick]
+
+Phases (each engine in its own subprocess, so peak RSS is that engine's own):
+  vision encode   one image_size x image_size tile (384 for SmolVLM-Instruct), seconds
+  prefill         a 512-token text prompt, tokens/s
+  decode          64 tokens after a short prompt, and 32 tokens after a ~1.5k-token prompt, tokens/s
+  end to end      one 384x384 image with the model's default splitting + 32 generated tokens,
+                  preprocessing included, seconds
+  peak RSS        the engine process's high-water mark (ru_maxrss of the child), MB
+
+Engines: smolvision; transformers (Idefics3ForConditionalGeneration, BF16 weights,
+torch.set_num_threads(threads)) for every phase; with --llama-cpp, llama.cpp's
+llama-bench on the text model for prefill/decode in BF16, Q8_0 and Q4_K_M.  llama.cpp
+is built from the source vendored in the llama-cpp-python sdist from PyPI (pip
+download) into ~/.cache/smolvision-bench/ once, and the text model converted with its
+own convert_hf_to_gguf.py; any failure there drops those columns with a message.
+
+Machine limits (the last column) come from bench/machine_limits.c compiled on the fly:
+read bandwidth and FP32/BF16 FMA peaks with the same thread count (from the threads' CPU
+time, which on an idle machine is the wall time and on a shared one still the hardware's).  Decode's limit is
+the BF16 decoder weights streamed once per token at that bandwidth; prefill, vision and
+the end-to-end run are bounded by their FLOPs at the FP32 peak (BF16 peak in brackets).
+Ratios are speedups of smolvision over the best peer: above 1 means smolvision is faster
+(or smaller, for RSS).
+
+--quick shrinks every phase (short prompts, few tokens, one short limits run) so that
+the script can be smoke-tested on a tiny model in seconds.  Wall-clock figures on a
+shared machine measure the other tenants too; the header shows the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("SMOLVISION_BENCH_CACHE", Path.home() / ".cache" / "smolvision-bench"))
+LLAMA_QUANTS = ("BF16", "Q8_0", "Q4_K_M")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Sizes of the phases (prompt lengths in tokens)."""
+
+    prefill_tokens: int = 512
+    short_prompt: int = 16
+    short_decode: int = 64
+    long_prompt: int = 1536
+    long_decode: int = 32
+    e2e_tokens: int = 32
+    image_edge: int = 384
+    repeats: int = 2  # timed runs of the vision encode; the best counts
+
+    @classmethod
+    def quick(cls) -> "Workload":
+        return cls(prefill_tokens=32, short_prompt=8, short_decode=8, long_prompt=96, long_decode=4, e2e_tokens=4,
+                   image_edge=96, repeats=1)
+
+
+# ---------------------------------------------------------------- inputs both engines share
+
+def prompt_ids(config: dict, n: int, seed: int) -> np.ndarray:
+    """n random ordinary token ids (no special or image ids), the same for every engine."""
+    rng = np.random.default_rng(seed)
+    vocab = config["text_config"]["vocab_size"]
+    ids = rng.integers(100, min(vocab, 49152) - 1, size=n)
+    ids[ids == config["image_token_id"]] = 100
+    return ids.astype(np.int64)
+
+
+def tile_pixels(config: dict) -> np.ndarray:
+    """One normalized tile, float32 [1, 3, S, S] in [-1, 1]."""
+    size = config["vision_config"]["image_size"]
+    return np.random.default_rng(1).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+
+
+def test_image(edge: int) -> np.ndarray:
+    """A edge x edge RGB uint8 image (random noise: the content does not change the cost)."""
+    return np.random.default_rng(2).integers(0, 256, (edge, edge, 3), dtype=np.uint8)
+
+
+def best_seconds(run, repeats: int) -> float:
+    """The shortest wall time of `repeats` calls of run()."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- engine workers (subprocesses)
+
+def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
+    import smolvision
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    start = time.perf_counter()
+    model = smolvision.load(model_dir, threads=threads)
+    out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info()}
+    no_eos = {"eos_token_ids": (), "temperature": 0.0}
+
+    # Warm-up: the first calls fault the memory-mapped weights in from the page cache.
+    pixels = tile_pixels(config)
+    model.encode_pixel_values(pixels)
+    model.generate_ids(prompt_ids(config, 8, 0), max_tokens=2, **no_eos)
+
+    out["vision_s_per_tile"] = best_seconds(lambda: model.encode_pixel_values(pixels), work.repeats)
+    log(f"smolvision: vision {out['vision_s_per_tile']:.3f} s/tile")
+
+    result = model.generate_ids(prompt_ids(config, work.prefill_tokens, 3), max_tokens=1, **no_eos)
+    out["prefill_tok_s"] = result.timings.prefill_tokens_per_s
+    log(f"smolvision: prefill {out['prefill_tok_s']:.1f} tok/s")
+
+    result = model.generate_ids(prompt_ids(config, work.short_prompt, 4), max_tokens=work.short_decode + 1, **no_eos)
+    out["decode_short_tok_s"] = _decode_rate(result.timings)
+    result = model.generate_ids(prompt_ids(config, work.long_prompt, 5), max_tokens=work.long_decode + 1, **no_eos)
+    out["decode_long_tok_s"] = _decode_rate(result.timings)
+    log(f"smolvision: decode {out['decode_short_tok_s']:.2f} / {out['decode_long_tok_s']:.2f} tok/s")
+
+    start = time.perf_counter()
+    result = model.generate("Describe this image.", images=[test_image(work.image_edge)], max_tokens=work.e2e_tokens)
+    out["e2e_s"] = time.perf_counter() - start
+    out["e2e_tiles"] = result.n_tiles
+    out["e2e_prompt_tokens"] = result.prompt_tokens
+    out["e2e_generated"] = len(result.token_ids)
+    log(f"smolvision: end to end {out['e2e_s']:.2f} s ({result.n_tiles} tiles)")
+    model.close()
+    return out
+
+
+def _decode_rate(timings) -> float:
+    """Tokens/s of the decode steps: the first id comes from prefill, each later one from a decoder step."""
+    steps = timings.generated_tokens - 1
+    return steps / timings.decode_s if timings.decode_s > 0 and steps > 0 else 0.0
+
+
+def worker_transformers(model_dir: str, threads: int, work: Workload) -> dict:
+    import torch
+    import transformers
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    torch.set_num_threads(threads)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    start = time.perf_counter()
+    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    out = {"load_s": time.perf_counter() - start, "version": f"transformers {transformers.__version__}, "
+                                                              f"torch {torch.__version__}"}
+
+    def prefill(ids: np.ndarray):
+        return model(input_ids=torch.from_numpy(ids)[None], use_cache=True)
+
+    def decode(ids: np.ndarray, steps: int) -> float:
+        """Tokens/s of `steps` greedy decoder steps after prefilling ids."""
+        outputs = prefill(ids)
+        cache, token = outputs.cache, outputs.logits[:, -1].argmax(-1, keepdim=True)
+        start = time.perf_counter()
+        for _ in range(steps):
+            outputs = model(input_ids=token, cache=cache, use_cache=True)
+            cache, token = outputs.cache, outputs.logits[:, -1].argmax(-1, keepdim=True)
+        return steps / (time.perf_counter() - start)
+
+    pixels = torch.from_numpy(tile_pixels(config)).to(torch.bfloat16)[None]  # [batch 1, 1 tile, 3, S, S]
+    with torch.inference_mode():
+        model.get_image_features(pixel_values=pixels)
+        decode(prompt_ids(config, 8, 0), 1)
+
+        out["vision_s_per_tile"] = best_seconds(lambda: model.get_image_features(pixel_values=pixels), work.repeats)
+        log(f"transformers: vision {out['vision_s_per_tile']:.3f} s/tile")
+
+        ids = prompt_ids(config, work.prefill_tokens, 3)
+        start = time.perf_counter()
+        prefill(ids)
+        out["prefill_tok_s"] = len(ids) / (time.perf_counter() - start)
+        log(f"transformers: prefill {out['prefill_tok_s']:.1f} tok/s")
+
+        out["decode_short_tok_s"] = decode(prompt_ids(config, work.short_prompt, 4), work.short_decode)
+        out["decode_long_tok_s"] = decode(prompt_ids(config, work.long_prompt, 5), work.long_decode)
+        log(f"transformers: decode {out['decode_short_tok_s']:.2f} / {out['decode_long_tok_s']:.2f} tok/s")
+
+        from PIL import Image
+
+        start = time.perf_counter()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(text=text, images=[[Image.fromarray(test_image(work.image_edge))]], return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+        generated = model.generate(**inputs, max_new_tokens=work.e2e_tokens, min_new_tokens=work.e2e_tokens,
+                                   do_sample=False)
+        out["e2e_s"] = time.perf_counter() - start
+        out["e2e_generated"] = generated.shape[1] - inputs["input_ids"].shape[1]
+        out["e2e_tiles"] = inputs["pixel_values"].shape[1]
+        out["e2e_prompt_tokens"] = inputs["input_ids"].shape[1]
+        log(f"transformers: end to end {out['e2e_s']:.2f} s")
+    return out
+
+
+WORKERS = {"smolvision": worker_smolvision, "transformers": worker_transformers}
+
+
+def run_child(command: list, env: Optional[dict] = None) -> tuple:
+    """(exit status, peak RSS in MB) of a subprocess; its stdout/stderr pass through to stderr."""
+    process = subprocess.Popen(command, stdout=sys.stderr, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return process.returncode, usage.ru_maxrss / scale
+
+
+def run_engine(name: str, args: argparse.Namespace) -> Optional[dict]:
+    """One engine's results (its worker in a fresh interpreter), or None with a message if it failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--model", args.model,
+                   "--threads", str(args.threads), "--result-file", str(result_file)]
+        if args.quick:
+            command.append("--quick")
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+        log(f"running {name}")
+        status, rss_mb = run_child(command, env)
+        if status != 0 or not result_file.exists():
+            log(f"{name} failed (exit status {status}); its column stays empty")
+            return None
+        result = json.loads(result_file.read_text())
+        result["peak_rss_mb"] = rss_mb
+        return result
+
+
+# ---------------------------------------------------------------- machine limits
+
+def machine_limits(threads: int, quick: bool) -> Optional[dict]:
+    """Bandwidth and FMA peaks from bench/machine_limits.c, or None with a message if it cannot run."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if platform.machine() not in ("x86_64", "AMD64") or compiler is None:
+        log("machine limits: needs an x86-64 C compiler; column left empty")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "machine_limits"
+        build = subprocess.run([compiler, "-O2", "-pthread", str(HERE / "machine_limits.c"), "-o", str(binary)],
+                               capture_output=True, text=True)
+        if build.returncode != 0:
+            log(f"machine limits: compiling failed, column left empty:\n{build.stderr}")
+            return None
+        sizes = ["64", "1"] if quick else ["2048", "20"]  # MB read, millions of FMA rounds
+        run = subprocess.run([str(binary), str(threads), *sizes], capture_output=True, text=True)
+    if run.returncode != 0:
+        log(f"machine limits: {run.stderr.strip()}; column left empty")
+        return None
+    return json.loads(run.stdout)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """FLOPs and bytes of the phases, from the config's shapes (matmuls and attention only)."""
+
+    tile_flops: float
+    token_flops: float  # decoder, per prompt token, attention excluded
+    attention_flops_per_pair: float  # decoder, per (query, key) pair over all layers
+    decode_bytes: float  # BF16 decoder weights one token reads
+
+    @classmethod
+    def of(cls, config: dict) -> "Costs":
+        v, t = config["vision_config"], config["text_config"]
+        vh, vi, vl = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+        patches = (v["image_size"] // v["patch_size"]) ** 2
+        tile = 2 * patches * (vl * (4 * vh * vh + 2 * vh * vi) + 3 * v["patch_size"] ** 2 * vh)
+        tile += 4 * patches * patches * vh * vl
+        h, inter, layers = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
+        tile += 2 * patches * vh * h  # connector: patches / s^2 rows of vh * s^2 -> h
+        head_dim = t.get("head_dim") or h // t["num_attention_heads"]
+        kv = t.get("num_key_value_heads", t["num_attention_heads"]) * head_dim
+        weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + t["vocab_size"] * h
+        return cls(tile_flops=tile, token_flops=2 * weights,
+                   attention_flops_per_pair=4 * t["num_attention_heads"] * head_dim * layers,
+                   decode_bytes=2 * weights)
+
+    def prefill_flops(self, tokens: int) -> float:
+        return tokens * self.token_flops + self.attention_flops_per_pair * tokens * (tokens + 1) / 2
+
+
+def limit_cells(limits: Optional[dict], costs: Costs, work: Workload, e2e: Optional[dict]) -> dict:
+    """The machine-limit cell of each row (text), from measured peaks and the phase costs."""
+    if limits is None:
+        return {}
+    # The CPU-time figures: on an idle machine they equal the wall-clock ones, on a shared one
+    # they are still the hardware's ceiling.
+    fp32, bf16, bw = limits["fp32_gflop_s_cpu"] * 1e9, limits["bf16_gflop_s_cpu"], limits["read_gb_s_cpu"] * 1e9
+
+    def compute(flops: float, unit: str, per_second: bool) -> str:
+        """The bound at the FP32 peak (and at the BF16 one): flops per item -> items/s or s/item."""
+        def bound(peak: float) -> str:
+            return _number(peak / flops if per_second else flops / peak)
+        return f"{'≤' if per_second else '≥'} {bound(fp32)} {unit}" + (f" ({bound(bf16 * 1e9)} BF16)" if bf16 else "")
+
+    cells = {
+        "vision": compute(costs.tile_flops, "s", False),
+        "prefill": compute(costs.prefill_flops(work.prefill_tokens) / work.prefill_tokens, "tok/s", True),
+        "decode_short": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
+        "decode_long": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
+    }
+    if e2e and e2e.get("e2e_tiles") is not None:
+        flops = e2e["e2e_tiles"] * costs.tile_flops + costs.prefill_flops(e2e["e2e_prompt_tokens"])
+        decode_s = work.e2e_tokens * costs.decode_bytes / bw
+        cells["e2e"] = f"≥ {_number(flops / fp32 + decode_s)} s" + \
+            (f" ({_number(flops / (bf16 * 1e9) + decode_s)} BF16)" if bf16 else "")
+    return cells
+
+
+# ---------------------------------------------------------------- llama.cpp (optional peer)
+
+def llama_cpp_tools(threads: int) -> dict:
+    """Paths of llama-bench and llama-quantize and the convert script, building them once into CACHE.
+
+    Raises RuntimeError with the reason when something cannot be fetched or built."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdists = sorted(glob.glob(str(CACHE / "sdist" / "llama_cpp_python-*.tar.gz")))
+    if not sdists:
+        log("llama.cpp: downloading the llama-cpp-python sdist (pip download)")
+        for isolation in (["--no-build-isolation"], []):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                            *isolation, "-d", str(CACHE / "sdist"), "llama-cpp-python"], stdout=sys.stderr)
+            sdists = sorted(glob.glob(str(CACHE / "sdist" / "llama_cpp_python-*.tar.gz")))
+            if sdists:
+                break
+        else:
+            raise RuntimeError("pip download of the llama-cpp-python sdist failed")
+    name = Path(sdists[-1]).name[:-len(".tar.gz")]
+    source = CACHE / name / "vendor" / "llama.cpp"
+    if not (source / "CMakeLists.txt").exists():
+        log(f"llama.cpp: unpacking {name}")
+        with tarfile.open(sdists[-1]) as archive:
+            archive.extractall(CACHE, filter="data")
+    build = CACHE / f"build-{name}"
+    tools = {"bench": build / "bin" / "llama-bench", "quantize": build / "bin" / "llama-quantize",
+             "convert": source / "convert_hf_to_gguf.py", "version": name}
+    if not (tools["bench"].exists() and tools["quantize"].exists()):
+        log(f"llama.cpp: building llama-bench and llama-quantize into {build} (once; long on few cores)")
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        steps = [["cmake", "-S", str(source), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                  "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+                 ["cmake", "--build", str(build), "-j", str(max(threads, 1)), "--target", "llama-bench",
+                  "llama-quantize"]]
+        for step in steps:
+            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+                raise RuntimeError(f"building llama.cpp failed at: {' '.join(step[:3])} ...")
+    if not tools["convert"].exists():
+        raise RuntimeError(f"{tools['convert']} is missing from the sdist")
+    return tools
+
+
+def converter_python() -> str:
+    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece (imported
+    even for BPE tokenizers), else a venv in CACHE on top of this one's packages, with it added."""
+    if subprocess.run([sys.executable, "-c", "import sentencepiece"], capture_output=True).returncode == 0:
+        return sys.executable
+    venv = CACHE / "convert-venv"
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import sentencepiece"], capture_output=True).returncode != 0:
+        log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
+        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                 [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]
+        for step in steps:
+            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+                raise RuntimeError(f"could not set up {venv} for the GGUF conversion")
+    return str(python)
+
+
+def write_llama_checkpoint(model_dir: Path, out: Path) -> None:
+    """The decoder of an Idefics3 directory as a plain LlamaForCausalLM checkpoint in `out`.
+
+    Tensors are copied one at a time in their stored dtype (BF16), in shards of about 1 GB,
+    so the whole model never sits in memory."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    text = dict(config["text_config"], model_type="llama", architectures=["LlamaForCausalLM"],
+                torch_dtype="bfloat16")
+    text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
+    (out / "config.json").write_text(json.dumps(text, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, out / name)
+
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        ["model.safetensors"]
+    weight_map, shard, shard_bytes, shard_count = {}, {}, 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shard_count
+        if shard:
+            shard_count += 1
+            file = f"model-{shard_count:05d}.safetensors"
+            save_file(shard, str(out / file), metadata={"format": "pt"})
+            weight_map.update({key: file for key in shard})
+            shard, shard_bytes = {}, 0
+
+    for file in files:
+        with safe_open(str(model_dir / file), framework="pt") as tensors:
+            for key in tensors.keys():
+                if key.startswith("model.text_model."):
+                    target = "model." + key[len("model.text_model."):]
+                elif key.startswith("text_model."):
+                    target = "model." + key[len("text_model."):]
+                elif key == "lm_head.weight":
+                    target = key
+                else:
+                    continue
+                tensor = tensors.get_tensor(key)
+                shard[target] = tensor
+                shard_bytes += tensor.numel() * tensor.element_size()
+                if shard_bytes > 1 << 30:
+                    flush()
+    flush()
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def llama_cpp_models(tools: dict, model_dir: Path) -> dict:
+    """{quant: gguf path} for LLAMA_QUANTS, converted and quantized once per model directory."""
+    stat = (model_dir / "config.json").stat()
+    digest = hashlib.sha256(f"{model_dir.resolve()}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    key = f"{model_dir.resolve().name}-{digest}"
+    folder = CACHE / "gguf" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {quant: folder / f"text-{quant.lower()}.gguf" for quant in LLAMA_QUANTS}
+    if not paths["BF16"].exists():
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            log("llama.cpp: writing the text model as a Llama checkpoint")
+            write_llama_checkpoint(model_dir, Path(tmp))
+            log("llama.cpp: converting to GGUF BF16")
+            partial = paths["BF16"].with_suffix(".partial")
+            convert = subprocess.run([converter_python(), str(tools["convert"]), tmp, "--outtype", "bf16", "--outfile",
+                                      str(partial)], stdout=sys.stderr)
+            if convert.returncode != 0:
+                raise RuntimeError("convert_hf_to_gguf.py failed")
+            partial.rename(paths["BF16"])
+    for quant in LLAMA_QUANTS[1:]:
+        if not paths[quant].exists():
+            log(f"llama.cpp: quantizing to {quant}")
+            partial = paths[quant].with_suffix(".partial")
+            if subprocess.run([str(tools["quantize"]), str(paths["BF16"]), str(partial), quant],
+                              stdout=sys.stderr, stderr=subprocess.DEVNULL).returncode != 0:
+                raise RuntimeError(f"llama-quantize to {quant} failed")
+            partial.rename(paths[quant])
+    return paths
+
+
+def run_llama_bench(tools: dict, gguf: Path, threads: int, work: Workload) -> dict:
+    """Prefill/decode tokens/s and peak RSS of llama-bench on one GGUF."""
+    out, peak = {}, 0.0
+    runs = [("prefill_tok_s", ["-p", str(work.prefill_tokens), "-n", "0"]),
+            ("decode_short_tok_s", ["-p", "0", "-n", str(work.short_decode)]),
+            ("decode_long_tok_s", ["-p", "0", "-n", str(work.long_decode), "-d", str(work.long_prompt)])]
+    for field, sizes in runs:
+        with tempfile.NamedTemporaryFile("w+", suffix=".json") as report:
+            command = [str(tools["bench"]), "-m", str(gguf), "-t", str(threads), "-r", "1" if work.repeats < 2 else "2",
+                       *sizes, "-o", "json"]
+            process = subprocess.Popen(command, stdout=report, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"llama-bench failed: {' '.join(command)}")
+            peak = max(peak, usage.ru_maxrss / 1024)
+            report.seek(0)
+            rows = json.loads(report.read())
+            out[field] = rows[0]["avg_ts"]
+    out["peak_rss_mb"] = peak
+    return out
+
+
+def run_llama_cpp(args: argparse.Namespace, work: Workload) -> dict:
+    """{quant: results}; empty (with a message) when llama.cpp could not be built or run."""
+    try:
+        tools = llama_cpp_tools(args.threads)
+        models = llama_cpp_models(tools, Path(args.model))
+        results = {}
+        for quant, gguf in models.items():
+            log(f"llama.cpp: llama-bench {quant}")
+            results[quant] = run_llama_bench(tools, gguf, args.threads, work)
+            results[quant]["version"] = tools["version"]
+        return results
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        log(f"llama.cpp columns skipped: {error}")
+        return {}
+
+
+# ---------------------------------------------------------------- the table
+
+ROWS = [  # key, label, unit, higher is better
+    ("vision", "vision encode, 1 tile", "s/tile", False),
+    ("prefill", "prefill, {prefill_tokens} tokens", "tok/s", True),
+    ("decode_short", "decode, {short_decode} tokens at context {short_prompt}", "tok/s", True),
+    ("decode_long", "decode, {long_decode} tokens at context {long_prompt}", "tok/s", True),
+    ("e2e", "end to end: {image_edge}x{image_edge} image + {e2e_tokens} tokens", "s", False),
+    ("rss", "peak RSS", "MB", False),
+]
+FIELDS = {"vision": "vision_s_per_tile", "prefill": "prefill_tok_s", "decode_short": "decode_short_tok_s",
+          "decode_long": "decode_long_tok_s", "e2e": "e2e_s", "rss": "peak_rss_mb"}
+
+
+def _number(value: float) -> str:
+    if value < 0.001:
+        return f"{value:.1e}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(work: Workload, engines: dict, limits: dict) -> str:
+    """The markdown table: one row per phase, one column per engine, the speedup over the best peer."""
+    peers = [name for name in engines if name != "smolvision"]
+    header = ["phase", "unit", *engines, "smolvision vs best peer", "machine limit"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, label, unit, higher in ROWS:
+        values = {name: (result or {}).get(FIELDS[key]) for name, result in engines.items()}
+        cells = [_number(values[name]) if values[name] else "–" for name in engines]
+        mine = values.get("smolvision")
+        # Peak RSS compares engines that hold the whole model (llama.cpp runs the text model only).
+        same_work = [name for name in peers if key != "rss" or (engines[name] or {}).get("vision_s_per_tile")]
+        peer_values = [values[name] for name in same_work if values[name]]
+        ratio = "–"
+        if mine and peer_values:
+            best = max(peer_values) if higher else min(peer_values)
+            ratio = f"{(mine / best if higher else best / mine):.2f}x"
+        lines.append("| " + " | ".join([label.format(**work.__dict__), unit, *cells, ratio, limits.get(key, "–")])
+                     + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="SmolVLM model directory (make the 2.2B random one with "
+                                        "`python3 shared/tools/make_model.py instruct DIR`)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-cpp", action="store_true",
+                        help=f"also build (once, into {CACHE}) and run llama.cpp's llama-bench")
+    parser.add_argument("--no-peers", action="store_true", help="smolvision and the machine limits only")
+    parser.add_argument("--quick", action="store_true", help="tiny phases, for smoke-testing the script")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = Workload.quick() if args.quick else Workload()
+    if not args.model or not (Path(args.model) / "config.json").exists():
+        parser.error("--model DIR must be a SmolVLM model directory; make the 2.2B one (random weights) with\n"
+                     "  python3 shared/tools/make_model.py instruct DIR")
+
+    if args.worker:
+        result = WORKERS[args.worker](args.model, args.threads, work)
+        Path(args.result_file).write_text(json.dumps(result))
+        return
+
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    log("measuring the machine limits")
+    limits = machine_limits(args.threads, args.quick)
+    engines = {"smolvision": run_engine("smolvision", args)}
+    if not args.no_peers:
+        engines["transformers BF16"] = run_engine("transformers", args)
+        if args.llama_cpp:
+            for quant, result in run_llama_cpp(args, work).items():
+                engines[f"llama.cpp {quant}"] = result
+        else:
+            log("llama.cpp columns skipped: pass --llama-cpp to build and run llama-bench")
+
+    mine = engines["smolvision"] or {}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    print(f"## smolvision benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+    print(f"- model: `{args.model}` (text hidden {config['text_config']['hidden_size']}, "
+          f"{config['text_config']['num_hidden_layers']} layers; vision {config['vision_config']['image_size']} px)")
+    print(f"- CPU: {cpu}, {os.cpu_count()} logical CPUs, {args.threads} threads per engine; "
+          f"load average before the run {os.getloadavg()[0]:.1f}")
+    print(f"- smolvision build: {mine.get('build_info', '?')}; precision: weights as stored (BF16), "
+          f"FP32 activations and accumulation")
+    if engines.get("transformers BF16"):
+        print(f"- peer: {engines['transformers BF16']['version']}, BF16 weights and compute")
+    llama = [result for name, result in engines.items() if name.startswith("llama.cpp") and result]
+    if llama:
+        print(f"- peer: llama.cpp from {llama[0]['version']} (llama-bench, text model only: no vision/e2e rows, "
+              f"and its RSS is not compared)")
+    if limits:
+        bf16 = f"{limits['bf16_gflop_s']} GFLOP/s" if limits["bf16_gflop_s"] else "not on this CPU"
+        print(f"- machine ({limits['threads']} threads, {limits['isa']}): read bandwidth {limits['read_gb_s']} GB/s, "
+              f"FP32 FMA peak {limits['fp32_gflop_s']} GFLOP/s, BF16 dot-product peak {bf16}")
+        cpu_bf16 = f", BF16 {limits['bf16_gflop_s_cpu']}" if limits["bf16_gflop_s_cpu"] else ""
+        print(f"  (from CPU time, i.e. what an idle machine gives: {limits['read_gb_s_cpu']} GB/s, "
+              f"FP32 {limits['fp32_gflop_s_cpu']}{cpu_bf16} GFLOP/s)")
+    if mine.get("e2e_generated") is not None and mine["e2e_generated"] < work.e2e_tokens:
+        print(f"- note: smolvision stopped at EOS after {mine['e2e_generated']} of {work.e2e_tokens} tokens")
+    for name, result in engines.items():
+        if result and result.get("e2e_tiles") is not None:
+            print(f"- end to end, {name}: {result['e2e_tiles']} tiles, {result['e2e_prompt_tokens']} prompt tokens")
+    print()
+    print(table(work, engines, limit_cells(limits, Costs.of(config), work, mine)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+/* machine_limits.c - the machine's own ceilings, measured with the same
+ * thread count the engines get: memory read bandwidth (streaming AVX-512 or
+ * AVX2 loads over an array far larger than the caches), the FP32 FMA peak
+ * (independent FMA chains, no memory traffic) and, where the CPU has
+ * AVX512_BF16, the BF16 dot-product peak (vdpbf16ps).
+ *
+ * bench/bench.py compiles this on the fly and reads one JSON line:
+ *     cc -O2 -pthread machine_limits.c -o machine_limits
+ *     ./machine_limits THREADS MEGABYTES [FMA_MILLIONS]
+ * Peaks are FLOP/s with a multiply-add counted as two FLOPs.  Each figure comes
+ * twice: from wall time and from the slowest thread's CPU time ("_cpu"), which
+ * on a shared machine still shows what the hardware can do. */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* FMA rounds per thread per run: 20 million (~0.1-0.2 s at 3-4 GHz) unless argv says otherwise. */
+static long fma_iters = 20000000L;
+#define RUNS 5              /* best of RUNS: the machine may be shared */
+
+enum test { READ_AVX512, READ_AVX2, FMA_AVX512, FMA_AVX2, DPBF16 };
+
+struct job {
+    enum test test;
+    const float *data; /* READ_*: this thread's slice */
+    size_t n;          /* READ_*: floats in the slice */
+    float sink;        /* keeps the result alive so nothing is optimised away */
+    double cpu_seconds; /* CPU time this thread got */
+};
+
+static double seconds_of(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Sum of data[n] through four 512-bit accumulators (n a multiple of 64). */
+__attribute__((target("avx512f"))) static float read_avx512(const float *data, size_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* Sum of data[n] through four 256-bit accumulators (n a multiple of 32). */
+__attribute__((target("avx2"))) static float read_avx2(const float *data, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(data + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(data + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(data + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(data + i + 24));
+    }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+
+/* The twelve accumulators of the FMA tests, spelled out so that they stay in
+ * registers: twelve independent chains cover the FMA latency (4 cycles) times
+ * two FMA pipes. */
+#define TWELVE(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+#define DECLARE(k) acc##k = init + (float)k,
+#define SUM(k) total += acc##k;
+
+/* fma_iters rounds of 12 independent 16-wide FMA chains: 12 * 16 * 2 FLOPs a round. */
+__attribute__((target("avx512f"))) static float fma_avx512(void) {
+    __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f), init = _mm512_setzero_ps(), total = init;
+    __m512 TWELVE(DECLARE) unused = init;
+    (void)unused;
+#define STEP(k) acc##k = _mm512_fmadd_ps(acc##k, x, y);
+    for (long i = 0; i < fma_iters; i++) { TWELVE(STEP) }
+#undef STEP
+    TWELVE(SUM)
+    return _mm512_reduce_add_ps(total);
+}
+
+/* As fma_avx512 with 8-wide FMAs: 12 * 8 * 2 FLOPs a round. */
+__attribute__((target("avx2,fma"))) static float fma_avx2(void) {
+    __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-7f), init = _mm256_setzero_ps(), total = init;
+    __m256 TWELVE(DECLARE) unused = init;
+    (void)unused;
+#define STEP(k) acc##k = _mm256_fmadd_ps(acc##k, x, y);
+    for (long i = 0; i < fma_iters; i++) { TWELVE(STEP) }
+#undef STEP
+    TWELVE(SUM)
+    float out[8];
+    _mm256_storeu_ps(out, total);
+    return out[0];
+}
+
+/* fma_iters rounds of 12 independent vdpbf16ps chains: each instruction is
+ * 16 lanes x 2 BF16 products accumulated in FP32, so 12 * 64 FLOPs a round. */
+__attribute__((target("avx512f,avx512bf16"))) static float dpbf16(void) {
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380); /* 1.0, ~6e-8 */
+    __m512 init = _mm512_setzero_ps(), total = init;
+    __m512 TWELVE(DECLARE) unused = init;
+    (void)unused;
+#define STEP(k) acc##k = _mm512_dpbf16_ps(acc##k, a, b);
+    for (long i = 0; i < fma_iters; i++) { TWELVE(STEP) }
+#undef STEP
+    TWELVE(SUM)
+    return _mm512_reduce_add_ps(total);
+}
+
+static void *run_job(void *arg) {
+    struct job *job = arg;
+    double start = seconds_of(CLOCK_THREAD_CPUTIME_ID);
+    switch (job->test) {
+    case READ_AVX512: job->sink = read_avx512(job->data, job->n); break;
+    case READ_AVX2: job->sink = read_avx2(job->data, job->n); break;
+    case FMA_AVX512: job->sink = fma_avx512(); break;
+    case FMA_AVX2: job->sink = fma_avx2(); break;
+    case DPBF16: job->sink = dpbf16(); break;
+    }
+    job->cpu_seconds = seconds_of(CLOCK_THREAD_CPUTIME_ID) - start;
+    return NULL;
+}
+
+/* Best wall seconds of RUNS runs of `test` on `threads` threads; data[n] is
+ * split into equal slices for the read tests.  *best_cpu receives the best
+ * run's slowest thread CPU time: on a shared machine, what an idle one would
+ * show.  -1 if a thread fails to start. */
+static double best_seconds(enum test test, int threads, const float *data, size_t n, double *best_cpu) {
+    pthread_t tid[64];
+    struct job jobs[64];
+    size_t slice = n / threads / 64 * 64;
+    double best = -1;
+    for (int run = 0; run < RUNS; run++) {
+        double start = seconds_of(CLOCK_MONOTONIC), cpu = 0;
+        for (int t = 0; t < threads; t++) {
+            jobs[t] = (struct job){test, data + t * slice, slice, 0, 0};
+            if (pthread_create(&tid[t], NULL, run_job, &jobs[t]) != 0) return -1;
+        }
+        for (int t = 0; t < threads; t++) {
+            pthread_join(tid[t], NULL);
+            if (jobs[t].cpu_seconds > cpu) cpu = jobs[t].cpu_seconds;
+        }
+        double seconds = seconds_of(CLOCK_MONOTONIC) - start;
+        if (best < 0 || seconds < best) best = seconds;
+        if (run == 0 || cpu < *best_cpu) *best_cpu = cpu;
+    }
+    return best;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 1;
+    long megabytes = argc > 2 ? atol(argv[2]) : 1024;
+    if (argc > 3) fma_iters = atol(argv[3]) * 1000000L;
+    if (threads < 1 || threads > 64 || megabytes < 1 || fma_iters < 1) {
+        fprintf(stderr, "usage: %s THREADS(1-64) MEGABYTES [FMA_MILLIONS]\n", argv[0]);
+        return 2;
+    }
+    __builtin_cpu_init();
+    int has512 = __builtin_cpu_supports("avx512f"), has2 = __builtin_cpu_supports("avx2") &&
+                                                         __builtin_cpu_supports("fma");
+    int hasbf16 = has512 && __builtin_cpu_supports("avx512bf16");
+    if (!has2) {
+        fprintf(stderr, "machine_limits: this CPU has no AVX2/FMA\n");
+        return 1;
+    }
+    size_t n = (size_t)megabytes * 1024 * 1024 / sizeof(float);
+    float *data = aligned_alloc(64, n * sizeof(float));
+    if (!data) {
+        fprintf(stderr, "machine_limits: cannot allocate %ld MB\n", megabytes);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) data[i] = (float)(i & 7); /* touch every page before timing */
+    size_t slice = n / threads / 64 * 64;
+    double read_cpu = 0, fma_cpu = 0, bf16_cpu = 0;
+    double read_s = best_seconds(has512 ? READ_AVX512 : READ_AVX2, threads, data, n, &read_cpu);
+    double fma_s = best_seconds(has512 ? FMA_AVX512 : FMA_AVX2, threads, NULL, 0, &fma_cpu);
+    double bf16_s = hasbf16 ? best_seconds(DPBF16, threads, NULL, 0, &bf16_cpu) : 0;
+    free(data);
+    if (read_s <= 0 || fma_s <= 0 || bf16_s < 0) {
+        fprintf(stderr, "machine_limits: could not start threads\n");
+        return 1;
+    }
+    double read_gb = (double)slice * threads * sizeof(float) / 1e9;
+    double fma_gflop = (double)threads * fma_iters * 12 * (has512 ? 16 : 8) * 2 / 1e9;
+    double bf16_gflop = (double)threads * fma_iters * 12 * 64 / 1e9;
+    printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gb_s\": %.2f, \"read_gb_s_cpu\": %.2f, "
+           "\"fp32_gflop_s\": %.1f, \"fp32_gflop_s_cpu\": %.1f, ",
+           has512 ? "avx512" : "avx2", threads, read_gb / read_s, read_gb / read_cpu, fma_gflop / fma_s,
+           fma_gflop / fma_cpu);
+    if (hasbf16)
+        printf("\"bf16_gflop_s\": %.1f, \"bf16_gflop_s_cpu\": %.1f}\n", bf16_gflop / bf16_s, bf16_gflop / bf16_cpu);
+    else
+        printf("\"bf16_gflop_s\": null, \"bf16_gflop_s_cpu\": null}\n");
+    return 0;
+}
