@@ -229,6 +229,14 @@ def run_child(command: list, env: Optional[dict] = None) -> tuple:
     return process.returncode, usage.ru_maxrss / scale
 
 
+def smolvision_home() -> str:
+    """The folder holding the smolvision package this script imports (installed, or the source tree
+    under PYTHONPATH=.), so the engine workers run that same build."""
+    import smolvision
+
+    return str(Path(smolvision.__file__).resolve().parent.parent)
+
+
 def run_engine(name: str, args: argparse.Namespace) -> Optional[dict]:
     """One engine's results (its worker in a fresh interpreter), or None with a message if it failed."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,7 +246,7 @@ def run_engine(name: str, args: argparse.Namespace) -> Optional[dict]:
         if args.quick:
             command.append("--quick")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [smolvision_home(), env.get("PYTHONPATH")]))
         log(f"running {name}")
         status, rss_mb = run_child(command, env)
         if status != 0 or not result_file.exists():

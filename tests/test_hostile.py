@@ -24,7 +24,8 @@ import pytest
 import smolvision
 from test_load_errors import broken, edit_config, load_error, read_safetensors, write_safetensors  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
+# Children import the same smolvision build as this process (installed in CI, in-tree in development).
+PACKAGE_HOME = str(Path(smolvision.__file__).resolve().parent.parent)
 TENSOR = "model.text_model.norm.weight"  # any tensor of the MHA fixture
 
 
@@ -34,9 +35,10 @@ def run_isolated(body: str, timeout: float = 60) -> dict:
     code = "import json, resource, sys, time\nsys.path.insert(0, %r)\nimport smolvision\nstart = time.time()\n" \
            "result = {}\n%s\nresult['seconds'] = time.time() - start\n" \
            "result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n" \
-           "print(json.dumps(result))\n" % (str(REPO), textwrap.dedent(body))
+           "print(json.dumps(result))\n" % (PACKAGE_HOME, textwrap.dedent(body))
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE_HOME, capture_output=True, text=True,
+                             timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"hung for more than {timeout} s")
     assert out.returncode == 0, out.stderr[-3000:]
