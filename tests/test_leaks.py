@@ -3,7 +3,7 @@
 RSS is read from /proc/self/statm after a warm-up (allocator pools, lazily imported modules and
 caches settle in the first cycles) and must grow by less than 5 MB over 100 more cycles.  A
 leak of one model's decoder state, tokenizer, weights mapping or image features per cycle would
-be far larger.  The C-level check under LeakSanitizer is tools/leakcheck.c (see docs/reliability.md).
+be far larger.  The C-level check under LeakSanitizer is tools/leakcheck.c (see the README's Reliability section).
 """
 from __future__ import annotations
 
