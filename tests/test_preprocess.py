@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import skimage.data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import Idefics3ImageProcessorPil, Idefics3Processor, PreTrainedTokenizerFast
@@ -151,6 +153,11 @@ def make_cmyk_jpeg(d: Path) -> Path:
     return path
 
 
+def make_animated_gif(d: Path) -> Path:
+    frames = [Image.fromarray(smooth_rgb(150, 100) // (i + 1)).quantize(32) for i in range(3)]
+    return save(frames[0], d / "anim.gif", save_all=True, append_images=frames[1:], transparency=0, duration=50)
+
+
 def make_photo(name: str) -> Callable[[Path], Path]:
     return lambda d: save(Image.fromarray(getattr(skimage.data, name)()), d / f"{name}.png")
 
@@ -172,6 +179,7 @@ IMAGE_MAKERS: dict[str, Callable[[Path], Path]] = {
     "16-bit": make_16bit,
     "exif-rotated-jpeg": make_exif_rotated_jpeg,
     "cmyk-jpeg": make_cmyk_jpeg,
+    "animated-gif": make_animated_gif,
     "astronaut": make_photo("astronaut"),
     "coffee": make_photo("coffee"),
     "chelsea": make_photo("chelsea"),
@@ -190,6 +198,22 @@ def test_pixel_values_match_reference(tmp_path: Path, kind: str, geometry: str, 
         assert_matches_reference(ours, reference_tiles(config, image, do_image_splitting=split))
     if not split:
         assert (ours.rows, ours.cols, ours.n_tiles) == (0, 0, 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    width=st.integers(1, 400),
+    height=st.integers(1, 400),
+    longest_edge=st.integers(16, 1100),
+    tile=st.sampled_from([384, 512]),
+    split=st.booleans(),
+)
+def test_random_geometries_match_reference(width: int, height: int, longest_edge: int, tile: int, split: bool) -> None:
+    config = {**INSTRUCT_CONFIG, "max_image_size": {"longest_edge": tile}, "size": {"longest_edge": longest_edge}}
+    image = smooth_rgb(width, height)
+    ours = ImageProcessor.from_dict(config).preprocess(image, do_image_splitting=split)
+    # The reference gets a PIL image: it would read a 3-row array as channels-first.
+    assert_matches_reference(ours, reference_tiles(config, Image.fromarray(image), do_image_splitting=split))
 
 
 @pytest.mark.parametrize(
