@@ -519,3 +519,12 @@ def test_closed_tokenizer_raises():
     tok.close()
     with pytest.raises(smolvision.TokenizerError, match="closed"):
         tok.encode("x")
+
+
+def test_is_special_flags_match_added_tokens(pair):
+    from smolvision._native import lib
+    ours, ref = pair
+    special = {tid for tid, tok in ref.get_added_tokens_decoder().items() if tok.special}
+    top = max(ref.get_vocab().values())
+    flagged = {i for i in range(top + 2) if lib.sv_tokenizer_is_special(ours._ptr, i)}
+    assert special and flagged == special
