@@ -7,12 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "decoder.h"
 #include "error.h"
 #include "json.h"
 #include "kernels.h"
+#include "quant.h"
 
 /* Sizes beyond these are refused as absurd before anything is allocated. */
 #define MAX_LAYERS 1024
@@ -369,18 +371,21 @@ static sv_status load_tokenizer(sv_model *m) {
 }
 
 sv_status sv_model_load(const char *dir, int32_t n_threads, sv_model **out) {
-    sv_load_options opts = {n_threads, SV_PRECISION_FP32};
+    sv_load_options opts = {n_threads, SV_PRECISION_FP32, SV_QUANT_NONE, NULL, NULL, NULL};
     return sv_model_load_ex(dir, &opts, out);
 }
 
 sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_model **out) {
     *out = NULL;
     sv_clear_error();
-    sv_load_options o = opts ? *opts : (sv_load_options){0, SV_PRECISION_FP32};
+    sv_load_options o = opts ? *opts : (sv_load_options){0, SV_PRECISION_FP32, SV_QUANT_NONE, NULL, NULL, NULL};
     if (!dir || !dir[0]) return sv_fail(SV_ERR_ARG, "no model directory given");
     if (o.precision != SV_PRECISION_FP32 && o.precision != SV_PRECISION_BF16)
         return sv_fail(SV_ERR_ARG, "precision is %d, not %d (fp32) or %d (bf16)", o.precision, SV_PRECISION_FP32,
                        SV_PRECISION_BF16);
+    if (o.quant != SV_QUANT_NONE && o.quant != SV_QUANT_Q8 && o.quant != SV_QUANT_Q4)
+        return sv_fail(SV_ERR_ARG, "quant is %d, not %d (none), %d (q8) or %d (q4)", o.quant, SV_QUANT_NONE,
+                       SV_QUANT_Q8, SV_QUANT_Q4);
     int32_t n_threads = o.n_threads;
     if (n_threads > MAX_THREADS) return sv_fail(SV_ERR_ARG, "%d threads asked for; at most %d", n_threads, MAX_THREADS);
     sv_model *m = calloc(1, sizeof *m);
@@ -420,6 +425,11 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
         return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", m->n_threads);
     }
     sv_pool_set_precision(m->pool, (sv_precision)o.precision);
+    s = sv_quant_apply(m, o.quant, o.quant_cache_path, o.on_log, o.log_user);
+    if (s != SV_OK) {
+        sv_model_free(m);
+        return s;
+    }
     *out = m;
     return SV_OK;
 }
@@ -430,6 +440,7 @@ void sv_model_free(sv_model *m) {
     for (size_t i = 0; i < m->n_vectors; i++) free(m->vectors[i]);
     free(m->vectors);
     sv_pool_free(m->pool);
+    if (m->qmap) munmap(m->qmap, m->qmap_bytes);
     sv_tokenizer_free(m->tokenizer);
     free(m->vision.layers);
     free(m->text.layers);
@@ -441,5 +452,7 @@ void sv_model_free(sv_model *m) {
 const sv_config *sv_model_config(const sv_model *m) { return &m->cfg; }
 
 int32_t sv_model_precision(const sv_model *m) { return sv_pool_precision(m->pool); }
+
+int32_t sv_model_quant(const sv_model *m) { return m->quant; }
 
 sv_tokenizer *sv_model_tokenizer(sv_model *m) { return m ? m->tokenizer : NULL; }

@@ -9,7 +9,9 @@
 #include "threadpool.h"
 
 /* A weight matrix W[rows, cols], row-major, in the checkpoint's dtype
- * (ST_F32, ST_F16 or ST_BF16), pointing into the mapping. */
+ * (ST_F32, ST_F16 or ST_BF16), pointing into the mapping; or quantized
+ * (ST_Q8, ST_Q4: codes then block scales in one region, laid out as quant.h
+ * says, pointing into the quantization cache). */
 typedef struct {
     const void *data;
     st_dtype dtype;
@@ -67,6 +69,9 @@ struct sv_model {
     sv_pool *pool;
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
     struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
+    int32_t quant;            /* load option quant (sv_quant) */
+    void *qmap;               /* the quantized weights (quant_cache.c): the cache file mapped, or memory */
+    size_t qmap_bytes;
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before

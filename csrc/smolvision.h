@@ -85,14 +85,38 @@ sv_status sv_model_load(const char *model_dir, int32_t n_threads, sv_model **out
  * fp32 reference is of the order of transformers' own BF16 run's. */
 typedef enum { SV_PRECISION_FP32 = 0, SV_PRECISION_BF16 = 1 } sv_precision;
 
+/* Load option quant: the text decoder's linear weights (q, k, v, o, gate, up, down and the LM head)
+ * quantized per block of 32 columns with an fp16 scale: Q8 to 8-bit codes (8.5 bits a weight), Q4 to
+ * 4-bit codes (4.5 bits); decode multiplies them by activations quantized to int8 per block (VNNI's
+ * vpdpbusd where the CPU has AVX512_VNNI).  The embedding table and the vision tower stay as they are
+ * (a tied head gets its own quantized copy).  Computed from the checkpoint at the first load, in
+ * parallel, and written to quant_cache_path (see sv_load_options), which later loads map.  Formats:
+ * quant.h. */
+typedef enum { SV_QUANT_NONE = 0, SV_QUANT_Q8 = 1, SV_QUANT_Q4 = 2 } sv_quant;
+
+/* Told, with a one-line message, when loading does something slow or unusual: building or rebuilding
+ * a quantization cache (and why), or falling back to quantizing in memory. */
+typedef void (*sv_log_fn)(void *user, const char *message);
+
 typedef struct {
     int32_t n_threads; /* <= 0: one per online core */
     int32_t precision; /* an sv_precision */
+    int32_t quant;     /* an sv_quant; SV_QUANT_NONE (0) runs the checkpoint's weights */
+    /* With quant: the cache file.  A valid one (same quant, format version and checkpoint files: names,
+     * sizes and modification times, checked with its header and tensor table) is mapped; a missing,
+     * stale, truncated or corrupt one is rebuilt and replaced atomically (temporary file, fsync,
+     * rename), never read past its checks.  If it cannot be written (read-only place, disk full) the
+     * weights are quantized in memory for this load and on_log says so.  NULL: always in memory. */
+    const char *quant_cache_path;
+    sv_log_fn on_log;  /* may be NULL */
+    void *log_user;
 } sv_load_options;
 
-/* sv_model_load with options; opts NULL means {0, SV_PRECISION_FP32}.  An
- * unknown precision is an SV_ERR_ARG. */
+/* sv_model_load with options; opts NULL means {0, SV_PRECISION_FP32, SV_QUANT_NONE}.  An unknown
+ * precision or quant is an SV_ERR_ARG. */
 sv_status sv_model_load_ex(const char *model_dir, const sv_load_options *opts, sv_model **out);
+/* The quant the model was loaded with (an sv_quant). */
+int32_t sv_model_quant(const sv_model *model);
 /* The precision the model was loaded with (what it asked for, even where the CPU runs FP32 instead). */
 int32_t sv_model_precision(const sv_model *model);
 /* 1 if precision BF16 runs the BF16 kernels in this process (the CPU has AVX512_BF16 and SMOLVISION_ISA
@@ -245,6 +269,19 @@ sv_status sv_debug_matmul(const char *isa, int32_t blas, const float *x, int64_t
 sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const float *x, int64_t n, const void *w,
                                     int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                                     int32_t threads, int32_t repeat, double *seconds);
+
+/* The int8 kernels quantized weights run on in this process: "portable" or "avx512vnni". */
+const char *sv_kernels_quant(void);
+
+/* w[rows, cols] (fp32) quantized to quant (SV_QUANT_Q8 or _Q4) and dequantized back into out[rows, cols]. */
+sv_status sv_debug_quantize(int32_t quant, const float *w, int64_t rows, int64_t cols, float *out);
+
+/* y = x @ W^T + b with W = w[rows, cols] (fp32) quantized to quant, computed as sv_matmul computes it with
+ * the named ISA's kernels (int8 dot kernel up to its n limit, dequantized fp32 GEMM above), on a fresh
+ * pool of `threads`; repeat and seconds as sv_debug_matmul.  SV_ERR_UNSUPPORTED as there. */
+sv_status sv_debug_matmul_quant(const char *isa, int32_t quant, const float *x, int64_t n, const float *w,
+                                int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
+                                int32_t repeat, double *seconds);
 
 /* One small kernel of kernels.h with the named ISA's build of it, in place on
  * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",

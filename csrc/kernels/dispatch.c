@@ -21,6 +21,8 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+static int has_vnni; /* AVX512_VNNI (vpdpbusd), set by detect() */
+
 static sv_isa_level detect(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return SV_ISA_PORTABLE;
@@ -32,10 +34,12 @@ static sv_isa_level detect(void) {
     int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
     if (!avx2) return SV_ISA_PORTABLE;
     if (!(avx512f && avx512bw && avx512vl) || (xcr0 & 0xE6) != 0xE6) return SV_ISA_AVX2; /* + opmask, zmm state */
+    has_vnni = (c >> 11) & 1;
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) return SV_ISA_AVX512BF16;
     return SV_ISA_AVX512;
 }
 #else
+static const int has_vnni = 0;
 static sv_isa_level detect(void) { return SV_ISA_PORTABLE; }
 #endif
 
@@ -98,4 +102,14 @@ const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level) {
     if (level == SV_ISA_AVX512BF16) return &sv_bf16_isa_avx512bf16;
 #endif
     return NULL;
+}
+
+const sv_quant_isa *sv_quant_isa_for(sv_isa_level level) {
+    pthread_once(&detect_once, choose);
+    if (level > supported) return NULL;
+#if defined(SV_VNNI_KERNELS)
+    if (level >= SV_ISA_AVX512 && has_vnni) return &sv_quant_isa_avx512vnni;
+#endif
+    (void)has_vnni;
+    return &sv_quant_isa_portable;
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "../model.h"
+#include "../threadpool.h"
 
 typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_COUNT } sv_isa_level;
 
@@ -52,6 +53,18 @@ typedef struct {
                  int64_t width, const float *b);
 } sv_bf16_isa;
 
+/* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver
+ * (matmul_quant.c) quantizes the activations once per matmul to int8 blocks, xq[n, ldq] with
+ * scales xd[n, nb] (sv_q_quantize_activations), which every thread then reads. */
+typedef struct {
+    const char *name;
+    /* y[i, r] = sum over blocks of scale(W[r], b) * xd[i, b] * (W[r] codes . xq[i]) + b[r], for i < n,
+     * r0 <= r < r1: W ST_Q8 or ST_Q4, y[n, ldy], b NULL or [W.rows]. */
+    void (*dot)(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, int64_t n,
+                const sv_matrix *W, const float *b, int64_t r0, int64_t r1);
+    int dot_max_n; /* the driver uses dot up to this n; above it dequantized panels through the fp32 GEMM */
+} sv_quant_isa;
+
 /* The small kernels of kernels.h, same shapes as there. */
 typedef struct {
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, int64_t dim, float eps);
@@ -71,12 +84,22 @@ extern const sv_ops sv_ops_avx2, sv_ops_avx512;
 #ifdef SV_BF16_KERNELS
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
+extern const sv_quant_isa sv_quant_isa_portable;
+#ifdef SV_VNNI_KERNELS
+extern const sv_quant_isa sv_quant_isa_avx512vnni;
+#endif
 
 /* The tables for a level, or NULL when this CPU (or this build) cannot run it. */
 const sv_isa *sv_isa_for(sv_isa_level level);
 const sv_ops *sv_ops_for(sv_isa_level level);
 /* The BF16 x BF16 kernels for a level: NULL below SV_ISA_AVX512BF16 (precision "bf16" then runs fp32). */
 const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level);
+/* The int8 kernels of quantized weights for a level: AVX-512 VNNI where the level is AVX-512 or above
+ * and the CPU has AVX512_VNNI, the portable ones otherwise; NULL above what the CPU runs. */
+const sv_quant_isa *sv_quant_isa_for(sv_isa_level level);
+/* sv_matmul for W quantized (ST_Q8, ST_Q4) with the kernels of a level (matmul_quant.c). */
+void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
+                     const float *b);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);
 /* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */

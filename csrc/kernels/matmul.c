@@ -28,6 +28,7 @@
 
 #include "../kernels.h"
 #include "../error.h"
+#include "../quant.h"
 #include "isa.h"
 
 #if defined(SV_BLAS_SCIPY_OPENBLAS)
@@ -216,10 +217,18 @@ static const sv_bf16_isa *bf16_kernels(sv_precision precision, sv_isa_level leve
 
 void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
     sv_isa_level level = sv_isa_selected();
+    if (sv_dtype_is_quant(W->dtype)) {
+        sv_matmul_quant(pool, level, y, x, n, W, b); /* load option quant: matmul_quant.c */
+        return;
+    }
     matmul(pool, sv_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), BLAS_FALLBACK, y, x, n, W, b);
 }
 
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
+    if (sv_dtype_is_quant(W->dtype)) {
+        sv_q_dequantize_row(dst, W, row);
+        return;
+    }
     sv_isa_for(sv_isa_selected())->widen(dst, W, row, row + 1);
 }
 

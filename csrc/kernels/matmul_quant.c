@@ -1,0 +1,191 @@
+/* matmul_quant.c - sv_matmul for quantized weights (ST_Q8, ST_Q4; quant.h),
+ * and its test hooks.
+ *
+ *   n up to the kernels' dot_max_n (decode, short prompts): the activations
+ *       are quantized to int8 blocks once, in parallel, into the pool's shared
+ *       buffer, and the int8 dot kernel streams each weight row once; threads
+ *       split the rows of W as in matmul.c.
+ *   larger n (prefill): where the ISA has a packed fp32 GEMM, each thread
+ *       dequantizes panel_width rows of W into its scratch, packs and runs
+ *       that GEMM on them (compute bound, so the fp32 path costs nothing in
+ *       speed and adds no activation rounding); otherwise the dot kernel.
+ *
+ * Nothing here allocates except the shared buffer growing to the largest x seen
+ * (and the test hooks). */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../error.h"
+#include "../kernels.h"
+#include "../quant.h"
+#include "isa.h"
+
+enum { ROW_BLOCK = 16 }; /* threads split W in blocks of this many rows (as matmul.c) */
+
+typedef struct {
+    const sv_isa *isa;
+    const sv_quant_isa *q;
+    sv_pool *pool;
+    float *y;
+    const float *x;
+    int64_t n;
+    const sv_matrix *W;
+    const float *b;
+    int8_t *xq; /* the int8 activations [n, ldq] and their scales xd[n, nb] */
+    int64_t ldq;
+    float *xd;
+} quant_job;
+
+static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
+
+static void rows_of(const quant_job *j, int64_t begin, int64_t end, int64_t *r0, int64_t *r1) {
+    *r0 = begin * ROW_BLOCK;
+    *r1 = end * ROW_BLOCK < j->W->rows ? end * ROW_BLOCK : j->W->rows;
+}
+
+static void quantize_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const quant_job *j = arg;
+    int64_t k = j->W->cols, nb = sv_q_blocks(k);
+    for (int64_t i = begin; i < end; i++) sv_q_quantize_activations(j->xq + i * j->ldq, j->xd + i * nb, j->x + i * k, k);
+}
+
+static void dot_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const quant_job *j = arg;
+    int64_t r0, r1;
+    rows_of(j, begin, end, &r0, &r1);
+    j->q->dot(j->y, j->W->rows, j->xq, j->ldq, j->xd, j->n, j->W, j->b, r0, r1);
+}
+
+/* Scratch: the packed panel [K, width], then the dequantized rows [width, K]. */
+static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const quant_job *j = arg;
+    int64_t r0, r1, width = j->isa->panel_width, K = j->W->cols;
+    rows_of(j, begin, end, &r0, &r1);
+    float *panel = sv_pool_scratch(j->pool, thread), *rows = panel + K * width;
+    for (int64_t r = r0; r < r1; r += width) {
+        int64_t w = r1 - r < width ? r1 - r : width;
+        for (int64_t i = 0; i < w; i++) sv_q_dequantize_row(rows + i * K, j->W, r + i);
+        sv_matrix plain = {rows, ST_F32, w, K};
+        j->isa->pack(panel, &plain, 0, w);
+        j->isa->gemm(j->y + r, j->W->rows, j->x, j->n, K, panel, w, j->b ? j->b + r : NULL);
+    }
+}
+
+/* The fallback when the shared buffer cannot grow: each row of W dequantized into the thread's scratch. */
+static void plain_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const quant_job *j = arg;
+    int64_t r0, r1, K = j->W->cols;
+    rows_of(j, begin, end, &r0, &r1);
+    float *row = sv_pool_scratch(j->pool, thread);
+    for (int64_t r = r0; r < r1; r++) {
+        sv_q_dequantize_row(row, j->W, r);
+        for (int64_t i = 0; i < j->n; i++) {
+            float s = 0.0f;
+            for (int64_t c = 0; c < K; c++) s += j->x[i * K + c] * row[c];
+            j->y[i * j->W->rows + r] = s + (j->b ? j->b[r] : 0.0f);
+        }
+    }
+}
+
+static void matmul_quant(sv_pool *pool, const sv_isa *isa, const sv_quant_isa *q, float *y, const float *x,
+                         int64_t n, const sv_matrix *W, const float *b) {
+    if (n <= 0 || W->rows <= 0) return;
+    quant_job job = {isa, q, pool, y, x, n, W, b, NULL, 0, NULL};
+    int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK, nb = sv_q_blocks(W->cols);
+    int gemm_fits = isa->gemm && 2 * W->cols * isa->panel_width <= SCRATCH_FLOATS;
+    char *shared = NULL;
+    if (n <= q->dot_max_n || !gemm_fits) {
+        job.ldq = sv_align64(nb * SV_QBLOCK);
+        shared = sv_pool_shared(pool, (size_t)(n * job.ldq + n * nb * (int64_t)sizeof(float)));
+    }
+    if (shared) {
+        job.xq = (int8_t *)shared;
+        job.xd = (float *)(void *)(shared + n * job.ldq);
+        sv_pool_run(pool, quantize_task, &job, n);
+        sv_pool_run(pool, dot_task, &job, blocks);
+    } else {
+        sv_pool_run(pool, gemm_fits ? gemm_task : plain_task, &job, blocks);
+    }
+}
+
+void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
+                     const float *b) {
+    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), y, x, n, W, b);
+}
+
+/* ---- test hooks (declared in smolvision.h) ---- */
+
+/* A quantized copy of w[rows, cols] (fp32) in a fresh 64-byte aligned region; NULL if out of memory. */
+static void *quantize_matrix(st_dtype t, const float *w, int64_t rows, int64_t cols, sv_matrix *out) {
+    int64_t bytes = sv_q_matrix_bytes(t, rows, cols);
+    void *region = aligned_alloc(64, (size_t)bytes);
+    if (!region) return NULL;
+    memset(region, 0, (size_t)bytes);
+    *out = (sv_matrix){region, t, rows, cols};
+    for (int64_t r = 0; r < rows; r++)
+        sv_q_quantize_row(t, (uint8_t *)sv_q_codes(out, r), (uint16_t *)sv_q_scales(out, r), w + r * cols, cols);
+    return region;
+}
+
+static sv_status quant_type(int32_t quant, st_dtype *t) {
+    if (quant != SV_QUANT_Q8 && quant != SV_QUANT_Q4)
+        return sv_fail(SV_ERR_ARG, "quant is %d, not %d (q8) or %d (q4)", quant, SV_QUANT_Q8, SV_QUANT_Q4);
+    *t = quant == SV_QUANT_Q8 ? ST_Q8 : ST_Q4;
+    return SV_OK;
+}
+
+sv_status sv_debug_quantize(int32_t quant, const float *w, int64_t rows, int64_t cols, float *out) {
+    st_dtype t = ST_Q8;
+    sv_status s = quant_type(quant, &t);
+    if (s) return s;
+    if (rows < 1 || cols < 1 || rows > INT32_MAX || cols > INT32_MAX)
+        return sv_fail(SV_ERR_ARG, "bad shape [%lld, %lld]", (long long)rows, (long long)cols);
+    sv_matrix W;
+    void *region = quantize_matrix(t, w, rows, cols, &W);
+    if (!region) return sv_fail(SV_ERR_NOMEM, "out of memory");
+    for (int64_t r = 0; r < rows; r++) sv_q_dequantize_row(out + r * cols, &W, r);
+    free(region);
+    return SV_OK;
+}
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, const float *x, int64_t n, const float *w,
+                                int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
+                                int32_t repeat, double *seconds) {
+    int level = isa_name ? sv_isa_parse(isa_name) : -1;
+    if (level < 0)
+        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa_name ? isa_name : "(null)");
+    const sv_isa *isa = sv_isa_for((sv_isa_level)level);
+    const sv_quant_isa *q = sv_quant_isa_for((sv_isa_level)level);
+    if (!isa || !q) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
+    st_dtype t = ST_Q8;
+    sv_status s = quant_type(quant, &t);
+    if (s) return s;
+    if (n < 0 || rows < 1 || cols < 1 || n > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX || threads < 1 ||
+        repeat < 1)
+        return sv_fail(SV_ERR_ARG, "bad matmul arguments n=%lld rows=%lld cols=%lld threads=%d repeat=%d",
+                       (long long)n, (long long)rows, (long long)cols, threads, repeat);
+    sv_matrix W;
+    void *region = quantize_matrix(t, w, rows, cols, &W);
+    if (!region) return sv_fail(SV_ERR_NOMEM, "out of memory");
+    sv_pool *pool = sv_pool_create(threads);
+    if (!pool) {
+        free(region);
+        return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
+    }
+    if (seconds) matmul_quant(pool, isa, q, y, x, n, &W, b); /* warm-up */
+    double start = now_seconds();
+    for (int32_t i = 0; i < repeat; i++) matmul_quant(pool, isa, q, y, x, n, &W, b);
+    if (seconds) *seconds = now_seconds() - start;
+    sv_pool_free(pool);
+    free(region);
+    return SV_OK;
+}
+
+const char *sv_kernels_quant(void) { return sv_quant_isa_for(sv_isa_selected())->name; }

@@ -1,0 +1,104 @@
+/* quant.c - the q8 / q4 formats of quant.h: quantizing and dequantizing
+ * rows, quantizing activations, and the reference block dot product.
+ * Portable C; the SIMD dot kernels live in kernels/quant_*.c. */
+#include "quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "kernels/isa.h"
+
+uint16_t sv_float_to_f16(float f) {
+    union { float f; uint32_t u; } v = {f};
+    uint32_t x = v.u & 0x7FFFFFFFu, sign = (v.u >> 16) & 0x8000u;
+    if (x > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);     /* NaN */
+    if (x >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);    /* rounds to 65520 or more: inf */
+    if (x < 0x38800000u) {                                      /* below 2^-14: a subnormal (or zero) */
+        union { uint32_t u; float f; } a = {x};
+        return (uint16_t)(sign | (uint32_t)nearbyintf(a.f * 0x1p24f)); /* 0x400 when it rounds up to 2^-14 */
+    }
+    uint32_t rounded = x + 0xFFFu + ((x >> 13) & 1u);          /* nearest even on the 13 dropped bits */
+    return (uint16_t)(sign | ((rounded - 0x38000000u) >> 13));  /* rebias the exponent 127 -> 15 */
+}
+
+static int clamp_int(float v, int lo, int hi) {
+    float r = nearbyintf(v);
+    return r >= (float)lo ? (r <= (float)hi ? (int)r : hi) : lo; /* NaN -> lo: never an undefined cast */
+}
+
+/* Byte and shift of element e (< 32 nb) of a Q4 row: see the group layout in quant.h. */
+static void q4_locate(int64_t nb, int64_t e, int64_t *byte, int *shift) {
+    int64_t group = e / 128, g = nb - 4 * group < 4 ? nb - 4 * group : 4, o = e - 128 * group;
+    *byte = 64 * group + (o < 16 * g ? o : o - 16 * g);
+    *shift = o < 16 * g ? 0 : 4;
+}
+
+void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float *w, int64_t cols) {
+    int64_t nb = sv_q_blocks(cols);
+    if (t == ST_Q4) memset(codes, 0, (size_t)sv_q_row_bytes(t, cols));
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t c0 = b * SV_QBLOCK, len = cols - c0 < SV_QBLOCK ? cols - c0 : SV_QBLOCK;
+        float amax = 0.0f, m = 0.0f; /* m: the value of largest magnitude */
+        for (int64_t j = 0; j < len; j++)
+            if (fabsf(w[c0 + j]) > amax) amax = fabsf(w[c0 + j]), m = w[c0 + j];
+        float d = t == ST_Q8 ? amax / 127.0f : -m / 8.0f;
+        if (d > 65504.0f) d = 65504.0f;
+        if (d < -65504.0f) d = -65504.0f;
+        scales[b] = sv_float_to_f16(d);
+        float stored = sv_f16_to_float(scales[b]);
+        float inv = stored != 0.0f ? 1.0f / stored : 0.0f;
+        for (int64_t j = 0; j < SV_QBLOCK; j++) {
+            float v = j < len ? w[c0 + j] * inv : 0.0f;
+            if (t == ST_Q8) {
+                codes[c0 + j] = (uint8_t)(clamp_int(v, -128, 127) + 128);
+            } else {
+                int64_t byte;
+                int shift;
+                q4_locate(nb, c0 + j, &byte, &shift);
+                codes[byte] |= (uint8_t)((clamp_int(v, -8, 7) + 8) << shift);
+            }
+        }
+    }
+}
+
+/* Signed code of element e of a quantized row. */
+static int code_at(st_dtype t, const uint8_t *codes, int64_t nb, int64_t e) {
+    if (t == ST_Q8) return (int)codes[e] - 128;
+    int64_t byte;
+    int shift;
+    q4_locate(nb, e, &byte, &shift);
+    return (int)((codes[byte] >> shift) & 0xF) - 8;
+}
+
+void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
+    const uint8_t *codes = sv_q_codes(W, r);
+    const uint16_t *scales = sv_q_scales(W, r);
+    int64_t nb = sv_q_blocks(W->cols);
+    for (int64_t c = 0; c < W->cols; c++)
+        dst[c] = sv_f16_to_float(scales[c / SV_QBLOCK]) * (float)code_at(W->dtype, codes, nb, c);
+}
+
+void sv_q_quantize_activations(int8_t *xq, float *xd, const float *x, int64_t k) {
+    int64_t nb = sv_q_blocks(k);
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t c0 = b * SV_QBLOCK, len = k - c0 < SV_QBLOCK ? k - c0 : SV_QBLOCK;
+        float amax = 0.0f;
+        for (int64_t j = 0; j < len; j++) amax = fmaxf(amax, fabsf(x[c0 + j]));
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xd[b] = amax / 127.0f;
+        for (int64_t j = 0; j < SV_QBLOCK; j++) xq[c0 + j] = (int8_t)(j < len ? clamp_int(x[c0 + j] * inv, -127, 127) : 0);
+    }
+}
+
+float sv_q_dot_blocks(const sv_matrix *W, int64_t r, const int8_t *xq, const float *xd, int64_t b0, int64_t b1) {
+    const uint8_t *codes = sv_q_codes(W, r);
+    const uint16_t *scales = sv_q_scales(W, r);
+    int64_t nb = sv_q_blocks(W->cols);
+    float sum = 0.0f;
+    for (int64_t b = b0; b < b1; b++) {
+        int32_t isum = 0;
+        for (int64_t j = b * SV_QBLOCK; j < (b + 1) * SV_QBLOCK; j++) isum += code_at(W->dtype, codes, nb, j) * xq[j];
+        sum += sv_f16_to_float(scales[b]) * xd[b] * (float)isum;
+    }
+    return sum;
+}
