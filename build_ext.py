@@ -17,6 +17,7 @@ HEADER = HERE / "csrc" / "smolvision.h"
 # Python functions the C side calls back into (see smolvision/_native.py).
 PYTHON_CALLBACKS = """
 extern "Python" int32_t _sv_on_token(void *, int32_t);
+extern "Python" void _sv_on_log(void *, const char *);
 """
 
 

@@ -26,11 +26,15 @@ static int clamp_int(float v, int lo, int hi) {
     return r >= (float)lo ? (r <= (float)hi ? (int)r : hi) : lo; /* NaN -> lo: never an undefined cast */
 }
 
-/* Byte and shift of element e (< 32 nb) of a Q4 row: see the group layout in quant.h. */
-static void q4_locate(int64_t nb, int64_t e, int64_t *byte, int *shift) {
-    int64_t group = e / 128, g = nb - 4 * group < 4 ? nb - 4 * group : 4, o = e - 128 * group;
-    *byte = 64 * group + (o < 16 * g ? o : o - 16 * g);
-    *shift = o < 16 * g ? 0 : 4;
+/* Byte and shift of element e (< 32 nb) of a row of type t: see the group layout in quant.h. */
+static int64_t locate(st_dtype t, int64_t nb, int64_t e, int *shift) {
+    int64_t chunk, pos = sv_q_position(nb, e, &chunk);
+    *shift = 0;
+    if (t == ST_Q8) return pos;
+    int64_t grp = e / (SV_QBLOCK * SV_QGROUP), base = grp * SV_QGROUP * SV_QBLOCK;
+    int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+    *shift = (int)(chunk & 1) * 4;
+    return base / 2 + (pos - base) - 4 * g * chunk + 4 * g * (chunk / 2); /* chunk c -> 4 g (c / 2) */
 }
 
 void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float *w, int64_t cols) {
@@ -49,25 +53,19 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
         float inv = stored != 0.0f ? 1.0f / stored : 0.0f;
         for (int64_t j = 0; j < SV_QBLOCK; j++) {
             float v = j < len ? w[c0 + j] * inv : 0.0f;
-            if (t == ST_Q8) {
-                codes[c0 + j] = (uint8_t)(clamp_int(v, -128, 127) + 128);
-            } else {
-                int64_t byte;
-                int shift;
-                q4_locate(nb, c0 + j, &byte, &shift);
-                codes[byte] |= (uint8_t)((clamp_int(v, -8, 7) + 8) << shift);
-            }
+            int shift;
+            int64_t byte = locate(t, nb, c0 + j, &shift);
+            if (t == ST_Q8) codes[byte] = (uint8_t)(clamp_int(v, -128, 127) + 128);
+            else codes[byte] |= (uint8_t)((clamp_int(v, -8, 7) + 8) << shift);
         }
     }
 }
 
 /* Signed code of element e of a quantized row. */
 static int code_at(st_dtype t, const uint8_t *codes, int64_t nb, int64_t e) {
-    if (t == ST_Q8) return (int)codes[e] - 128;
-    int64_t byte;
     int shift;
-    q4_locate(nb, e, &byte, &shift);
-    return (int)((codes[byte] >> shift) & 0xF) - 8;
+    int64_t byte = locate(t, nb, e, &shift);
+    return t == ST_Q8 ? (int)codes[byte] - 128 : (int)((codes[byte] >> shift) & 0xF) - 8;
 }
 
 void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
@@ -78,27 +76,31 @@ void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
         dst[c] = sv_f16_to_float(scales[c / SV_QBLOCK]) * (float)code_at(W->dtype, codes, nb, c);
 }
 
-void sv_q_quantize_activations(int8_t *xq, float *xd, const float *x, int64_t k) {
+/* Rounds v (|v| <= 2^22) to the nearest integer, ties to even, in the default rounding mode: adding and
+ * subtracting 1.5 * 2^23 drops the fraction (compilers keep the pair: without -ffast-math it is not an
+ * identity).  Unlike nearbyintf it vectorises with SSE2. */
+static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+void sv_q_quantize_activations(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k) {
     int64_t nb = sv_q_blocks(k);
     for (int64_t b = 0; b < nb; b++) {
         int64_t c0 = b * SV_QBLOCK, len = k - c0 < SV_QBLOCK ? k - c0 : SV_QBLOCK;
-        float amax = 0.0f;
-        for (int64_t j = 0; j < len; j++) amax = fmaxf(amax, fabsf(x[c0 + j]));
+        int64_t grp = b / SV_QGROUP, u = b % SV_QGROUP;
+        int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+        float v[SV_QBLOCK], amax = 0.0f;
+        for (int64_t j = 0; j < SV_QBLOCK; j++) v[j] = j < len ? x[c0 + j] : 0.0f;
+        for (int64_t j = 0; j < SV_QBLOCK; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax;
         float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int8_t *dst = xq + grp * SV_QGROUP * SV_QBLOCK + 4 * u;
+        int32_t sum = 0;
+        for (int64_t c = 0; c < SV_QBLOCK / 4; c++)
+            for (int64_t j = 0; j < 4; j++) {
+                float r = round_even(v[4 * c + j] * inv); /* |r| <= 127: x * (127 / amax) rounds at most to 127 */
+                int q = r >= -127.0f && r <= 127.0f ? (int)r : 0; /* (NaN inputs: 0) */
+                dst[4 * g * c + j] = (int8_t)q;
+                sum += q;
+            }
         xd[b] = amax / 127.0f;
-        for (int64_t j = 0; j < SV_QBLOCK; j++) xq[c0 + j] = (int8_t)(j < len ? clamp_int(x[c0 + j] * inv, -127, 127) : 0);
+        xs[b] = sum;
     }
-}
-
-float sv_q_dot_blocks(const sv_matrix *W, int64_t r, const int8_t *xq, const float *xd, int64_t b0, int64_t b1) {
-    const uint8_t *codes = sv_q_codes(W, r);
-    const uint16_t *scales = sv_q_scales(W, r);
-    int64_t nb = sv_q_blocks(W->cols);
-    float sum = 0.0f;
-    for (int64_t b = b0; b < b1; b++) {
-        int32_t isum = 0;
-        for (int64_t j = b * SV_QBLOCK; j < (b + 1) * SV_QBLOCK; j++) isum += code_at(W->dtype, codes, nb, j) * xq[j];
-        sum += sv_f16_to_float(scales[b]) * xd[b] * (float)isum;
-    }
-    return sum;
 }

@@ -5,22 +5,27 @@
  * columns (the last block zero-padded) with one fp16 scale d per block:
  *
  *   ST_Q8: w = d * q, q in [-128, 127] (d = max|w| / 127), stored as the byte q + 128;
- *          a row is nb * 32 bytes, block b at byte 32 b.
- *   ST_Q4: w = d * q, q in [-8, 7] (d = -m / 8 for the block's value m of largest
- *          magnitude, so m is exactly -8 d), stored as the nibble q + 8; a row is
- *          nb * 16 bytes.  Blocks go in groups of 4 (the last group may hold fewer,
- *          g): a group of g blocks is 16 g bytes at byte 64 * group, byte j holding
- *          the group's element j in its low nibble and element 16 g + j in its high
- *          one, so one 64-byte load and a mask/shift give 128 codes in element order.
+ *   ST_Q4: w = d * q, q in [-8, 7] (d = -m / 8 for the block's value m of largest magnitude,
+ *          so m is exactly -8 d), stored as the nibble q + 8.
  *
- * (nb = ceil(cols / 32).)  A quantized matrix is one region, 64-byte aligned:
- * the codes [rows, row_bytes], then from the next multiple of 64 the scales
- * [rows, nb] as fp16.  Storing codes with an offset (q + 128, q + 8) lets the
- * int8 dot kernels multiply unsigned codes by signed activations (VNNI's
- * vpdpbusd) and subtract offset * sum(x) once per block.
+ * Codes go in groups of 16 blocks (the row's last group may hold fewer, g), interleaved
+ * so that one vector lane meets one block: the group is 8 chunks, chunk c holding
+ * elements 4c .. 4c + 3 of each of its g blocks in turn (4 g bytes).  Q8 stores the
+ * chunks one after the other (32 g bytes); Q4 packs chunk 2L in the low nibbles and
+ * chunk 2L + 1 in the high nibbles of the same 4 g bytes (16 g bytes).  So a 64-byte
+ * load of a full group is 16 lanes of 4 codes, lane u from block u, and 8 vpdpbusd
+ * leave each block's whole sum in its own lane.  A row is nb * 32 (Q8) or nb * 16 (Q4)
+ * bytes, group G at byte 512 G (Q8) or 256 G (Q4); nb = ceil(cols / 32).
  *
- * Activations are quantized the same way per block of 32, to int8 with an
- * fp32 scale (x = d * q, d = max|x| / 127), once per matmul. */
+ * A quantized matrix is one region, 64-byte aligned: the codes [rows, row_bytes],
+ * then from the next multiple of 64 the scales [rows, nb] as fp16 in block order.
+ * Storing codes with an offset (q + 128, q + 8) lets the int8 kernels multiply
+ * unsigned codes by signed activations (VNNI's vpdpbusd) and subtract
+ * offset * sum(x) once per block.
+ *
+ * Activations are quantized the same way per block of 32, to int8 codes in the Q8
+ * group order with an fp32 scale (x = d * q, d = max|x| / 127) and the block's code
+ * sum, once per matmul. */
 #ifndef SV_QUANT_H
 #define SV_QUANT_H
 
@@ -29,6 +34,7 @@
 #include "model.h"
 
 #define SV_QBLOCK 32
+#define SV_QGROUP 16 /* blocks per interleaved group */
 
 static inline int sv_dtype_is_quant(st_dtype t) { return t == ST_Q8 || t == ST_Q4; }
 
@@ -68,13 +74,18 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
 /* dst[W.cols] = row r of the quantized W, as fp32 (exactly d * q). */
 void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r);
 
-/* One activation row: xq[nb * 32] (zero-padded), xd[nb], x ~ xd[b] * xq (block b). */
-void sv_q_quantize_activations(int8_t *xq, float *xd, const float *x, int64_t k);
+/* The byte of element e of a row in the group order (Q8 and activations; for Q4 halve the chunk:
+ * byte 256 G + 4 g (c / 2) + 4 u + e % 4, the high nibble when c is odd). */
+static inline int64_t sv_q_position(int64_t nb, int64_t e, int64_t *chunk) {
+    int64_t b = e / SV_QBLOCK, grp = b / SV_QGROUP, u = b % SV_QGROUP, c = (e % SV_QBLOCK) / 4;
+    int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+    if (chunk) *chunk = c;
+    return grp * SV_QGROUP * SV_QBLOCK + 4 * g * c + 4 * u + e % 4;
+}
 
-/* sum over blocks b0 <= b < b1 of (scale_w * xd[b]) * sum_j (q_w * xq): row r of W against one
- * activation row (xq, xd as sv_q_quantize_activations writes them).  The reference the kernels
- * follow, and their tail. */
-float sv_q_dot_blocks(const sv_matrix *W, int64_t r, const int8_t *xq, const float *xd, int64_t b0, int64_t b1);
+/* One activation row x[k]: codes xq[nb * 32] in the group order (zero-padded), scales xd[nb] and the
+ * blocks' code sums xs[nb]; x ~ xd[b] * q in block b. */
+void sv_q_quantize_activations(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k);
 
 /* Load option quant (quant_cache.c): quantizes the text decoder's linear weights of a loaded model
  * (its pool running) to quant, through the cache file at cache_path (NULL: in memory), and points

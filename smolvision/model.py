@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import errors, generation, pipeline
+from . import _cache, errors, generation, pipeline
 from ._native import check, ffi, lib
 from .config import Config
 from .tokenizer import Tokenizer
@@ -20,6 +21,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Model(precision=...) -> sv_precision
 _PRECISIONS = {"fp32": 0, "bf16": 1}
+# Model(quant=...) -> sv_quant
+_QUANTS = {None: 0, "q8": 1, "q4": 2}
+
+
+@ffi.def_extern()
+def _sv_on_log(user, message):
+    try:
+        ffi.from_handle(user)(ffi.string(message).decode("utf-8", "replace"))
+    except Exception:  # a failing logger must not break loading
+        pass
+
+
+def _print_to_stderr(message: str) -> None:
+    print(f"smolvision: {message}", file=sys.stderr, flush=True)
 
 
 class Model:
@@ -38,9 +53,16 @@ class Model:
     the order of transformers' own bfloat16 run.  On CPUs without AVX512_BF16
     (see smolvision.cpu_features()), and for F16/F32 weights, "bf16" computes
     as "fp32".
+
+    quant: None (default) runs the checkpoint's weights; "q8" or "q4" quantizes the text decoder's
+    linear weights (8.5 or 4.5 bits a weight, blocks of 32 with an fp16 scale) for faster decoding.
+    The first load with a quant converts the checkpoint (seconds) and writes the result to the user
+    cache (smolvision._cache: $SMOLVISION_CACHE, $XDG_CACHE_HOME/smolvision or ~/.cache/smolvision);
+    later loads map that file.  on_log(message) is told when that happens (default: printed to stderr).
     """
 
-    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> None:
+    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32",
+                 quant: Optional[str] = None, on_log: Optional[Callable[[str], Any]] = None) -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
@@ -48,6 +70,10 @@ class Model:
             raise errors.InputError(f"threads must be a positive integer or None, not {threads!r}")
         if not isinstance(precision, str) or precision not in _PRECISIONS:
             raise errors.InputError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, not {precision!r}")
+        if not (quant is None or isinstance(quant, str)) or quant not in _QUANTS:
+            raise errors.InputError(f"quant must be None, 'q8' or 'q4', not {quant!r}")
+        if on_log is not None and not callable(on_log):
+            raise errors.InputError("on_log must be a callable taking a message string")
         self.model_dir = path
         # One engine handle is not reentrant: calls into it are serialised.
         self._lock = threading.RLock()
@@ -55,8 +81,19 @@ class Model:
         # only the thread holding the lock can see it set.
         self._in_callback_call = False
         out = ffi.new("sv_model **")
-        options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision]})
+        options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision],
+                                                "quant": _QUANTS[quant]})
+        keep = []  # what the options point at, alive through the call
+        if quant is not None:
+            cache_file = _cache.quant_cache_path(path, quant)
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # the engine reports the cache it cannot write and quantizes in memory
+            keep = [ffi.new("char[]", os.fsencode(cache_file)), ffi.new_handle(on_log or _print_to_stderr)]
+            options.quant_cache_path, options.on_log, options.log_user = keep[0], lib._sv_on_log, keep[1]
         check(lib.sv_model_load_ex(path.encode(), options, out), errors.ModelError)
+        del keep
         self._handle = out[0]
         self.config = Config._from_c(lib.sv_model_config(self._handle))
         self._eos_token_ids: Optional[Tuple[int, ...]] = None
@@ -73,6 +110,12 @@ class Model:
         """The matmul precision asked for at load: "fp32" or "bf16" (which may compute as fp32, see Model)."""
         code = lib.sv_model_precision(self._ptr)
         return next(name for name, value in _PRECISIONS.items() if value == code)
+
+    @property
+    def quant(self) -> Optional[str]:
+        """The weight quantization asked for at load: None, "q8" or "q4"."""
+        code = lib.sv_model_quant(self._ptr)
+        return next(name for name, value in _QUANTS.items() if value == code)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -351,7 +394,8 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> Model:
-    """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
-    (see Model)."""
-    return Model(model_dir, threads=threads, precision=precision)
+def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32", quant: Optional[str] = None,
+         on_log: Optional[Callable[[str], Any]] = None) -> Model:
+    """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16",
+    `quant` None, "q8" or "q4" (see Model)."""
+    return Model(model_dir, threads=threads, precision=precision, quant=quant, on_log=on_log)

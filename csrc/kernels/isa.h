@@ -54,14 +54,16 @@ typedef struct {
 } sv_bf16_isa;
 
 /* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver
- * (matmul_quant.c) quantizes the activations once per matmul to int8 blocks, xq[n, ldq] with
- * scales xd[n, nb] (sv_q_quantize_activations), which every thread then reads. */
+ * (matmul_quant.c) quantizes the activations once per matmul to int8 blocks, codes xq[n, ldq] with
+ * scales xd[n, nb] and code sums xs[n, nb] (sv_q_quantize_activations), which every thread reads. */
 typedef struct {
     const char *name;
-    /* y[i, r] = sum over blocks of scale(W[r], b) * xd[i, b] * (W[r] codes . xq[i]) + b[r], for i < n,
-     * r0 <= r < r1: W ST_Q8 or ST_Q4, y[n, ldy], b NULL or [W.rows]. */
-    void (*dot)(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, int64_t n,
-                const sv_matrix *W, const float *b, int64_t r0, int64_t r1);
+    /* One activation row, as sv_q_quantize_activations (quant.h) and with the same codes for finite x. */
+    void (*quantize)(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k);
+    /* y[i, r] = sum over blocks b of scale(W[r], b) * xd[i, b] * (W[r]'s codes . xq[i]'s, in block b) + b[r],
+     * for i < n, r0 <= r < r1: W ST_Q8 or ST_Q4, y[n, ldy], b NULL or [W.rows]. */
+    void (*dot)(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, const int32_t *xs,
+                int64_t n, const sv_matrix *W, const float *b, int64_t r0, int64_t r1);
     int dot_max_n; /* the driver uses dot up to this n; above it dequantized panels through the fp32 GEMM */
 } sv_quant_isa;
 

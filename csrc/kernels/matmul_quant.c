@@ -12,7 +12,9 @@
  *
  * Nothing here allocates except the shared buffer growing to the largest x seen
  * (and the test hooks). */
+#define _DEFAULT_SOURCE /* madvise */
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <time.h>
 
@@ -32,9 +34,10 @@ typedef struct {
     int64_t n;
     const sv_matrix *W;
     const float *b;
-    int8_t *xq; /* the int8 activations [n, ldq] and their scales xd[n, nb] */
+    int8_t *xq; /* the int8 activations [n, ldq], their scales xd[n, nb] and code sums xs[n, nb] */
     int64_t ldq;
     float *xd;
+    int32_t *xs;
 } quant_job;
 
 static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
@@ -47,14 +50,15 @@ static void rows_of(const quant_job *j, int64_t begin, int64_t end, int64_t *r0,
 static void quantize_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t k = j->W->cols, nb = sv_q_blocks(k);
-    for (int64_t i = begin; i < end; i++) sv_q_quantize_activations(j->xq + i * j->ldq, j->xd + i * nb, j->x + i * k, k);
+    for (int64_t i = begin; i < end; i++)
+        j->q->quantize(j->xq + i * j->ldq, j->xd + i * nb, j->xs + i * nb, j->x + i * k, k);
 }
 
 static void dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t r0, r1;
     rows_of(j, begin, end, &r0, &r1);
-    j->q->dot(j->y, j->W->rows, j->xq, j->ldq, j->xd, j->n, j->W, j->b, r0, r1);
+    j->q->dot(j->y, j->W->rows, j->xq, j->ldq, j->xd, j->xs, j->n, j->W, j->b, r0, r1);
 }
 
 /* Scratch: the packed panel [K, width], then the dequantized rows [width, K]. */
@@ -91,18 +95,20 @@ static void plain_task(void *arg, int64_t begin, int64_t end, int thread) {
 static void matmul_quant(sv_pool *pool, const sv_isa *isa, const sv_quant_isa *q, float *y, const float *x,
                          int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
-    quant_job job = {isa, q, pool, y, x, n, W, b, NULL, 0, NULL};
+    quant_job job = {isa, q, pool, y, x, n, W, b, NULL, 0, NULL, NULL};
     int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK, nb = sv_q_blocks(W->cols);
     int gemm_fits = isa->gemm && 2 * W->cols * isa->panel_width <= SCRATCH_FLOATS;
     char *shared = NULL;
     if (n <= q->dot_max_n || !gemm_fits) {
         job.ldq = sv_align64(nb * SV_QBLOCK);
-        shared = sv_pool_shared(pool, (size_t)(n * job.ldq + n * nb * (int64_t)sizeof(float)));
+        shared = sv_pool_shared(pool, (size_t)(n * job.ldq + n * nb * (int64_t)(sizeof(float) + sizeof(int32_t))));
     }
     if (shared) {
         job.xq = (int8_t *)shared;
         job.xd = (float *)(void *)(shared + n * job.ldq);
-        sv_pool_run(pool, quantize_task, &job, n);
+        job.xs = (int32_t *)(void *)(job.xd + n * nb);
+        if (n * W->cols <= (1 << 16)) quantize_task(&job, 0, n, 0); /* decode: not worth waking the pool */
+        else sv_pool_run(pool, quantize_task, &job, n);
         sv_pool_run(pool, dot_task, &job, blocks);
     } else {
         sv_pool_run(pool, gemm_fits ? gemm_task : plain_task, &job, blocks);
@@ -118,9 +124,12 @@ void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x
 
 /* A quantized copy of w[rows, cols] (fp32) in a fresh 64-byte aligned region; NULL if out of memory. */
 static void *quantize_matrix(st_dtype t, const float *w, int64_t rows, int64_t cols, sv_matrix *out) {
-    int64_t bytes = sv_q_matrix_bytes(t, rows, cols);
-    void *region = aligned_alloc(64, (size_t)bytes);
+    int64_t bytes = (sv_q_matrix_bytes(t, rows, cols) + (2 << 20) - 1) / (2 << 20) * (2 << 20);
+    void *region = aligned_alloc(2 << 20, (size_t)bytes);
     if (!region) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(region, (size_t)bytes, MADV_HUGEPAGE); /* as numpy does for its arrays: benchmarks compare alike */
+#endif
     memset(region, 0, (size_t)bytes);
     *out = (sv_matrix){region, t, rows, cols};
     for (int64_t r = 0; r < rows; r++)
