@@ -66,3 +66,18 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
     sv_sampler_free(&smp);
     return SV_OK;
 }
+
+sv_status sv_debug_logits_steps(sv_model *m, const int32_t *ids, int32_t n_prompt, int32_t n, float *out_logits) {
+    sv_clear_error();
+    if (!m || !ids || !out_logits || n_prompt < 1 || n < n_prompt)
+        return sv_fail(SV_ERR_ARG, "sv_debug_logits_steps: bad arguments (n_prompt %d, n %d)", n_prompt, n);
+    sv_status st = sv_decoder_check_prompt(m, ids, n, NULL, 0, 0);
+    if (st == SV_OK) st = sv_decoder_begin(m, n);
+    if (st != SV_OK) return st;
+    size_t vocab = (size_t)m->cfg.vocab_size;
+    memcpy(out_logits, sv_decoder_prefill(m, ids, n_prompt, NULL), vocab * sizeof(float));
+    for (int32_t i = n_prompt; i < n; i++)
+        memcpy(out_logits + (size_t)(i - n_prompt + 1) * vocab, sv_decoder_step(m, ids[i]), vocab * sizeof(float));
+    sv_decoder_end(m);
+    return SV_OK;
+}

@@ -270,6 +270,11 @@ sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const fl
                                     int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                                     int32_t threads, int32_t repeat, double *seconds);
 
+/* Teacher-forced scoring through the decode path: prefills ids[0, n_prompt) (text only), then feeds
+ * ids[n_prompt, n) one at a time as generation does.  out_logits[n - n_prompt + 1, vocab] receives the
+ * logits after positions n_prompt - 1, n_prompt, ..., n - 1. */
+sv_status sv_debug_logits_steps(sv_model *m, const int32_t *ids, int32_t n_prompt, int32_t n, float *out_logits);
+
 /* The int8 kernels quantized weights run on in this process: "portable" or "avx512vnni". */
 const char *sv_kernels_quant(void);
 
