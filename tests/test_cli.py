@@ -7,6 +7,7 @@ checkout in the working directory cannot shadow an installed package.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -216,8 +217,11 @@ class FakeModel:
 def fake_model(monkeypatch) -> FakeModel:
     model = FakeModel()
     model.config = "fake-config"
-    def load(model_dir, threads=None, precision="fp32"):
+    def load(model_dir, threads=None, precision="fp32", quant=None, on_log=None):
         model.loaded_with = dict(threads=threads, precision=precision)
+        if quant is not None:
+            model.loaded_with["quant"] = quant
+            on_log("quantizing (fake)")
         return model
 
     monkeypatch.setattr(smolvision, "load", load)
@@ -273,7 +277,7 @@ def test_interrupt_exits_130(tmp_path, capsys, monkeypatch, fake_model):
 def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model):
     snapshot = fake_hf_cache(tmp_path / "hub", "ORG/NAME")
     seen = []
-    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None, precision="fp32":
+    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None, precision="fp32", **kw:
                         seen.append(model_dir) or fake_model)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -740,4 +744,18 @@ def test_threads_and_precision_reach_the_loader(tmp_path, capsys, fake_model):
     assert cli.main(["-d", str(tmp_path), "-p", "hi", "-t", "3", "--precision", "bf16", "--silent"]) == 0
     assert fake_model.loaded_with == dict(threads=3, precision="bf16")
     assert cli.main(["-d", str(tmp_path), "-p", "hi", "--precision", "fp16"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["chat"], ["caption", "-o", "out.jsonl"]])
+def test_quant_reaches_the_loader_and_its_messages_stderr(tmp_path, image, capsys, fake_model, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = command + ["-d", str(tmp_path), "--quant", "q4"] + ([str(image)] if "caption" in command else [])
+    if not command:
+        args += ["-p", "hi"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    cli.main(args)
+    assert fake_model.loaded_with["quant"] == "q4"
+    assert "smolvision: quantizing (fake)" in capsys.readouterr().err
+    assert cli.main(["-d", str(tmp_path), "-p", "hi", "--quant", "q5"]) == 2
     assert "invalid choice" in capsys.readouterr().err
