@@ -1,6 +1,6 @@
 """smolvision against its peers, one table from one run.
 
-    PYTHONPATH=. python3 bench/bench.py --model DIR [--threads 2] [--llama-cpp] [--no-peers] [--quick]
+    PYTHONPATH=. python3 bench/bench.py --model DIR [--threads 2] [--llama-cpp] [--quant] [--no-peers] [--quick]
 
 Phases (each engine in its own subprocess, so peak RSS is that engine's own):
   vision encode   one image_size x image_size tile (384 for SmolVLM-Instruct), seconds
@@ -16,6 +16,10 @@ llama-bench on the text model for prefill/decode in BF16, Q8_0 and Q4_K_M.  llam
 is built from the source vendored in the llama-cpp-python sdist from PyPI (pip
 download) into ~/.cache/smolvision-bench/ once, and the text model converted with its
 own convert_hf_to_gguf.py; any failure there drops those columns with a message.
+
+With --quant, two more smolvision columns: load(quant="q8") and quant="q4" on the
+prefill and decode rows (text only, like llama.cpp's columns), next to llama.cpp's Q8_0 and
+Q4_K_M.  The first run converts the model once into the smolvision cache (seconds).
 
 Machine limits (the last column) come from bench/machine_limits.c compiled on the fly:
 read bandwidth and FP32/BF16 FMA peaks with the same thread count (from the threads' CPU
@@ -217,7 +221,34 @@ def worker_transformers(model_dir: str, threads: int, work: Workload) -> dict:
     return out
 
 
-WORKERS = {"smolvision": worker_smolvision, "transformers": worker_transformers}
+def worker_smolvision_quant(quant: str):
+    """The prefill and decode phases with load(quant=quant): the text path is all that quantization changes."""
+    def worker(model_dir: str, threads: int, work: Workload) -> dict:
+        import smolvision
+
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        start = time.perf_counter()
+        model = smolvision.load(model_dir, threads=threads, quant=quant, on_log=lambda m: log(f"smolvision: {m}"))
+        out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info()}
+        no_eos = {"eos_token_ids": (), "temperature": 0.0}
+        model.generate_ids(prompt_ids(config, 8, 0), max_tokens=2, **no_eos)  # warm-up: fault the weights in
+        result = model.generate_ids(prompt_ids(config, work.prefill_tokens, 3), max_tokens=1, **no_eos)
+        out["prefill_tok_s"] = result.timings.prefill_tokens_per_s
+        result = model.generate_ids(prompt_ids(config, work.short_prompt, 4), max_tokens=work.short_decode + 1,
+                                    **no_eos)
+        out["decode_short_tok_s"] = _decode_rate(result.timings)
+        result = model.generate_ids(prompt_ids(config, work.long_prompt, 5), max_tokens=work.long_decode + 1,
+                                    **no_eos)
+        out["decode_long_tok_s"] = _decode_rate(result.timings)
+        log(f"smolvision {quant}: prefill {out['prefill_tok_s']:.1f} tok/s, decode "
+            f"{out['decode_short_tok_s']:.2f} / {out['decode_long_tok_s']:.2f} tok/s")
+        model.close()
+        return out
+    return worker
+
+
+WORKERS = {"smolvision": worker_smolvision, "transformers": worker_transformers,
+           "smolvision-q8": worker_smolvision_quant("q8"), "smolvision-q4": worker_smolvision_quant("q4")}
 
 
 def run_child(command: list, env: Optional[dict] = None) -> tuple:
@@ -323,11 +354,14 @@ def limit_cells(limits: Optional[dict], costs: Costs, work: Workload, e2e: Optio
             return _number(peak / flops if per_second else flops / peak)
         return f"{'≤' if per_second else '≥'} {bound(fp32)} {unit}" + (f" ({bound(bf16 * 1e9)} BF16)" if bf16 else "")
 
+    # q8 / q4 store 8.5 / 4.5 bits a weight (blocks of 32 with an fp16 scale) instead of BF16's 16
+    decode_limit = (f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth; "
+                    f"q8 {_number(bw / (costs.decode_bytes * 8.5 / 16))}, q4 {_number(bw / (costs.decode_bytes * 4.5 / 16))})")
     cells = {
         "vision": compute(costs.tile_flops, "s", False),
         "prefill": compute(costs.prefill_flops(work.prefill_tokens) / work.prefill_tokens, "tok/s", True),
-        "decode_short": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
-        "decode_long": f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth)",
+        "decode_short": decode_limit,
+        "decode_long": decode_limit,
     }
     if e2e and e2e.get("e2e_tiles") is not None:
         flops = e2e["e2e_tiles"] * costs.tile_flops + costs.prefill_flops(e2e["e2e_prompt_tokens"])
@@ -544,7 +578,7 @@ def _number(value: float) -> str:
 
 def table(work: Workload, engines: dict, limits: dict) -> str:
     """The markdown table: one row per phase, one column per engine, the speedup over the best peer."""
-    peers = [name for name in engines if name != "smolvision"]
+    peers = [name for name in engines if not name.startswith("smolvision")]
     header = ["phase", "unit", *engines, "smolvision vs best peer", "machine limit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, label, unit, higher in ROWS:
@@ -570,6 +604,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-cpp", action="store_true",
                         help=f"also build (once, into {CACHE}) and run llama.cpp's llama-bench")
+    parser.add_argument("--quant", action="store_true",
+                        help="also smolvision with load(quant='q8') and quant='q4' (prefill and decode rows)")
     parser.add_argument("--no-peers", action="store_true", help="smolvision and the machine limits only")
     parser.add_argument("--quick", action="store_true", help="tiny phases, for smoke-testing the script")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -589,6 +625,9 @@ def main() -> None:
     log("measuring the machine limits")
     limits = machine_limits(args.threads, args.quick)
     engines = {"smolvision": run_engine("smolvision", args)}
+    if args.quant:
+        for quant in ("q8", "q4"):
+            engines[f"smolvision {quant}"] = run_engine(f"smolvision-{quant}", args)
     if not args.no_peers:
         engines["transformers BF16"] = run_engine("transformers", args)
         if args.llama_cpp:

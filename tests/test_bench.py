@@ -1,6 +1,7 @@
 """bench/bench.py runs end to end on a tiny model and prints the table it promises.
 
 Speed is never asserted: only that every phase produced a number in the smolvision column."""
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +38,19 @@ def test_quick_bench_prints_every_phase(mha_dir):
         assert float(cells[1]) > 0, (label, cells)  # the smolvision column
         assert cells[2] == "–", (label, cells)  # no peer, no ratio
     assert "smolvision build: blas=" in run.stdout
+
+
+def test_quick_bench_with_quant_columns(mha_dir, tmp_path):
+    env_cache = {"SMOLVISION_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--model", str(mha_dir), "--quick",
+                          "--no-peers", "--quant"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env={**os.environ, **env_cache})
+    assert run.returncode == 0, run.stderr
+    assert "| smolvision | smolvision q8 | smolvision q4 | smolvision vs best peer |" in run.stdout, run.stdout
+    rows = table_rows(run.stdout)
+    for label, cells in rows.items():
+        text_only = label.startswith(("prefill", "decode", "peak RSS"))
+        assert all((float(c) > 0) if text_only else c == "–" for c in cells[2:4]), (label, cells)
 
 
 def test_bench_without_a_model_says_how_to_make_one(tmp_path):
