@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "smolvision.h"
 
@@ -80,20 +81,29 @@ int main(int argc, char **argv) {
         return 2;
     }
     int failed = 0;
+    char cache[256];
+    snprintf(cache, sizeof cache, "%s/sv-leakcheck-%ld.svq", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             (long)getpid());
     for (int i = 1; i < argc; i++) {
         int loaded = 0;
-        for (int round = 0; round < 3; round++) {
+        /* rounds: checkpoint weights; q8 in memory; q4 through a cache file built, then mapped */
+        sv_load_options rounds[4] = {{2, SV_PRECISION_FP32, SV_QUANT_NONE, NULL, NULL, NULL},
+                                     {2, SV_PRECISION_FP32, SV_QUANT_Q8, NULL, NULL, NULL},
+                                     {2, SV_PRECISION_FP32, SV_QUANT_Q4, cache, NULL, NULL},
+                                     {2, SV_PRECISION_FP32, SV_QUANT_Q4, cache, NULL, NULL}};
+        for (int round = 0; round < 4; round++) {
             sv_model *m = NULL;
-            if (sv_model_load(argv[i], 2, &m) != SV_OK) {
-                if (round == 0) printf("%s: refused 3 times (%s)\n", argv[i], sv_last_error());
+            if (sv_model_load_ex(argv[i], &rounds[round], &m) != SV_OK) {
+                if (round == 0) printf("%s: refused 4 times (%s)\n", argv[i], sv_last_error());
                 continue;
             }
             loaded++;
             failed |= exercise(m);
             sv_model_free(m);
         }
-        if (loaded) printf("%s: %d load/encode/generate/tokenize/free cycles%s\n", argv[i], loaded,
-                           failed ? " FAILED" : "");
+        if (loaded) printf("%s: %d load/encode/generate/tokenize/free cycles (plain, q8, q4 cached)%s\n", argv[i],
+                           loaded, failed ? " FAILED" : "");
+        unlink(cache);
     }
     return failed;
 }
