@@ -55,7 +55,7 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
             float v = j < len ? w[c0 + j] * inv : 0.0f;
             int shift;
             int64_t byte = locate(t, nb, c0 + j, &shift);
-            if (t == ST_Q8) codes[byte] = (uint8_t)(clamp_int(v, -128, 127) + 128);
+            if (t == ST_Q8) codes[byte] = (uint8_t)(clamp_int(v, -127, 127) + 128);
             else codes[byte] |= (uint8_t)((clamp_int(v, -8, 7) + 8) << shift);
         }
     }

@@ -4,7 +4,7 @@
  * Both formats cut each row of W[rows, cols] into blocks of SV_QBLOCK = 32
  * columns (the last block zero-padded) with one fp16 scale d per block:
  *
- *   ST_Q8: w = d * q, q in [-128, 127] (d = max|w| / 127), stored as the byte q + 128;
+ *   ST_Q8: w = d * q, q in [-127, 127] (d = max|w| / 127), stored as the byte q + 128;
  *   ST_Q4: w = d * q, q in [-8, 7] (d = -m / 8 for the block's value m of largest magnitude,
  *          so m is exactly -8 d), stored as the nibble q + 8.
  *

@@ -39,7 +39,7 @@ def numpy_quantize(w: np.ndarray, quant: str) -> np.ndarray:
     blocks = padded.reshape(rows, nb, BLOCK)
     if quant == "q8":
         d = np.abs(blocks).max(-1) / np.float32(127)
-        lo, hi = -128, 127
+        lo, hi = -127, 127
     else:
         idx = np.abs(blocks).argmax(-1)  # the first element of largest magnitude
         m = np.take_along_axis(blocks, idx[..., None], -1)[..., 0]

@@ -110,6 +110,9 @@ const sv_quant_isa *sv_quant_isa_for(sv_isa_level level) {
 #if defined(SV_VNNI_KERNELS)
     if (level >= SV_ISA_AVX512 && has_vnni) return &sv_quant_isa_avx512vnni;
 #endif
+#if defined(SV_X86_KERNELS)
+    if (level >= SV_ISA_AVX2) return &sv_quant_isa_avx2;
+#endif
     (void)has_vnni;
     return &sv_quant_isa_portable;
 }

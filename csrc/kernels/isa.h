@@ -87,6 +87,9 @@ extern const sv_ops sv_ops_avx2, sv_ops_avx512;
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
 extern const sv_quant_isa sv_quant_isa_portable;
+#ifdef SV_X86_KERNELS
+extern const sv_quant_isa sv_quant_isa_avx2;
+#endif
 #ifdef SV_VNNI_KERNELS
 extern const sv_quant_isa sv_quant_isa_avx512vnni;
 #endif
@@ -97,7 +100,7 @@ const sv_ops *sv_ops_for(sv_isa_level level);
 /* The BF16 x BF16 kernels for a level: NULL below SV_ISA_AVX512BF16 (precision "bf16" then runs fp32). */
 const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level);
 /* The int8 kernels of quantized weights for a level: AVX-512 VNNI where the level is AVX-512 or above
- * and the CPU has AVX512_VNNI, the portable ones otherwise; NULL above what the CPU runs. */
+ * and the CPU has AVX512_VNNI, else AVX2 from level AVX2 up, else portable; NULL above what the CPU runs. */
 const sv_quant_isa *sv_quant_isa_for(sv_isa_level level);
 /* sv_matmul for W quantized (ST_Q8, ST_Q4) with the kernels of a level (matmul_quant.c). */
 void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
