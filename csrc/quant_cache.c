@@ -38,7 +38,7 @@
 #include "kernels.h"
 
 #define CACHE_MAGIC "SVQUANT\0"
-#define CACHE_VERSION 1u
+#define CACHE_VERSION 1u /* bump when the layout or the quantizer changes: old files are then rebuilt */
 enum { ROW_BLOCK = 16 };
 
 typedef struct {

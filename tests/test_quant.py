@@ -62,28 +62,45 @@ def c_quantize(w: np.ndarray, quant: str) -> np.ndarray:
 
 @pytest.mark.parametrize("quant", QUANTS)
 @pytest.mark.parametrize("rows,cols", [(1, 1), (5, 31), (7, 33), (33, 344), (9, 576), (4, 2048)])
-def test_round_trip_is_the_format_exactly_and_within_its_error_bound(quant, rows, cols):
+def test_round_trip_is_the_format_and_within_its_error_bound(quant, rows, cols):
+    """q8: bit for bit the numpy model of the format, error at most half a step (d = the block's fp16 scale:
+    rounding to nearest never needs clamping, as |w| / d <= 127 (1 + 2^-11) < 127.5).  q4 searches its
+    scale: every value is d times an integer in [-8, 7], and each block's squared error is at most that of
+    the plain choice d = -m / 8 (which the numpy model computes)."""
     rng = np.random.default_rng(rows * cols)
     w = (rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 10, (rows, 1))).astype(np.float32)
     w[0, : min(cols, 5)] = 0.0  # zero runs (an all-zero block when cols <= 5)
     got = c_quantize(w, quant)
-    want, d16 = numpy_quantize(w, quant)
-    np.testing.assert_array_equal(got, want)
-    # Error bound per element: half a step (d = the block's fp16 scale), since rounding to nearest never
-    # needs clamping for q8 (|w| / d <= 127 (1 + 2^-11) < 127.5); q4 clamps +8 d to 7 d: at most one step.
-    step = np.repeat(np.abs(d16), BLOCK, axis=1)[:, :cols]
-    err = np.abs(got - w)
-    assert np.all(err <= step * (0.5 if quant == "q8" else 1.0) * (1 + 1e-6) + 1e-30)
-    if quant == "q4":
-        assert np.mean(err <= step * 0.5 * (1 + 1e-6)) > 0.95  # only the rare +8 d end clamps
+    plain, d16 = numpy_quantize(w, quant)
+    if quant == "q8":
+        np.testing.assert_array_equal(got, plain)
+        step = np.repeat(np.abs(d16), BLOCK, axis=1)[:, :cols]
+        assert np.all(np.abs(got - w) <= step * 0.5 * (1 + 1e-6) + 1e-30)
+        return
+    nb = -(-cols // BLOCK)
+    pad = lambda a: np.pad(a, ((0, 0), (0, nb * BLOCK - cols))).reshape(rows, nb, BLOCK).astype(np.float64)
+    g, p, x = pad(got), pad(plain), pad(w)
+    for r in range(rows):
+        for b in range(nb):
+            values = g[r, b]
+            nonzero = values[values != 0]
+            if nonzero.size:  # one scale: every value an integer multiple of the smallest step in [-8, 7]
+                d = np.abs(nonzero).min() / np.abs(np.round(nonzero / np.abs(nonzero).min())).min()
+                codes = values / d
+                assert np.allclose(codes, np.round(codes), atol=1e-3), (r, b)
+            err, plain_err = ((g[r, b] - x[r, b]) ** 2).sum(), ((p[r, b] - x[r, b]) ** 2).sum()
+            assert err <= plain_err * (1 + 1e-9) + 1e-30, (r, b, err, plain_err)
 
 
 @pytest.mark.parametrize("quant", QUANTS)
 def test_round_trip_relative_error_on_gaussian_weights(quant):
-    """The familiar figures of these formats (Q8_0 / Q4_0): ~0.5% and ~9% relative RMS error."""
+    """The familiar figure of Q8_0 (~0.5% relative RMS error), and q4's scale search beating Q4_0's plain
+    d = -m / 8 (~8.6%; measured 8.2%)."""
     w = np.random.default_rng(3).standard_normal((64, 1024)).astype(np.float32)
     rel = float(np.sqrt(np.mean((c_quantize(w, quant) - w) ** 2) / np.mean(w**2)))
-    assert rel < {"q8": 0.006, "q4": 0.095}[quant], rel
+    plain = float(np.sqrt(np.mean((numpy_quantize(w, quant)[0] - w) ** 2) / np.mean(w**2)))
+    print(f"{quant}: relative RMS error {rel:.4f} (plain max scaling {plain:.4f})")
+    assert rel < {"q8": 0.006, "q4": 0.97 * plain}[quant], rel
 
 
 def test_debug_quantize_rejects_bad_arguments():
@@ -166,7 +183,9 @@ def test_quant_decode_is_exact_across_threads():
 
 
 def test_quant_kernels_are_reported():
-    assert ffi.string(lib.sv_kernels_quant()).decode() in ("portable", "avx512vnni")
+    features = smolvision.cpu_features()
+    assert features["quant_kernels"] in ("portable", "avx2", "avx512vnni")
+    assert features["quant_kernels"] == "portable" or features["kernels"] != "portable"
 
 
 # ---- quantized models ----
