@@ -6,7 +6,7 @@
  *
  *   ST_Q8: w = d * q, q in [-127, 127] (d = max|w| / 127), stored as the byte q + 128;
  *   ST_Q4: w = d * q, q in [-8, 7] (d = -m / s for the block's value m of largest magnitude,
- *          s in 7, 7.5 .. 9 chosen for the least squared error; s = 8 makes m exactly -8 d), stored
+ *          s in {7, 7.5, 8} chosen for the least squared error; s = 8 makes m exactly -8 d), stored
  *          as the nibble q + 8.
  *
  * Codes go in groups of 16 blocks (the row's last group may hold fewer, g), interleaved
