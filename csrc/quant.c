@@ -109,19 +109,32 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
     }
 }
 
-/* Signed code of element e of a quantized row. */
-static int code_at(st_dtype t, const uint8_t *codes, int64_t nb, int64_t e) {
-    int shift;
-    int64_t byte = locate(t, nb, e, &shift);
-    return t == ST_Q8 ? (int)codes[byte] - 128 : (int)((codes[byte] >> shift) & 0xF) - 8;
-}
-
 void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
     const uint8_t *codes = sv_q_codes(W, r);
     const uint16_t *scales = sv_q_scales(W, r);
-    int64_t nb = sv_q_blocks(W->cols);
-    for (int64_t c = 0; c < W->cols; c++)
-        dst[c] = sv_f16_to_float(scales[c / SV_QBLOCK]) * (float)code_at(W->dtype, codes, nb, c);
+    int64_t nb = sv_q_blocks(W->cols), cols = W->cols;
+    float block[SV_QBLOCK];
+    /* walk each group in its stored order: chunk c of block u is elements 4c .. 4c + 3 of that block */
+    for (int64_t grp = 0; grp * SV_QGROUP < nb; grp++) {
+        int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+        for (int64_t u = 0; u < g; u++) {
+            int64_t b = grp * SV_QGROUP + u;
+            float d = sv_f16_to_float(scales[b]);
+            for (int64_t c = 0; c < SV_QBLOCK / 4; c++)
+                for (int64_t j = 0; j < 4; j++) {
+                    int q;
+                    if (W->dtype == ST_Q8) {
+                        q = (int)codes[grp * SV_QGROUP * SV_QBLOCK + 4 * g * c + 4 * u + j] - 128;
+                    } else {
+                        int byte = codes[grp * SV_QGROUP * SV_QBLOCK / 2 + 4 * g * (c / 2) + 4 * u + j];
+                        q = ((c & 1) ? byte >> 4 : byte & 0xF) - 8;
+                    }
+                    block[4 * c + j] = d * (float)q;
+                }
+            int64_t c0 = b * SV_QBLOCK, len = cols - c0 < SV_QBLOCK ? cols - c0 : SV_QBLOCK;
+            memcpy(dst + c0, block, (size_t)len * sizeof *dst);
+        }
+    }
 }
 
 void sv_q_quantize_activations(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k) {
