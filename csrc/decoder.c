@@ -187,18 +187,6 @@ static void apply_rope(float *rows, int64_t n, int64_t n_heads, int64_t hd, cons
     }
 }
 
-/* a . b over n floats, in eight independent partial sums so the compiler
- * can keep them in vector registers. */
-static float dot(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
-
 typedef struct {
     const sv_config *c;
     sv_decoder *s;
@@ -224,10 +212,9 @@ static void attention_row_task(void *arg, int64_t begin, int64_t end, int thread
     for (int64_t h = begin; h < end; h++) {
         int64_t base = cache_base(c, s, j->layer, h / group);
         const float *q = s->q + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
-        for (int64_t p = 0; p < keys; p++) scores[p] = dot(q, K + p * hd, hd) * scale;
+        sv_dot_rows(scores, q, K, keys, hd, hd, scale);
         sv_softmax(scores, keys);
-        float *out = s->att + h * hd;
-        for (int64_t k = 0; k < hd; k++) out[k] = dot(scores, Vt + k * cap, keys);
+        sv_dot_rows(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
     }
 }
 

@@ -34,4 +34,8 @@ void sv_softmax(float *x, int64_t n);
 /* y += x: x, y [n]. */
 void sv_add(float *y, const float *x, int64_t n);
 
+/* out[r] = scale * (x . rows[r * stride : r * stride + len]) for r < n_rows: x[len]. */
+void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
+                 float scale);
+
 #endif
