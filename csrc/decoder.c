@@ -21,6 +21,7 @@
 
 #include "error.h"
 #include "kernels.h"
+#include "profile.h"
 
 #define PREFILL_CHUNK 256
 /* Capacities are rounded up to this many positions so that a chat whose
@@ -280,12 +281,17 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
         }
     }
 
+    sv_profile *prof = m->profile;
     for (int64_t l = 0; l < c->text_layers; l++) {
         const text_layer *w = &m->text.layers[l];
+        double t = sv_profile_now(prof);
         sv_rmsnorm(s->xn, s->x, w->attn_norm, n, d, eps);
+        sv_profile_add(prof, SV_OP_NORM, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->q, s->xn, n, &w->q, w->q_b);
         sv_matmul(m->pool, s->k, s->xn, n, &w->k, w->k_b);
         sv_matmul(m->pool, s->v, s->xn, n, &w->v, w->v_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         apply_rope(s->q, n, c->text_heads, hd, s->cos, s->sin);
         apply_rope(s->k, n, kvh, hd, s->cos, s->sin);
         for (int64_t h = 0; h < kvh; h++) {
@@ -296,20 +302,32 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
                 for (int64_t e = 0; e < hd; e++) s->v_cache[base + e * cap + pos0 + i] = v[e];
             }
         }
+        t = sv_profile_now(prof);
         if (n == 1) {
             attention_job job = {c, s, l, n, pos0};
             sv_pool_run(m->pool, attention_row_task, &job, c->text_heads);
         } else {
             attention_chunk(m, l, n, pos0);
         }
+        sv_profile_add(prof, SV_OP_ATTENTION, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->att, n, &w->o, w->o_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         sv_add(s->x, s->xn, n * d);
 
+        t = sv_profile_now(prof);
         sv_rmsnorm(s->xn, s->x, w->mlp_norm, n, d, eps);
+        sv_profile_add(prof, SV_OP_NORM, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->gate, s->xn, n, &w->gate, w->gate_b);
         sv_matmul(m->pool, s->up, s->xn, n, &w->up, w->up_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
+        t = sv_profile_now(prof);
         sv_silu_mul(s->gate, s->up, n * f);
+        sv_profile_add(prof, SV_OP_ACTIVATION, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->gate, n, &w->down, w->down_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         sv_add(s->x, s->xn, n * d);
     }
 }
@@ -318,8 +336,10 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
 static const float *project_row(sv_model *m, int64_t row) {
     sv_decoder *s = m->decoder;
     int64_t d = m->cfg.text_hidden;
+    double t = sv_profile_now(m->profile);
     sv_rmsnorm(s->xn, s->x + row * d, m->text.norm, 1, d, (float)m->cfg.rms_norm_eps);
     sv_matmul(m->pool, s->logits, s->xn, 1, &m->text.lm_head, NULL);
+    sv_profile_add(m->profile, SV_OP_LM_HEAD, t);
     return s->logits;
 }
 
@@ -327,6 +347,7 @@ const float *sv_decoder_prefill(sv_model *m, const int32_t *ids, int32_t n, cons
     sv_decoder *s = m->decoder;
     int64_t d = m->cfg.text_hidden;
     int64_t next_image_row = 0, rows = 0;
+    sv_profile_phase_begin(m->profile, SV_PHASE_PREFILL);
     s->n_past = 0;
     for (int64_t start = 0; start < n; start += rows) {
         rows = n - start < s->chunk ? n - start : s->chunk;
@@ -340,15 +361,20 @@ const float *sv_decoder_prefill(sv_model *m, const int32_t *ids, int32_t n, cons
         forward_rows(m, rows, start);
     }
     s->n_past = n;
-    return project_row(m, rows - 1);
+    const float *logits = project_row(m, rows - 1);
+    sv_profile_phase_end(m->profile);
+    return logits;
 }
 
 const float *sv_decoder_step(sv_model *m, int32_t id) {
     sv_decoder *s = m->decoder;
+    sv_profile_phase_begin(m->profile, SV_PHASE_DECODE);
     sv_matrix_row(s->x, &m->text.embed, id);
     forward_rows(m, 1, s->n_past);
     s->n_past++;
-    return project_row(m, 0);
+    const float *logits = project_row(m, 0);
+    sv_profile_phase_end(m->profile);
+    return logits;
 }
 
 sv_status sv_logits(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,

@@ -67,6 +67,7 @@ struct sv_model {
     sv_pool *pool;
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
     struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
+    struct sv_profile *profile; /* owned; a pointer so that code holding a const model can still time itself */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before

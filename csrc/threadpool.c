@@ -11,6 +11,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -24,7 +25,7 @@
 #endif
 
 /* Spin iterations before sleeping: a pause is ~15-65 cycles, so this is roughly 20-80 us. */
-enum { SPIN_ROUNDS = 4096 };
+enum { SPIN_ROUNDS = 4096, YIELD_EVERY = 64 };
 
 struct sv_pool {
     int n_threads;
@@ -51,6 +52,13 @@ typedef struct {
     int index;
 } worker_arg;
 
+/* One round of a spin: a pause, and now and then a yield, so that on a machine with more busy threads
+ * than cores the thread being waited for gets to run. */
+static void spin_pause(int round) {
+    if (round % YIELD_EVERY == YIELD_EVERY - 1) sched_yield();
+    else cpu_relax();
+}
+
 static void run_chunk(sv_pool *p, int t) {
     int64_t begin = p->n * t / p->n_threads, end = p->n * (t + 1) / p->n_threads;
     if (begin < end) p->fn(p->arg, begin, end, t);
@@ -61,7 +69,7 @@ static uint64_t wait_for_job(sv_pool *p, uint64_t seen) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
         uint64_t g = atomic_load_explicit(&p->generation, memory_order_acquire);
         if (g != seen) return g;
-        cpu_relax();
+        spin_pause(i);
     }
     pthread_mutex_lock(&p->mu);
     p->sleeping_workers++;
@@ -167,7 +175,7 @@ void sv_pool_run(sv_pool *p, sv_task_fn fn, void *arg, int64_t n) {
     run_chunk(p, 0);
     for (int i = 0; i < SPIN_ROUNDS; i++) {
         if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
-        cpu_relax();
+        spin_pause(i);
     }
     pthread_mutex_lock(&p->mu);
     p->caller_sleeping = 1;

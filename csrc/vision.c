@@ -22,6 +22,7 @@
 
 #include "error.h"
 #include "kernels.h"
+#include "profile.h"
 #include "model.h"
 
 /* No real batch of images comes near this; beyond it the count is a caller bug. */
@@ -244,7 +245,9 @@ static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, 
     const vision_weights *w = &m->vision;
     int64_t P = s->patches;
     gather_patches(sc->wide, pixels, tiles, m->cfg.image_size, s->side, m->cfg.patch_size);
+    double t0 = sv_profile_now(m->profile);
     sv_matmul(m->pool, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
+    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
     /* Position ids: transformers buckets fractional patch coordinates over a
      * patch mask; for a full tile that gives patch i position i (checked by
      * tests/test_vision.py for the fixture and SmolVLM grids; for some other
@@ -261,22 +264,39 @@ static void encoder_layer(const sv_model *m, const vision_shape *s, const vision
                           int64_t tiles) {
     int64_t rows = tiles * s->patches, H = s->hidden;
     float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
+    sv_profile *prof = m->profile;
+    double t0 = sv_profile_now(prof);
     layernorm_rows(m->pool, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
+    sv_profile_add(prof, SV_OP_NORM, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, q, sc->t, rows, &l->q, l->q_b);
     sv_matmul(m->pool, k, sc->t, rows, &l->k, l->k_b);
     sv_matmul(m->pool, v, sc->t, rows, &l->v, l->v_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
+    t0 = sv_profile_now(prof);
     for (int64_t t = 0; t < tiles; t++) {
         int64_t at = t * s->patches * H;
         attention(m->pool, s, sc, sc->t + at, q + at, k + at, v + at);
     }
+    sv_profile_add(prof, SV_OP_ATTENTION, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
     add_rows(m->pool, sc->x, q, rows, H);
 
     float *hid = sc->wide; /* q, k, v are dead */
+    t0 = sv_profile_now(prof);
     layernorm_rows(m->pool, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
+    sv_profile_add(prof, SV_OP_NORM, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, hid, sc->t, rows, &l->fc1, l->fc1_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
+    t0 = sv_profile_now(prof);
     gelu_rows(m->pool, hid, rows, s->inter);
+    sv_profile_add(prof, SV_OP_ACTIVATION, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, sc->t, hid, rows, &l->fc2, l->fc2_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
     add_rows(m->pool, sc->x, sc->t, rows, H);
 }
 
@@ -306,9 +326,13 @@ static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch
     int64_t rows = tiles * s->patches;
     embed(m, s, sc, pixels, tiles);
     for (int i = 0; i < m->cfg.vision_layers; i++) encoder_layer(m, s, &w->layers[i], sc, tiles);
+    double t0 = sv_profile_now(m->profile);
     layernorm_rows(m->pool, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
+    sv_profile_add(m->profile, SV_OP_NORM, t0);
     pixel_shuffle(sc->x, sc->t, s, tiles);
+    t0 = sv_profile_now(m->profile);
     sv_matmul(m->pool, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
+    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
 }
 
 /* 1 if tile[n] is all zeros (+0.0 or -0.0). */
@@ -343,10 +367,12 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
     vision_scratch sc;
     sv_status st = scratch_alloc(&sc, &s, per_pass);
     if (st) return st;
+    sv_profile_phase_begin(m->profile, SV_PHASE_VISION);
     for (int64_t first = 0; first < n_tiles; first += per_pass) {
         int64_t tiles = n_tiles - first < per_pass ? n_tiles - first : per_pass;
         encode_pass(m, &s, &sc, pixel_values + first * tile_floats, tiles, out + first * s.seq_len * s.text_hidden);
     }
+    sv_profile_phase_end(m->profile);
     scratch_free(&sc);
     return SV_OK;
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -9,6 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 import numpy as np
 
 from . import errors, generation, pipeline
+from . import profile as _profile
 from ._native import check, ffi, lib
 from .config import Config
 from .tokenizer import Tokenizer
@@ -40,7 +42,8 @@ class Model:
     as "fp32".
     """
 
-    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> None:
+    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32",
+                 profile: Optional[bool] = None) -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
@@ -58,6 +61,10 @@ class Model:
         options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision]})
         check(lib.sv_model_load_ex(path.encode(), options, out), errors.ModelError)
         self._handle = out[0]
+        # SMOLVISION_PROFILE=1 profiles every model and prints the table when it closes.
+        self._print_profile_at_close = profile is None and _profile.enabled_by_env()
+        if profile or self._print_profile_at_close:
+            lib.sv_profile_enable(self._handle, 1)
         self.config = Config._from_c(lib.sv_model_config(self._handle))
         self._eos_token_ids: Optional[Tuple[int, ...]] = None
         self._prompt_builder: Optional[PromptBuilder] = None
@@ -73,6 +80,20 @@ class Model:
         """The matmul precision asked for at load: "fp32" or "bf16" (which may compute as fp32, see Model)."""
         code = lib.sv_model_precision(self._ptr)
         return next(name for name, value in _PRECISIONS.items() if value == code)
+
+    def profile(self) -> _profile.Profile:
+        """Seconds per phase (vision, prefill, decode) and op class since profiling was enabled or
+        last reset; print it for a table.  Profiling is on with load(..., profile=True) or
+        SMOLVISION_PROFILE=1; otherwise this raises InputError."""
+        with self._lock:
+            if not lib.sv_profile_enabled(self._ptr):
+                raise errors.InputError("profiling is off: load with profile=True or set SMOLVISION_PROFILE=1")
+            return _profile.Profile._read(self._ptr)
+
+    def reset_profile(self) -> None:
+        """Restarts the profile's counters at zero (profiling stays as it was)."""
+        with self._lock:
+            lib.sv_profile_enable(self._ptr, lib.sv_profile_enabled(self._ptr))
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -99,6 +120,9 @@ class Model:
                                    "return True from on_token to stop, then close")
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
+                if getattr(self, "_print_profile_at_close", False):
+                    print(f"smolvision profile of {self.model_dir}:\n{_profile.Profile._read(handle)}",
+                          file=sys.stderr)
                 lib.sv_model_free(handle)
 
     # ---- token-level decoding (see generation.py) ----
@@ -351,7 +375,9 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32") -> Model:
+def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32",
+         profile: Optional[bool] = None) -> Model:
     """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
-    (see Model)."""
-    return Model(model_dir, threads=threads, precision=precision)
+    (see Model), `profile=True` times each phase and op class (Model.profile(); None follows
+    SMOLVISION_PROFILE)."""
+    return Model(model_dir, threads=threads, precision=precision, profile=profile)

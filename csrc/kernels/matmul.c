@@ -24,10 +24,10 @@
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
-#include <time.h>
 
 #include "../kernels.h"
 #include "../error.h"
+#include "../profile.h"
 #include "isa.h"
 
 #if defined(SV_BLAS_SCIPY_OPENBLAS)
@@ -229,12 +229,6 @@ const char *sv_kernels_isa(void) { return sv_isa_level_name(sv_isa_selected()); 
 
 int32_t sv_kernels_bf16(void) { return sv_bf16_isa_for(sv_isa_selected()) != NULL; }
 
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t blas, const float *x, int64_t n,
                               const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                               int32_t threads, int32_t repeat, double *seconds) {
@@ -257,9 +251,9 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
     if (seconds) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
-    double start = now_seconds();
+    double start = sv_seconds();
     for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b);
-    if (seconds) *seconds = now_seconds() - start;
+    if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;
 }
