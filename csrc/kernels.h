@@ -13,6 +13,13 @@
 /* y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
 void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
 
+/* 1 if sv_matmul on this pool multiplies BF16 weights in BF16 (precision "bf16" on a CPU with
+ * AVX512_BF16): callers holding fp32 operands of their own (attention) can then store them as BF16. */
+int sv_matmul_bf16(const sv_pool *pool);
+
+/* dst[n] = x[n] rounded to BF16, nearest even. */
+void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);
+
 /* dst[W.cols] = W[row, :] as fp32 (embedding lookup). */
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row);
 

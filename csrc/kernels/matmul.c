@@ -219,6 +219,20 @@ void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matr
     matmul(pool, sv_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), BLAS_FALLBACK, y, x, n, W, b);
 }
 
+int sv_matmul_bf16(const sv_pool *pool) { return bf16_kernels(sv_pool_precision(pool), sv_isa_selected()) != NULL; }
+
+void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
+    const sv_bf16_isa *bf16 = sv_bf16_isa_for(sv_isa_selected());
+    if (bf16) {
+        bf16->round_rows(dst, n, x, 1, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) { /* finite inputs: add half an ulp of BF16, ties to even, and truncate */
+        union { float f; uint32_t u; } v = {x[i]};
+        dst[i] = (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+    }
+}
+
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
     sv_isa_for(sv_isa_selected())->widen(dst, W, row, row + 1);
 }
