@@ -12,7 +12,10 @@
  *
  * The cache keeps K as rows [position, head_dim] and V transposed
  * [head_dim, position], the layouts both matmuls and the decode loops read
- * contiguously. */
+ * contiguously.  When the matmuls run in BF16 (precision "bf16" with BF16
+ * weights on a CPU with AVX512_BF16) the cache holds BF16, as transformers'
+ * BF16 run does: half the memory, and half the bytes each decoded token reads
+ * from a long context. */
 #include "decoder.h"
 
 #include <math.h>
@@ -34,8 +37,9 @@ struct sv_decoder {
     int32_t n_past;       /* positions now in the cache */
     int busy;
     int n_threads;
-    float *k_cache;       /* [layers, kv_heads, capacity, head_dim] */
-    float *v_cache;       /* [layers, kv_heads, head_dim, capacity]: transposed */
+    int kv_bf16;          /* the caches and v_keys hold BF16 (uint16_t), else float */
+    void *k_cache;        /* [layers, kv_heads, capacity, head_dim] */
+    void *v_cache;        /* [layers, kv_heads, head_dim, capacity]: transposed */
     float *x;             /* [chunk, hidden]: the residual stream; starts the one scratch block */
     float *xn;            /* [chunk, hidden]: normed input / projection output */
     float *q;             /* [chunk, heads * head_dim] */
@@ -47,7 +51,8 @@ struct sv_decoder {
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
     float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */
-    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys] */
+    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys]
+                           * (of uint16_t when kv_bf16) */
     float *scores;        /* [n_threads, capacity]: one decoded query's attention row per thread */
     float *logits;        /* [vocab] */
     int64_t bytes;        /* everything above */
@@ -112,7 +117,9 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->chunk = capacity < PREFILL_CHUNK ? capacity : PREFILL_CHUNK;
     s->n_threads = sv_pool_threads(m->pool);
     int64_t ch = s->chunk;
-    int64_t cache_floats = (int64_t)c->text_layers * kvd * capacity;
+    int64_t cache_values = (int64_t)c->text_layers * kvd * capacity;
+    s->kv_bf16 = sv_matmul_bf16(m->pool) && m->text.layers[0].q.dtype == ST_BF16;
+    size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     /* All scratch is one block (freed through x), carved in the order of slots[]. */
     int64_t gch = ch * (c->text_heads / c->text_kv_heads);
     int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
@@ -123,9 +130,9 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
                        &s->group_scores, &s->group_out, &s->v_keys,      &s->scores,    &s->logits};
     int64_t scratch_floats = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) scratch_floats += sizes[i];
-    s->bytes = (int64_t)sizeof(float) * (2 * cache_floats + scratch_floats);
-    s->k_cache = malloc((size_t)cache_floats * sizeof(float));
-    s->v_cache = malloc((size_t)cache_floats * sizeof(float));
+    s->bytes = 2 * cache_values * (int64_t)kv_bytes + scratch_floats * (int64_t)sizeof(float);
+    s->k_cache = malloc((size_t)cache_values * kv_bytes);
+    s->v_cache = malloc((size_t)cache_values * kv_bytes);
     float *block = malloc((size_t)scratch_floats * sizeof(float));
     if (!s->k_cache || !s->v_cache || !block) {
         free(block);
@@ -195,7 +202,7 @@ typedef struct {
 } attention_job;
 
 /* The cache base of (layer, kv head): K rows at k_cache + base, V^T rows at
- * v_cache + base (both regions are capacity * head_dim floats). */
+ * v_cache + base (both regions are capacity * head_dim values). */
 static int64_t cache_base(const sv_config *c, const sv_decoder *s, int64_t layer, int64_t kv_head) {
     return (layer * c->text_kv_heads + kv_head) * s->capacity * c->head_dim;
 }
@@ -212,10 +219,18 @@ static void attention_row_task(void *arg, int64_t begin, int64_t end, int thread
     float *scores = s->scores + (int64_t)thread * cap;
     for (int64_t h = begin; h < end; h++) {
         int64_t base = cache_base(c, s, j->layer, h / group);
-        const float *q = s->q + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
-        sv_dot_rows(scores, q, K, keys, hd, hd, scale);
-        sv_softmax(scores, keys);
-        sv_dot_rows(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        const float *q = s->q + h * hd;
+        if (s->kv_bf16) {
+            const uint16_t *K = (const uint16_t *)s->k_cache + base, *Vt = (const uint16_t *)s->v_cache + base;
+            sv_dot_rows_bf16(scores, q, K, keys, hd, hd, scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows_bf16(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        } else {
+            const float *K = (const float *)s->k_cache + base, *Vt = (const float *)s->v_cache + base;
+            sv_dot_rows(scores, q, K, keys, hd, hd, scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        }
     }
 }
 
@@ -249,12 +264,15 @@ static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0)
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
                 memcpy(s->group_q + (g * n + i) * hd, s->q + i * qd + (kvh * group + g) * hd, head_bytes);
-        sv_matrix K = {s->k_cache + base, ST_F32, keys, hd};
+        size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+        st_dtype kv_dtype = s->kv_bf16 ? ST_BF16 : ST_F32;
+        sv_matrix K = {(const char *)s->k_cache + base * kv_bytes, kv_dtype, keys, hd};
         sv_matmul(m->pool, s->group_scores, s->group_q, rows, &K, NULL);
         sv_pool_run(m->pool, causal_softmax_task, &job, rows);
         for (int64_t k = 0; k < hd; k++)
-            memcpy(s->v_keys + k * keys, s->v_cache + base + k * cap, (size_t)keys * sizeof(float));
-        sv_matrix Vt = {s->v_keys, ST_F32, hd, keys};
+            memcpy((char *)s->v_keys + k * keys * kv_bytes, (const char *)s->v_cache + (base + k * cap) * kv_bytes,
+                   (size_t)keys * kv_bytes);
+        sv_matrix Vt = {s->v_keys, kv_dtype, hd, keys};
         sv_matmul(m->pool, s->group_out, s->group_scores, rows, &Vt, NULL);
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
@@ -298,8 +316,20 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
             int64_t base = cache_base(c, s, l, h);
             for (int64_t i = 0; i < n; i++) {
                 const float *k = s->k + i * kvd + h * hd, *v = s->v + i * kvd + h * hd;
-                memcpy(s->k_cache + base + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
-                for (int64_t e = 0; e < hd; e++) s->v_cache[base + e * cap + pos0 + i] = v[e];
+                if (s->kv_bf16) {
+                    uint16_t *kc = (uint16_t *)s->k_cache + base, *vc = (uint16_t *)s->v_cache + base;
+                    sv_to_bf16(kc + (pos0 + i) * hd, k, hd);
+                    uint16_t vb[64]; /* v rounded a block at a time, then scattered into its column */
+                    for (int64_t e0 = 0; e0 < hd; e0 += 64) {
+                        int64_t len = hd - e0 < 64 ? hd - e0 : 64;
+                        sv_to_bf16(vb, v + e0, len);
+                        for (int64_t e = 0; e < len; e++) vc[(e0 + e) * cap + pos0 + i] = vb[e];
+                    }
+                } else {
+                    float *kc = (float *)s->k_cache + base, *vc = (float *)s->v_cache + base;
+                    memcpy(kc + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
+                    for (int64_t e = 0; e < hd; e++) vc[e * cap + pos0 + i] = v[e];
+                }
             }
         }
         t = sv_profile_now(prof);

@@ -44,5 +44,8 @@ void sv_add(float *y, const float *x, int64_t n);
 /* out[r] = scale * (x . rows[r * stride : r * stride + len]) for r < n_rows: x[len]. */
 void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
                  float scale);
+/* The same with BF16 rows, widened to fp32 (x stays fp32). */
+void sv_dot_rows_bf16(float *out, const float *x, const uint16_t *rows, int64_t n_rows, int64_t len, int64_t stride,
+                      float scale);
 
 #endif

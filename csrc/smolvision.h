@@ -272,8 +272,9 @@ sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const fl
  * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",
  * "silu_mul" (other = up [n, dim]), "softmax" (each row), "add" (other
  * [n, dim]), "dot_rows" (x[i] = eps * (other . row i of x) for i < n, other
- * [dim]: eps is the scale).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED
- * as above. */
+ * [dim]: eps is the scale), "dot_rows_bf16" (the same with the rows of x
+ * truncated to BF16).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED as
+ * above. */
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
                       const float *b, const float *other, float eps);
 

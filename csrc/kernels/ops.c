@@ -34,6 +34,11 @@ void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, 
     ops()->dot_rows(out, x, rows, n_rows, len, stride, scale);
 }
 
+void sv_dot_rows_bf16(float *out, const float *x, const uint16_t *rows, int64_t n_rows, int64_t len, int64_t stride,
+                      float scale) {
+    ops()->dot_rows_bf16(out, x, rows, n_rows, len, stride, scale);
+}
+
 /* ---- test hooks (declared in smolvision.h) ---- */
 
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
@@ -50,13 +55,27 @@ sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int6
     else if (strcmp(op, "add") == 0) k->add(x, other, n * dim);
     else if (strcmp(op, "softmax") == 0)
         for (int64_t i = 0; i < n; i++) k->softmax(x + i * dim, dim);
-    else if (strcmp(op, "dot_rows") == 0) {
-        if (!other) return sv_fail(SV_ERR_ARG, "dot_rows needs other");
+    else if (strcmp(op, "dot_rows") == 0 || strcmp(op, "dot_rows_bf16") == 0) {
+        if (!other) return sv_fail(SV_ERR_ARG, "%s needs other", op);
         float *out = malloc((size_t)n * sizeof *out);
-        if (!out) return sv_fail(SV_ERR_NOMEM, "out of memory");
-        k->dot_rows(out, other, x, n, dim, dim, eps);
+        uint16_t *rows = malloc((size_t)(n * dim) * sizeof *rows);
+        if (!out || !rows) {
+            free(out);
+            free(rows);
+            return sv_fail(SV_ERR_NOMEM, "out of memory");
+        }
+        if (op[8] == '_') { /* dot_rows_bf16: the rows are x's values truncated to BF16 */
+            for (int64_t i = 0; i < n * dim; i++) {
+                union { float f; uint32_t u; } v = {x[i]};
+                rows[i] = (uint16_t)(v.u >> 16);
+            }
+            k->dot_rows_bf16(out, other, rows, n, dim, dim, eps);
+        } else {
+            k->dot_rows(out, other, x, n, dim, dim, eps);
+        }
         for (int64_t i = 0; i < n; i++) x[i] = out[i];
         free(out);
+        free(rows);
     } else return sv_fail(SV_ERR_ARG, "unknown op '%s'", op);
     return SV_OK;
 }

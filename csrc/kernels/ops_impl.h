@@ -116,20 +116,26 @@ static void add(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-static void dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
-                     float scale) {
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *row = rows + r * stride;
-        float acc[LANES] = {0};
-        int64_t k = 0;
-        for (; k + LANES <= len; k += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += x[k + l] * row[k + l];
-        float sum = 0;
-        for (; k < len; k++) sum += x[k] * row[k];
-        for (int l = 0; l < LANES; l++) sum += acc[l];
-        out[r] = sum * scale;
+/* DOT_ROWS(name, row type, widen): out[r] = scale * (x . row r) in LANES partial sums. */
+#define DOT_ROWS(NAME, ROW_T, WIDEN)                                                                            \
+    static void NAME(float *out, const float *x, const ROW_T *rows, int64_t n_rows, int64_t len, int64_t stride, \
+                     float scale) {                                                                             \
+        for (int64_t r = 0; r < n_rows; r++) {                                                                  \
+            const ROW_T *row = rows + r * stride;                                                               \
+            float acc[LANES] = {0};                                                                             \
+            int64_t k = 0;                                                                                      \
+            for (; k + LANES <= len; k += LANES)                                                                \
+                for (int l = 0; l < LANES; l++) acc[l] += x[k + l] * WIDEN(row[k + l]);                         \
+            float sum = 0;                                                                                      \
+            for (; k < len; k++) sum += x[k] * WIDEN(row[k]);                                                   \
+            for (int l = 0; l < LANES; l++) sum += acc[l];                                                      \
+            out[r] = sum * scale;                                                                               \
+        }                                                                                                       \
     }
-}
+
+#define AS_IS(v) (v)
+DOT_ROWS(dot_rows, float, AS_IS)
+DOT_ROWS(dot_rows_bf16, uint16_t, sv_bf16_to_float)
 
 const sv_ops OPS_TABLE = {
     .layernorm = layernorm,
@@ -139,4 +145,5 @@ const sv_ops OPS_TABLE = {
     .softmax = softmax,
     .add = add,
     .dot_rows = dot_rows,
+    .dot_rows_bf16 = dot_rows_bf16,
 };
