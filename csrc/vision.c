@@ -182,7 +182,7 @@ typedef struct {
     int bf16;               /* also fill kh16 / probs16 */
 } heads_job;
 
-/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
+/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh (or kh16) and vt. */
 static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
     const heads_job *j = arg;
     int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
@@ -193,10 +193,10 @@ static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) 
             float *vt = j->sc->vt + h * hd * P + i;
             for (int64_t d = 0; d < hd; d++) {
                 qh[d] = q[d] * j->scale;
-                kh[d] = k[d];
                 vt[d * P] = v[d];
             }
-            if (j->bf16) sv_to_bf16(j->sc->kh16 + (h * P + i) * hd, kh, hd);
+            if (j->bf16) sv_to_bf16(j->sc->kh16 + (h * P + i) * hd, k, hd);
+            else memcpy(kh, k, (size_t)hd * sizeof *kh);
         }
 }
 
