@@ -122,7 +122,11 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     start = time.perf_counter()
     model = smolvision.load(model_dir, threads=threads)
-    out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info()}
+    features = smolvision.cpu_features()
+    out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info(),
+           "precision": f"{model.precision} (the default; "
+                        + ("BF16 x BF16 products summed in FP32 on AVX512_BF16)" if features["bf16_matmul"]
+                           and model.precision == "bf16" else "FP32 activations and accumulation)")}
     no_eos = {"eos_token_ids": (), "temperature": 0.0}
 
     # Warm-up: the first calls fault the memory-mapped weights in from the page cache.
@@ -645,8 +649,7 @@ def main() -> None:
           f"{config['text_config']['num_hidden_layers']} layers; vision {config['vision_config']['image_size']} px)")
     print(f"- CPU: {cpu}, {os.cpu_count()} logical CPUs, {args.threads} threads per engine; "
           f"load average before the run {os.getloadavg()[0]:.1f}")
-    print(f"- smolvision build: {mine.get('build_info', '?')}; precision: weights as stored (BF16), "
-          f"FP32 activations and accumulation")
+    print(f"- smolvision build: {mine.get('build_info', '?')}; precision: {mine.get('precision', '?')}")
     if engines.get("transformers BF16"):
         print(f"- peer: {engines['transformers BF16']['version']}, BF16 weights and compute")
     llama = [result for name, result in engines.items() if name.startswith("llama.cpp") and result]

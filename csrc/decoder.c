@@ -12,7 +12,10 @@
  *
  * The cache keeps K as rows [position, head_dim] and V transposed
  * [head_dim, position], the layouts both matmuls and the decode loops read
- * contiguously. */
+ * contiguously.  When the matmuls run in BF16 (precision "bf16" with BF16
+ * weights on a CPU with AVX512_BF16) the cache holds BF16, as transformers'
+ * BF16 run does: half the memory, and half the bytes each decoded token reads
+ * from a long context. */
 #include "decoder.h"
 
 #include <math.h>
@@ -21,6 +24,7 @@
 
 #include "error.h"
 #include "kernels.h"
+#include "profile.h"
 
 #define PREFILL_CHUNK 256
 /* Capacities are rounded up to this many positions so that a chat whose
@@ -33,8 +37,9 @@ struct sv_decoder {
     int32_t n_past;       /* positions now in the cache */
     int busy;
     int n_threads;
-    float *k_cache;       /* [layers, kv_heads, capacity, head_dim] */
-    float *v_cache;       /* [layers, kv_heads, head_dim, capacity]: transposed */
+    int kv_bf16;          /* the caches and v_keys hold BF16 (uint16_t), else float */
+    void *k_cache;        /* [layers, kv_heads, capacity, head_dim] */
+    void *v_cache;        /* [layers, kv_heads, head_dim, capacity]: transposed */
     float *x;             /* [chunk, hidden]: the residual stream; starts the one scratch block */
     float *xn;            /* [chunk, hidden]: normed input / projection output */
     float *q;             /* [chunk, heads * head_dim] */
@@ -46,7 +51,8 @@ struct sv_decoder {
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
     float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */
-    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys] */
+    float *v_keys;        /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys]
+                           * (of uint16_t when kv_bf16) */
     float *scores;        /* [n_threads, capacity]: one decoded query's attention row per thread */
     float *logits;        /* [vocab] */
     int64_t bytes;        /* everything above */
@@ -111,7 +117,9 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->chunk = capacity < PREFILL_CHUNK ? capacity : PREFILL_CHUNK;
     s->n_threads = sv_pool_threads(m->pool);
     int64_t ch = s->chunk;
-    int64_t cache_floats = (int64_t)c->text_layers * kvd * capacity;
+    int64_t cache_values = (int64_t)c->text_layers * kvd * capacity;
+    s->kv_bf16 = sv_matmul_bf16(m->pool) && m->text.layers[0].q.dtype == ST_BF16;
+    size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     /* All scratch is one block (freed through x), carved in the order of slots[]. */
     int64_t gch = ch * (c->text_heads / c->text_kv_heads);
     int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
@@ -122,9 +130,9 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
                        &s->group_scores, &s->group_out, &s->v_keys,      &s->scores,    &s->logits};
     int64_t scratch_floats = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) scratch_floats += sizes[i];
-    s->bytes = (int64_t)sizeof(float) * (2 * cache_floats + scratch_floats);
-    s->k_cache = malloc((size_t)cache_floats * sizeof(float));
-    s->v_cache = malloc((size_t)cache_floats * sizeof(float));
+    s->bytes = 2 * cache_values * (int64_t)kv_bytes + scratch_floats * (int64_t)sizeof(float);
+    s->k_cache = malloc((size_t)cache_values * kv_bytes);
+    s->v_cache = malloc((size_t)cache_values * kv_bytes);
     float *block = malloc((size_t)scratch_floats * sizeof(float));
     if (!s->k_cache || !s->v_cache || !block) {
         free(block);
@@ -187,18 +195,6 @@ static void apply_rope(float *rows, int64_t n, int64_t n_heads, int64_t hd, cons
     }
 }
 
-/* a . b over n floats, in eight independent partial sums so the compiler
- * can keep them in vector registers. */
-static float dot(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
-
 typedef struct {
     const sv_config *c;
     sv_decoder *s;
@@ -206,7 +202,7 @@ typedef struct {
 } attention_job;
 
 /* The cache base of (layer, kv head): K rows at k_cache + base, V^T rows at
- * v_cache + base (both regions are capacity * head_dim floats). */
+ * v_cache + base (both regions are capacity * head_dim values). */
 static int64_t cache_base(const sv_config *c, const sv_decoder *s, int64_t layer, int64_t kv_head) {
     return (layer * c->text_kv_heads + kv_head) * s->capacity * c->head_dim;
 }
@@ -223,11 +219,18 @@ static void attention_row_task(void *arg, int64_t begin, int64_t end, int thread
     float *scores = s->scores + (int64_t)thread * cap;
     for (int64_t h = begin; h < end; h++) {
         int64_t base = cache_base(c, s, j->layer, h / group);
-        const float *q = s->q + h * hd, *K = s->k_cache + base, *Vt = s->v_cache + base;
-        for (int64_t p = 0; p < keys; p++) scores[p] = dot(q, K + p * hd, hd) * scale;
-        sv_softmax(scores, keys);
-        float *out = s->att + h * hd;
-        for (int64_t k = 0; k < hd; k++) out[k] = dot(scores, Vt + k * cap, keys);
+        const float *q = s->q + h * hd;
+        if (s->kv_bf16) {
+            const uint16_t *K = (const uint16_t *)s->k_cache + base, *Vt = (const uint16_t *)s->v_cache + base;
+            sv_dot_rows_bf16(scores, q, K, keys, hd, hd, scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows_bf16(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        } else {
+            const float *K = (const float *)s->k_cache + base, *Vt = (const float *)s->v_cache + base;
+            sv_dot_rows(scores, q, K, keys, hd, hd, scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows(s->att + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        }
     }
 }
 
@@ -261,12 +264,15 @@ static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0)
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
                 memcpy(s->group_q + (g * n + i) * hd, s->q + i * qd + (kvh * group + g) * hd, head_bytes);
-        sv_matrix K = {s->k_cache + base, ST_F32, keys, hd};
+        size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+        st_dtype kv_dtype = s->kv_bf16 ? ST_BF16 : ST_F32;
+        sv_matrix K = {(const char *)s->k_cache + base * kv_bytes, kv_dtype, keys, hd};
         sv_matmul(m->pool, s->group_scores, s->group_q, rows, &K, NULL);
         sv_pool_run(m->pool, causal_softmax_task, &job, rows);
         for (int64_t k = 0; k < hd; k++)
-            memcpy(s->v_keys + k * keys, s->v_cache + base + k * cap, (size_t)keys * sizeof(float));
-        sv_matrix Vt = {s->v_keys, ST_F32, hd, keys};
+            memcpy((char *)s->v_keys + k * keys * kv_bytes, (const char *)s->v_cache + (base + k * cap) * kv_bytes,
+                   (size_t)keys * kv_bytes);
+        sv_matrix Vt = {s->v_keys, kv_dtype, hd, keys};
         sv_matmul(m->pool, s->group_out, s->group_scores, rows, &Vt, NULL);
         for (int64_t g = 0; g < group; g++)
             for (int64_t i = 0; i < n; i++)
@@ -293,36 +299,65 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
         }
     }
 
+    sv_profile *prof = m->profile;
     for (int64_t l = 0; l < c->text_layers; l++) {
         const text_layer *w = &m->text.layers[l];
+        double t = sv_profile_now(prof);
         sv_rmsnorm(s->xn, s->x, w->attn_norm, n, d, eps);
+        sv_profile_add(prof, SV_OP_NORM, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->q, s->xn, n, &w->q, w->q_b);
         sv_matmul(m->pool, s->k, s->xn, n, &w->k, w->k_b);
         sv_matmul(m->pool, s->v, s->xn, n, &w->v, w->v_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         apply_rope(s->q, n, c->text_heads, hd, s->cos, s->sin);
         apply_rope(s->k, n, kvh, hd, s->cos, s->sin);
         for (int64_t h = 0; h < kvh; h++) {
             int64_t base = cache_base(c, s, l, h);
             for (int64_t i = 0; i < n; i++) {
                 const float *k = s->k + i * kvd + h * hd, *v = s->v + i * kvd + h * hd;
-                memcpy(s->k_cache + base + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
-                for (int64_t e = 0; e < hd; e++) s->v_cache[base + e * cap + pos0 + i] = v[e];
+                if (s->kv_bf16) {
+                    uint16_t *kc = (uint16_t *)s->k_cache + base, *vc = (uint16_t *)s->v_cache + base;
+                    sv_to_bf16(kc + (pos0 + i) * hd, k, hd);
+                    uint16_t vb[64]; /* v rounded a block at a time, then scattered into its column */
+                    for (int64_t e0 = 0; e0 < hd; e0 += 64) {
+                        int64_t len = hd - e0 < 64 ? hd - e0 : 64;
+                        sv_to_bf16(vb, v + e0, len);
+                        for (int64_t e = 0; e < len; e++) vc[(e0 + e) * cap + pos0 + i] = vb[e];
+                    }
+                } else {
+                    float *kc = (float *)s->k_cache + base, *vc = (float *)s->v_cache + base;
+                    memcpy(kc + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
+                    for (int64_t e = 0; e < hd; e++) vc[e * cap + pos0 + i] = v[e];
+                }
             }
         }
+        t = sv_profile_now(prof);
         if (n == 1) {
             attention_job job = {c, s, l, n, pos0};
             sv_pool_run(m->pool, attention_row_task, &job, c->text_heads);
         } else {
             attention_chunk(m, l, n, pos0);
         }
+        sv_profile_add(prof, SV_OP_ATTENTION, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->att, n, &w->o, w->o_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         sv_add(s->x, s->xn, n * d);
 
+        t = sv_profile_now(prof);
         sv_rmsnorm(s->xn, s->x, w->mlp_norm, n, d, eps);
+        sv_profile_add(prof, SV_OP_NORM, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->gate, s->xn, n, &w->gate, w->gate_b);
         sv_matmul(m->pool, s->up, s->xn, n, &w->up, w->up_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
+        t = sv_profile_now(prof);
         sv_silu_mul(s->gate, s->up, n * f);
+        sv_profile_add(prof, SV_OP_ACTIVATION, t);
+        t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->gate, n, &w->down, w->down_b);
+        sv_profile_add(prof, SV_OP_MATMUL, t);
         sv_add(s->x, s->xn, n * d);
     }
 }
@@ -331,8 +366,10 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
 static const float *project_row(sv_model *m, int64_t row) {
     sv_decoder *s = m->decoder;
     int64_t d = m->cfg.text_hidden;
+    double t = sv_profile_now(m->profile);
     sv_rmsnorm(s->xn, s->x + row * d, m->text.norm, 1, d, (float)m->cfg.rms_norm_eps);
     sv_matmul(m->pool, s->logits, s->xn, 1, &m->text.lm_head, NULL);
+    sv_profile_add(m->profile, SV_OP_LM_HEAD, t);
     return s->logits;
 }
 
@@ -340,6 +377,7 @@ const float *sv_decoder_prefill(sv_model *m, const int32_t *ids, int32_t n, cons
     sv_decoder *s = m->decoder;
     int64_t d = m->cfg.text_hidden;
     int64_t next_image_row = 0, rows = 0;
+    sv_profile_phase_begin(m->profile, SV_PHASE_PREFILL);
     s->n_past = 0;
     for (int64_t start = 0; start < n; start += rows) {
         rows = n - start < s->chunk ? n - start : s->chunk;
@@ -353,15 +391,20 @@ const float *sv_decoder_prefill(sv_model *m, const int32_t *ids, int32_t n, cons
         forward_rows(m, rows, start);
     }
     s->n_past = n;
-    return project_row(m, rows - 1);
+    const float *logits = project_row(m, rows - 1);
+    sv_profile_phase_end(m->profile);
+    return logits;
 }
 
 const float *sv_decoder_step(sv_model *m, int32_t id) {
     sv_decoder *s = m->decoder;
+    sv_profile_phase_begin(m->profile, SV_PHASE_DECODE);
     sv_matrix_row(s->x, &m->text.embed, id);
     forward_rows(m, 1, s->n_past);
     s->n_past++;
-    return project_row(m, 0);
+    const float *logits = project_row(m, 0);
+    sv_profile_phase_end(m->profile);
+    return logits;
 }
 
 sv_status sv_logits(sv_model *m, const int32_t *ids, int32_t n, const float *image_embeds, int32_t n_image_rows,

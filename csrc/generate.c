@@ -1,17 +1,11 @@
 /* generate.c - the token loop: prefill the prompt, then pick an id, report
  * it, stop on EOS / max_tokens / the callback, and feed it back. */
 #include <string.h>
-#include <time.h>
 
 #include "decoder.h"
 #include "error.h"
+#include "profile.h"
 #include "sample.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int is_eos(const sv_sampling *s, int32_t id) {
     for (int32_t i = 0; i < s->n_eos_ids; i++)
@@ -39,11 +33,11 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
     }
     for (int32_t i = 0; i < n; i++) sv_sampler_observe(&smp, ids[i]);
 
-    double t0 = now_seconds();
+    double t0 = sv_seconds();
     /* The sampler rewrites the logits in place; they are the state's buffer,
      * which the next step overwrites anyway. */
     float *logits = (float *)sv_decoder_prefill(m, ids, n, image_embeds);
-    double t1 = now_seconds();
+    double t1 = sv_seconds();
     result->prefill_seconds = t1 - t0;
     for (int32_t g = 0;; g++) {
         int32_t id = sv_sampler_pick(&smp, logits);
@@ -61,7 +55,7 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
         if (g + 1 == s->max_tokens) break;
         logits = (float *)sv_decoder_step(m, id);
     }
-    result->decode_seconds = now_seconds() - t1;
+    result->decode_seconds = sv_seconds() - t1;
     sv_decoder_end(m);
     sv_sampler_free(&smp);
     return SV_OK;

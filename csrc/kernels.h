@@ -13,6 +13,13 @@
 /* y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
 void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
 
+/* 1 if sv_matmul on this pool multiplies BF16 weights in BF16 (precision "bf16" on a CPU with
+ * AVX512_BF16): callers holding fp32 operands of their own (attention) can then store them as BF16. */
+int sv_matmul_bf16(const sv_pool *pool);
+
+/* dst[n] = x[n] rounded to BF16, nearest even. */
+void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);
+
 /* dst[W.cols] = W[row, :] as fp32 (embedding lookup). */
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row);
 
@@ -33,5 +40,12 @@ void sv_softmax(float *x, int64_t n);
 
 /* y += x: x, y [n]. */
 void sv_add(float *y, const float *x, int64_t n);
+
+/* out[r] = scale * (x . rows[r * stride : r * stride + len]) for r < n_rows: x[len]. */
+void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
+                 float scale);
+/* The same with BF16 rows, widened to fp32 (x stays fp32). */
+void sv_dot_rows_bf16(float *out, const float *x, const uint16_t *rows, int64_t n_rows, int64_t len, int64_t stride,
+                      float scale);
 
 #endif

@@ -2,6 +2,7 @@
  * lifetime.  Nothing here computes; it decides what the weights are and
  * refuses anything that does not match the config. */
 #include "model.h"
+#include "profile.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -391,7 +392,10 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
     sv_model *m = calloc(1, sizeof *m);
     if (!m) return sv_fail(SV_ERR_NOMEM, "out of memory");
     m->dir = strdup(dir);
-    if (!m->dir) {
+    m->profile = calloc(1, sizeof *m->profile);
+    if (!m->dir || !m->profile) {
+        free(m->dir);
+        free(m->profile);
         free(m);
         return sv_fail(SV_ERR_NOMEM, "out of memory");
     }
@@ -446,6 +450,7 @@ void sv_model_free(sv_model *m) {
     free(m->text.layers);
     st_close(&m->st);
     free(m->dir);
+    free(m->profile);
     free(m);
 }
 

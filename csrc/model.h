@@ -72,6 +72,7 @@ struct sv_model {
     int32_t quant;            /* load option quant (sv_quant) */
     void *qmap;               /* the quantized weights (quant_cache.c): the cache file mapped, or memory */
     size_t qmap_bytes;
+    struct sv_profile *profile; /* owned; a pointer so that code holding a const model can still time itself */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before

@@ -126,6 +126,28 @@ int32_t sv_kernels_bf16(void);
 void sv_model_free(sv_model *model);
 const sv_config *sv_model_config(const sv_model *model);
 
+/* ---- profiling ---- */
+
+/* Where a model's time goes: seconds per phase and op class, summed over
+ * calls since profiling was last enabled.  Off by default (it then costs one
+ * branch per op).  A phase's total also covers what no class names
+ * (embedding lookups, RoPE, residual adds, pixel shuffle). */
+typedef enum { SV_PHASE_VISION = 0, SV_PHASE_PREFILL = 1, SV_PHASE_DECODE = 2, SV_PHASE_COUNT = 3 } sv_profile_phase;
+typedef enum {
+    SV_OP_MATMUL = 0,     /* weight products (projections, MLP, patch embedding, connector) */
+    SV_OP_ATTENTION = 1,  /* scores, softmax and weighted values (decoder: also the KV-cache reads) */
+    SV_OP_NORM = 2,       /* LayerNorm / RMSNorm */
+    SV_OP_ACTIVATION = 3, /* gelu-tanh / SiLU-gate */
+    SV_OP_LM_HEAD = 4,    /* final norm + LM head (prefill: last row only) */
+    SV_OP_COUNT = 5
+} sv_profile_op;
+
+/* Turns profiling on (1) or off (0); either way the counters restart at zero. */
+void sv_profile_enable(sv_model *model, int32_t on);
+int32_t sv_profile_enabled(const sv_model *model);
+/* seconds[phase * SV_OP_COUNT + op], totals[phase] (wall time inside the phase's calls), calls[phase]. */
+void sv_profile_read(const sv_model *model, double *seconds, double *totals, int64_t *calls);
+
 /* ---- decoder and generation ---- */
 
 /* Token-level text generation.  Prompts are token ids; positions whose id is
@@ -291,7 +313,10 @@ sv_status sv_debug_matmul_quant(const char *isa, int32_t quant, const float *x, 
 /* One small kernel of kernels.h with the named ISA's build of it, in place on
  * x[n, dim]: "layernorm" (w, b [dim]), "rmsnorm" (w [dim]), "gelu_tanh",
  * "silu_mul" (other = up [n, dim]), "softmax" (each row), "add" (other
- * [n, dim]).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED as above. */
+ * [n, dim]), "dot_rows" (x[i] = eps * (other . row i of x) for i < n, other
+ * [dim]: eps is the scale), "dot_rows_bf16" (the same with the rows of x
+ * truncated to BF16).  Unused pointers may be NULL.  SV_ERR_UNSUPPORTED as
+ * above. */
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
                       const float *b, const float *other, float eps);
 

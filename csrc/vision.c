@@ -22,6 +22,7 @@
 
 #include "error.h"
 #include "kernels.h"
+#include "profile.h"
 #include "model.h"
 
 /* No real batch of images comes near this; beyond it the count is a caller bug. */
@@ -52,6 +53,10 @@ typedef struct {
     float *vt;      /* [heads, head_dim, patches] */
     float *probs;   /* [patches, patches] one head's scores, then probabilities */
     float *outt;    /* [hidden, patches] the attention output, transposed */
+    /* When the matmuls run in BF16 (sv_matmul_bf16), the operands that take the weights' place in
+     * the two attention products, rounded once to BF16 as transformers' BF16 run keeps them: */
+    uint16_t *kh16;    /* [heads, patches, head_dim] */
+    uint16_t *probs16; /* [patches, patches] */
 } vision_scratch;
 
 static vision_shape shape_of(const sv_config *c) {
@@ -89,6 +94,8 @@ static void scratch_free(vision_scratch *sc) {
     free(sc->vt);
     free(sc->probs);
     free(sc->outt);
+    free(sc->kh16);
+    free(sc->probs16);
     memset(sc, 0, sizeof *sc);
 }
 
@@ -110,7 +117,10 @@ static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_
     sc->vt = malloc(n_tile * sizeof(float));
     sc->outt = malloc(n_tile * sizeof(float));
     sc->probs = malloc(n_probs * sizeof(float));
-    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs) {
+    sc->kh16 = malloc(n_tile * sizeof(uint16_t));
+    sc->probs16 = malloc(n_probs * sizeof(uint16_t));
+    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs || !sc->kh16 ||
+        !sc->probs16) {
         scratch_free(sc);
         return sv_fail(SV_ERR_NOMEM, "vision encoder: out of memory for the activations of %lld tiles",
                        (long long)tiles);
@@ -169,9 +179,10 @@ typedef struct {
     vision_scratch *sc;
     float *out;             /* one tile's [patches, hidden] */
     float scale;
+    int bf16;               /* also fill kh16 / probs16 */
 } heads_job;
 
-/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
+/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh (or kh16) and vt. */
 static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
     const heads_job *j = arg;
     int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
@@ -182,9 +193,10 @@ static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) 
             float *vt = j->sc->vt + h * hd * P + i;
             for (int64_t d = 0; d < hd; d++) {
                 qh[d] = q[d] * j->scale;
-                kh[d] = k[d];
                 vt[d * P] = v[d];
             }
+            if (j->bf16) sv_to_bf16(j->sc->kh16 + (h * P + i) * hd, k, hd);
+            else memcpy(kh, k, (size_t)hd * sizeof *kh);
         }
 }
 
@@ -197,25 +209,30 @@ static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) 
 }
 
 static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const rows_job *j = arg;
-    for (int64_t i = begin; i < end; i++) sv_softmax(j->y + i * j->dim, j->dim);
+    const heads_job *j = arg;
+    int64_t P = j->s->patches;
+    for (int64_t i = begin; i < end; i++) {
+        sv_softmax(j->sc->probs + i * P, P);
+        if (j->bf16) sv_to_bf16(j->sc->probs16 + i * P, j->sc->probs + i * P, P);
+    }
 }
 
 /* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
  * Every patch attends to every patch of its tile (bidirectional, no mask):
  * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v,
- * computed as out^T = v^T probs^T so both products are sv_matmul's y = x W^T. */
-static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, float *out, const float *q,
-                      const float *k, const float *v) {
+ * computed as out^T = v^T probs^T so both products are sv_matmul's y = x W^T.
+ * bf16: k and probs, the W of those products, are stored as BF16 so that both run on the BF16 kernels. */
+static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, int bf16, float *out,
+                      const float *q, const float *k, const float *v) {
     int64_t P = s->patches, hd = s->head_dim;
-    heads_job j = {s, q, k, v, sc, out, (float)(1.0 / sqrt((double)hd))};
-    rows_job probs_rows = {sc->probs, NULL, NULL, NULL, P, 0};
-    sv_matrix probs = {sc->probs, ST_F32, P, P};
+    heads_job j = {s, q, k, v, sc, out, (float)(1.0 / sqrt((double)hd)), bf16};
+    sv_matrix probs = bf16 ? (sv_matrix){sc->probs16, ST_BF16, P, P} : (sv_matrix){sc->probs, ST_F32, P, P};
     sv_pool_run(pool, split_heads_task, &j, P);
     for (int64_t h = 0; h < s->heads; h++) {
-        sv_matrix keys = {sc->kh + h * P * hd, ST_F32, P, hd};
+        sv_matrix keys = bf16 ? (sv_matrix){sc->kh16 + h * P * hd, ST_BF16, P, hd}
+                              : (sv_matrix){sc->kh + h * P * hd, ST_F32, P, hd};
         sv_matmul(pool, sc->probs, sc->qh + h * P * hd, P, &keys, NULL);  /* [queries, keys] */
-        sv_pool_run(pool, softmax_task, &probs_rows, P);
+        sv_pool_run(pool, softmax_task, &j, P);
         sv_matmul(pool, sc->outt + h * hd * P, sc->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
     }
     sv_pool_run(pool, merge_heads_task, &j, P);
@@ -244,7 +261,9 @@ static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, 
     const vision_weights *w = &m->vision;
     int64_t P = s->patches;
     gather_patches(sc->wide, pixels, tiles, m->cfg.image_size, s->side, m->cfg.patch_size);
+    double t0 = sv_profile_now(m->profile);
     sv_matmul(m->pool, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
+    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
     /* Position ids: transformers buckets fractional patch coordinates over a
      * patch mask; for a full tile that gives patch i position i (checked by
      * tests/test_vision.py for the fixture and SmolVLM grids; for some other
@@ -261,22 +280,41 @@ static void encoder_layer(const sv_model *m, const vision_shape *s, const vision
                           int64_t tiles) {
     int64_t rows = tiles * s->patches, H = s->hidden;
     float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
+    sv_profile *prof = m->profile;
+    /* Attention in BF16 only where the weights' products are (BF16 weights): "bf16" with F32 weights is fp32. */
+    int bf16 = sv_matmul_bf16(m->pool) && l->q.dtype == ST_BF16;
+    double t0 = sv_profile_now(prof);
     layernorm_rows(m->pool, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
+    sv_profile_add(prof, SV_OP_NORM, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, q, sc->t, rows, &l->q, l->q_b);
     sv_matmul(m->pool, k, sc->t, rows, &l->k, l->k_b);
     sv_matmul(m->pool, v, sc->t, rows, &l->v, l->v_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
+    t0 = sv_profile_now(prof);
     for (int64_t t = 0; t < tiles; t++) {
         int64_t at = t * s->patches * H;
-        attention(m->pool, s, sc, sc->t + at, q + at, k + at, v + at);
+        attention(m->pool, s, sc, bf16, sc->t + at, q + at, k + at, v + at);
     }
+    sv_profile_add(prof, SV_OP_ATTENTION, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
     add_rows(m->pool, sc->x, q, rows, H);
 
     float *hid = sc->wide; /* q, k, v are dead */
+    t0 = sv_profile_now(prof);
     layernorm_rows(m->pool, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
+    sv_profile_add(prof, SV_OP_NORM, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, hid, sc->t, rows, &l->fc1, l->fc1_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
+    t0 = sv_profile_now(prof);
     gelu_rows(m->pool, hid, rows, s->inter);
+    sv_profile_add(prof, SV_OP_ACTIVATION, t0);
+    t0 = sv_profile_now(prof);
     sv_matmul(m->pool, sc->t, hid, rows, &l->fc2, l->fc2_b);
+    sv_profile_add(prof, SV_OP_MATMUL, t0);
     add_rows(m->pool, sc->x, sc->t, rows, H);
 }
 
@@ -306,9 +344,13 @@ static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch
     int64_t rows = tiles * s->patches;
     embed(m, s, sc, pixels, tiles);
     for (int i = 0; i < m->cfg.vision_layers; i++) encoder_layer(m, s, &w->layers[i], sc, tiles);
+    double t0 = sv_profile_now(m->profile);
     layernorm_rows(m->pool, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
+    sv_profile_add(m->profile, SV_OP_NORM, t0);
     pixel_shuffle(sc->x, sc->t, s, tiles);
+    t0 = sv_profile_now(m->profile);
     sv_matmul(m->pool, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
+    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
 }
 
 /* 1 if tile[n] is all zeros (+0.0 or -0.0). */
@@ -343,10 +385,12 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
     vision_scratch sc;
     sv_status st = scratch_alloc(&sc, &s, per_pass);
     if (st) return st;
+    sv_profile_phase_begin(m->profile, SV_PHASE_VISION);
     for (int64_t first = 0; first < n_tiles; first += per_pass) {
         int64_t tiles = n_tiles - first < per_pass ? n_tiles - first : per_pass;
         encode_pass(m, &s, &sc, pixel_values + first * tile_floats, tiles, out + first * s.seq_len * s.text_hidden);
     }
+    sv_profile_phase_end(m->profile);
     scratch_free(&sc);
     return SV_OK;
 }

@@ -10,12 +10,13 @@ from .errors import (Error, GenerationError, ImageError, InputError, ModelError,
                      TokenizerError)
 from .generation import GenerationResult, SamplingParams, Timings
 from .model import Model, load
+from .profile import PhaseProfile, Profile
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 __version__ = version()
 
 __all__ = [
     "Config", "Error", "GenerationError", "GenerationResult", "ImageError", "IncrementalDecoder", "InputError",
-    "Model", "ModelError", "ResourceError", "SamplingParams", "TextConfig", "Timings", "Tokenizer", "TokenizerError",
+    "Model", "ModelError", "PhaseProfile", "Profile", "ResourceError", "SamplingParams", "TextConfig", "Timings", "Tokenizer", "TokenizerError",
     "VisionConfig", "build_info", "cpu_features", "load",
 ]

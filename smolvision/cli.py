@@ -11,6 +11,7 @@ to stderr.  Exit codes: 0 success, 1 runtime error, 2 usage error, 130 interrupt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -92,14 +93,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help=f"a Hugging Face repo id, from the local cache or downloaded "
                              f"(default {hub.DEFAULT_REPO} when neither -d nor -m is given)")
     group.add_argument("-t", "--threads", type=positive_int, metavar="N", help="threads (default: all cores)")
-    group.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                       help="fp32 (default): exact to transformers' float32; bf16: BF16 matrix products "
-                            "where the CPU has AVX512_BF16 (faster image encoding, error within "
-                            "transformers' own BF16 run)")
+    group.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                       help="bf16 (default): BF16 matrix products where the CPU has AVX512_BF16 (about "
+                            "twice as fast for images and prompts, error within transformers' own BF16 "
+                            "run); fp32: exact to transformers' float32")
     group.add_argument("--quant", choices=["q8", "q4"], default=None,
                        help="quantize the text decoder's weights for faster decoding: q8 (8.5 bits a weight, "
                             "close to the original) or q4 (4.5 bits, fastest, less accurate); converted once "
                             "and cached in $SMOLVISION_CACHE or ~/.cache/smolvision")
+    group.add_argument("--profile", action="store_true",
+                       help="time each phase (vision, prefill, decode) by op class and print the table on "
+                            "stderr at the end (with --json, also as its \"profile\" field)")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, prompt: bool = True) -> None:
@@ -361,14 +365,24 @@ def load_model(args: argparse.Namespace, reporter: Reporter):
     import smolvision
     model_dir = model_directory(args, reporter)
     start = time.perf_counter()
-    model = smolvision.load(model_dir, threads=args.threads, precision=args.precision, quant=args.quant,
-                            on_log=reporter.status)
+    model = smolvision.load(model_dir, threads=args.threads, precision=args.precision,
+                            profile=True if args.profile else None, quant=args.quant, on_log=reporter.status)
     load_s = time.perf_counter() - start
     threads = args.threads or os.cpu_count()
     quant = f", {args.quant} weights" if args.quant else ""
     reporter.status(f"loaded {model_dir} in {load_s:.2f} s ({threads} threads{quant})")
     reporter.debug(f"config: {model.config}")
     return model, load_s
+
+
+@contextlib.contextmanager
+def printing_profile(model, args: argparse.Namespace):
+    """Prints the model's profile table on stderr when the block ends (also on errors and Ctrl-C), with --profile."""
+    try:
+        yield
+    finally:
+        if args.profile and not model.closed:
+            print(f"profile:\n{model.profile()}", file=sys.stderr, flush=True)
 
 
 def tile_progress(spinner: Spinner):
@@ -387,7 +401,7 @@ def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
     prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
     kwargs = generation_kwargs(args)
     model, load_s = load_model(args, reporter)
-    with model:
+    with model, printing_profile(model, args):
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
         spinner = reporter.spinner(f"encoding {len(images)} image(s) and the prompt" if images
                                    else "reading the prompt")
@@ -401,7 +415,10 @@ def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
 
             with spinner.start():
                 result = model.generate(prompt=prompt, images=images, on_token=count, **kwargs)
-            print(json.dumps(result_json(result, load_s), ensure_ascii=False), flush=True)
+            out = result_json(result, load_s)
+            if args.profile:
+                out["profile"] = model.profile().as_dict()
+            print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             printer = StreamPrinter(sys.stdout, spinner)
             spinner.start()
@@ -471,7 +488,7 @@ def cmd_chat(args: argparse.Namespace, reporter: Reporter) -> int:
     reporter.status("type a message; /image PATH attaches an image, /reset starts over, /help for more; "
                     "Ctrl-C stops an answer, Ctrl-D exits")
     turn = 0
-    with model:
+    with model, printing_profile(model, args):
         while True:
             try:
                 line = input("> ")
@@ -707,7 +724,7 @@ def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
     start = time.perf_counter()
     bar.show()
     try:
-        with model:
+        with model, printing_profile(model, args):
             captioned, failed = caption_images(
                 todo, args.output, lambda path: model.generate(prompt=prompt, images=[path], **kwargs), on_done)
     except KeyboardInterrupt:

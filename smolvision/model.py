@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Seque
 import numpy as np
 
 from . import _cache, errors, generation, pipeline
+from . import profile as _profile
 from ._native import check, ffi, lib
 from .config import Config
 from .tokenizer import Tokenizer
@@ -47,12 +48,14 @@ class Model:
         with smolvision.load("SmolVLM-Instruct") as model:
             print(model.config.text.hidden_size)
 
-    precision: "fp32" (default) multiplies fp32 activations by the weights
-    widened to fp32.  "bf16" rounds activations to BF16 and sums BF16 x BF16
-    products in fp32 (AVX512_BF16), for BF16 weights: faster, with errors of
-    the order of transformers' own bfloat16 run.  On CPUs without AVX512_BF16
-    (see smolvision.cpu_features()), and for F16/F32 weights, "bf16" computes
-    as "fp32".
+    precision: "bf16" (default) rounds matmul inputs to BF16 and sums BF16 x
+    BF16 products in fp32 (AVX512_BF16), for BF16 weights: about twice the
+    matmul throughput, with errors against transformers' float32 run no larger
+    than transformers' own bfloat16 run's (measured at a quarter to a half of
+    it).  "fp32" multiplies fp32 activations by the weights widened to fp32 and
+    matches transformers' float32 run to about 1e-6.  On CPUs without
+    AVX512_BF16 (see smolvision.cpu_features()), and for F16/F32 weights,
+    "bf16" computes as "fp32".
 
     quant: None (default) runs the checkpoint's weights; "q8" or "q4" quantizes the text decoder's
     linear weights (8.5 or 4.5 bits a weight, blocks of 32 with an fp16 scale) for faster decoding.
@@ -61,8 +64,9 @@ class Model:
     later loads map that file.  on_log(message) is told when that happens (default: printed to stderr).
     """
 
-    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32",
-                 quant: Optional[str] = None, on_log: Optional[Callable[[str], Any]] = None) -> None:
+    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "bf16",
+                 profile: Optional[bool] = None, quant: Optional[str] = None,
+                 on_log: Optional[Callable[[str], Any]] = None) -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
@@ -95,6 +99,10 @@ class Model:
         check(lib.sv_model_load_ex(path.encode(), options, out), errors.ModelError)
         del keep
         self._handle = out[0]
+        # SMOLVISION_PROFILE=1 profiles every model and prints the table when it closes.
+        self._print_profile_at_close = profile is None and _profile.enabled_by_env()
+        if profile or self._print_profile_at_close:
+            lib.sv_profile_enable(self._handle, 1)
         self.config = Config._from_c(lib.sv_model_config(self._handle))
         self._eos_token_ids: Optional[Tuple[int, ...]] = None
         self._prompt_builder: Optional[PromptBuilder] = None
@@ -110,6 +118,20 @@ class Model:
         """The matmul precision asked for at load: "fp32" or "bf16" (which may compute as fp32, see Model)."""
         code = lib.sv_model_precision(self._ptr)
         return next(name for name, value in _PRECISIONS.items() if value == code)
+
+    def profile(self) -> _profile.Profile:
+        """Seconds per phase (vision, prefill, decode) and op class since profiling was enabled or
+        last reset; print it for a table.  Profiling is on with load(..., profile=True) or
+        SMOLVISION_PROFILE=1; otherwise this raises InputError."""
+        with self._lock:
+            if not lib.sv_profile_enabled(self._ptr):
+                raise errors.InputError("profiling is off: load with profile=True or set SMOLVISION_PROFILE=1")
+            return _profile.Profile._read(self._ptr)
+
+    def reset_profile(self) -> None:
+        """Restarts the profile's counters at zero (profiling stays as it was)."""
+        with self._lock:
+            lib.sv_profile_enable(self._ptr, lib.sv_profile_enabled(self._ptr))
 
     @property
     def quant(self) -> Optional[str]:
@@ -142,6 +164,9 @@ class Model:
                                    "return True from on_token to stop, then close")
             handle, self._handle = getattr(self, "_handle", None), None
             if handle is not None:
+                if getattr(self, "_print_profile_at_close", False):
+                    print(f"smolvision profile of {self.model_dir}:\n{_profile.Profile._read(handle)}",
+                          file=sys.stderr)
                 lib.sv_model_free(handle)
 
     # ---- token-level decoding (see generation.py) ----
@@ -394,8 +419,10 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "fp32", quant: Optional[str] = None,
+def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "bf16",
+         profile: Optional[bool] = None, quant: Optional[str] = None,
          on_log: Optional[Callable[[str], Any]] = None) -> Model:
-    """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16",
-    `quant` None, "q8" or "q4" (see Model)."""
-    return Model(model_dir, threads=threads, precision=precision, quant=quant, on_log=on_log)
+    """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
+    (see Model), `profile=True` times each phase and op class (Model.profile(); None follows
+    SMOLVISION_PROFILE), `quant` is None, "q8" or "q4" (see Model)."""
+    return Model(model_dir, threads=threads, precision=precision, profile=profile, quant=quant, on_log=on_log)

@@ -217,8 +217,8 @@ class FakeModel:
 def fake_model(monkeypatch) -> FakeModel:
     model = FakeModel()
     model.config = "fake-config"
-    def load(model_dir, threads=None, precision="fp32", quant=None, on_log=None):
-        model.loaded_with = dict(threads=threads, precision=precision)
+    def load(model_dir, threads=None, precision="fp32", profile=None, quant=None, on_log=None):
+        model.loaded_with = dict(threads=threads, precision=precision, profile=profile)
         if quant is not None:
             model.loaded_with["quant"] = quant
             on_log("quantizing (fake)")
@@ -277,8 +277,7 @@ def test_interrupt_exits_130(tmp_path, capsys, monkeypatch, fake_model):
 def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model):
     snapshot = fake_hf_cache(tmp_path / "hub", "ORG/NAME")
     seen = []
-    monkeypatch.setattr(smolvision, "load", lambda model_dir, threads=None, precision="fp32", **kw:
-                        seen.append(model_dir) or fake_model)
+    monkeypatch.setattr(smolvision, "load", lambda model_dir, **options: seen.append(model_dir) or fake_model)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["-m", "ORG/NAME", "-p", "hi", "-t", "3"]) == 0
@@ -616,6 +615,20 @@ def test_sampling_and_image_options_reach_generate(gqa_dir, image, tmp_path):
                                     "decode_tokens_per_s"}
 
 
+def test_profile_prints_a_table_and_adds_it_to_json(mha_dir, image, tmp_path):
+    proc = run_cli("-d", mha_dir, "-i", image, "--max-tokens", 4, "--profile", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stderr[proc.stderr.index("profile:"):].splitlines()
+    assert table[1].split()[:3] == ["phase", "calls", "seconds"]
+    assert [line.split()[0] for line in table[2:5]] == ["vision", "prefill", "decode"]
+    proc = run_cli("-d", mha_dir, "-p", "Hi", "--max-tokens", 4, "--profile", "--json", "--silent", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(proc.stdout)["profile"]
+    assert profile["vision"]["calls"] == 0 and profile["prefill"]["calls"] == 1
+    assert profile["decode"]["calls"] == json.loads(proc.stdout)["completion_tokens"] - 1
+    assert "profile:" in proc.stderr  # --profile prints even with --silent: it was asked for
+
+
 def test_json_and_stop(mha_dir, tmp_path):
     with smolvision.load(mha_dir) as model:
         free = model.generate(prompt="Count:", max_tokens=12).text
@@ -742,7 +755,7 @@ def test_caption_silent_writes_nothing_on_stderr(tmp_path, image, capsys, fake_m
 
 def test_threads_and_precision_reach_the_loader(tmp_path, capsys, fake_model):
     assert cli.main(["-d", str(tmp_path), "-p", "hi", "-t", "3", "--precision", "bf16", "--silent"]) == 0
-    assert fake_model.loaded_with == dict(threads=3, precision="bf16")
+    assert fake_model.loaded_with == dict(threads=3, precision="bf16", profile=None)
     assert cli.main(["-d", str(tmp_path), "-p", "hi", "--precision", "fp16"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 

@@ -50,13 +50,13 @@ def reference_logits(model_dir, ids, pixel_values=None) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gqa_model(gqa_dir):
-    with smolvision.load(gqa_dir) as model:
+    with smolvision.load(gqa_dir, precision="fp32") as model:
         yield model
 
 
 @pytest.fixture(scope="module")
 def mha_model(mha_dir):
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         yield model
 
 
@@ -64,7 +64,7 @@ def mha_model(mha_dir):
 
 def test_text_logits_match_transformers(any_model_dir):
     ids = text_ids(any_model_dir)
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         ours = model.logits(ids)
     ref = reference_logits(any_model_dir, ids)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
@@ -98,7 +98,7 @@ def image_features(model_dir, pixels) -> np.ndarray:
 def test_image_token_logits_match_transformers(any_model_dir):
     ids, pixels = image_prompt(any_model_dir)
     embeds = image_features(any_model_dir, pixels)
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         ours = model.logits(ids, image_embeds=embeds)
         # The rows must land in order: swapping the two images changes the answer.
         half = len(embeds) // 2
@@ -135,7 +135,7 @@ def test_long_prompt_matches_transformers_with_linear_scratch(gqa_dir):
     base = text_ids(gqa_dir, PROMPT * 4)
     ids = (base * (n // len(base) + 1))[:n]
     threads = 2
-    with smolvision.load(gqa_dir, threads=threads) as model:
+    with smolvision.load(gqa_dir, threads=threads, precision="fp32") as model:
         ours = model.logits(ids)
         state_bytes = lib.sv_decoder_state_bytes(model._ptr)
         config = model.config
@@ -165,7 +165,7 @@ def odd_dir(tmp_path_factory):
 def test_biases_f16_mqa_and_wide_heads_match_transformers(odd_dir):
     base = text_ids(odd_dir, PROMPT * 2)
     long_ids = (base * 20)[:600]  # three prefill chunks
-    with smolvision.load(odd_dir) as model:
+    with smolvision.load(odd_dir, precision="fp32") as model:
         assert model.config.text.attention_bias and model.config.text.mlp_bias
         assert model.config.text.head_dim * model.config.text.num_attention_heads != model.config.text.hidden_size
         for ids in (base, long_ids):
@@ -186,7 +186,7 @@ def reference_generate(model_dir, ids, pixel_values=None, **kwargs) -> list:
 
 def test_greedy_generation_matches_transformers(any_model_dir):
     ids = text_ids(any_model_dir)
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         result = model.generate_ids(ids, max_tokens=32)
         eos = model.eos_token_ids
     expected = reference_generate(any_model_dir, ids, max_new_tokens=32, eos_token_id=list(eos))
@@ -212,7 +212,7 @@ def test_greedy_generation_stops_on_eos_like_transformers(gqa_model, gqa_dir):
 def test_greedy_generation_after_images_matches_transformers(mha_dir):
     ids, pixels = image_prompt(mha_dir, n_images=1)
     embeds = image_features(mha_dir, pixels)
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         result = model.generate_ids(ids, image_embeds=embeds, max_tokens=16, eos_token_ids=())
     expected = reference_generate(mha_dir, ids, pixel_values=pixels, max_new_tokens=16, eos_token_id=None)
     assert result.token_ids == expected
@@ -221,7 +221,7 @@ def test_greedy_generation_after_images_matches_transformers(mha_dir):
 def test_repetition_penalty_matches_transformers(any_model_dir):
     ids = text_ids(any_model_dir, "one two three one two three one two")
     penalty = 2.0
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         result = model.generate_ids(ids, max_tokens=10, repetition_penalty=penalty, eos_token_ids=())
         # Step by step: the processor applied to our own logits picks the same ids.
         for i, chosen in enumerate(result.token_ids):
@@ -432,7 +432,7 @@ def test_eos_ids_come_from_generation_config(gqa_model, gqa_dir):
 def test_own_image_features_feed_the_decoder(any_model_dir):
     """End to end below the preprocessing: our vision encoder's rows in our decoder."""
     ids, pixels = image_prompt(any_model_dir)
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         embeds = model.encode_pixel_values(pixels[0].numpy())
         ours = model.logits(ids, image_embeds=embeds)
     assert relative_error(ours, reference_logits(any_model_dir, ids, pixel_values=pixels)) < TOLERANCE
@@ -444,7 +444,7 @@ def test_real_weights_greedy_chat_matches_transformers(real_dir):
     tok = AutoTokenizer.from_pretrained(str(real_dir))
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-    with smolvision.load(real_dir) as model:
+    with smolvision.load(real_dir, precision="fp32") as model:
         result = model.generate_ids(ids, max_tokens=32)
         assert relative_error(model.logits(ids), reference_logits(real_dir, ids)) < TOLERANCE
         eos = model.eos_token_ids

@@ -59,7 +59,7 @@ def model_dir(request, model_factory):
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    with smolvision.load(model_dir) as m:
+    with smolvision.load(model_dir, precision="fp32") as m:
         yield m
 
 
@@ -212,7 +212,7 @@ def test_real_weights_chat_text_matches_transformers(real_dir, question):
     ref_model, processor = reference(real_dir)
     messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
     ref = reference_inputs(real_dir, messages, [])
-    with smolvision.load(real_dir) as model:
+    with smolvision.load(real_dir, precision="fp32") as model:
         result = model.generate(messages=messages, max_tokens=64)
         with torch.no_grad():
             out = ref_model.generate(**ref, do_sample=False, max_new_tokens=64,

@@ -209,6 +209,23 @@ def test_activations_match_float64(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dim", [1, 5, 16, 64, 1537])
+@pytest.mark.parametrize("rows_dtype", ["f32", "bf16"])
+def test_dot_rows_matches_float64(isa, dim, rows_dtype):
+    rng = np.random.default_rng(dim)
+    rows = rng.standard_normal((9, dim)).astype(np.float32)
+    if rows_dtype == "bf16":  # the hook truncates the rows to BF16: give it values that are BF16 already
+        rows = (rows.view(np.uint32) & 0xFFFF0000).view(np.float32)
+    x = rng.standard_normal(dim).astype(np.float32)
+    ref = 0.125 * (rows.astype(np.float64) @ x.astype(np.float64))
+    name = "dot_rows" if rows_dtype == "f32" else "dot_rows_bf16"
+    got = op(isa, name, rows, other=x, eps=0.125).reshape(-1)[:9]  # the hook writes row i's dot at x[i]
+    # fp32 summation: error at most ~dim ulps of the sum of |products|, whatever the order
+    bound = 0.125 * dim * 2.0**-23 * (np.abs(rows).astype(np.float64) @ np.abs(x)) + 1e-30
+    assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) / bound)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dim", [1, 5, 16, 729, 4000])
 def test_softmax_matches_float64(isa, dim):
     rng = np.random.default_rng(dim)

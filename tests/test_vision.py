@@ -44,7 +44,7 @@ def random_tiles(model: smolvision.Model, n_tiles: int, seed: int) -> np.ndarray
 
 
 def check_parity(model_dir, pixel_values: np.ndarray, threads=None) -> float:
-    with smolvision.load(model_dir, threads=threads) as model:
+    with smolvision.load(model_dir, threads=threads, precision="fp32") as model:
         ours = model.encode_pixel_values(pixel_values)
         assert ours.dtype == np.float32
         assert ours.shape == (len(pixel_values) * model.config.image_seq_len, model.config.text.hidden_size)
@@ -56,28 +56,28 @@ def check_parity(model_dir, pixel_values: np.ndarray, threads=None) -> float:
 
 @pytest.mark.parametrize("n_tiles", [1, 5])
 def test_parity_random_tiles(any_model_dir, n_tiles):
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         pixels = random_tiles(model, n_tiles, seed=n_tiles)
     check_parity(any_model_dir, pixels)
 
 
 def test_parity_several_passes(any_model_dir):
     """More tiles than one pass of the encoder holds (16), so they run as two passes of 10."""
-    with smolvision.load(any_model_dir) as model:
+    with smolvision.load(any_model_dir, precision="fp32") as model:
         pixels = random_tiles(model, 20, seed=20)
     check_parity(any_model_dir, pixels)
 
 
 def test_parity_nested_naming(model_factory):
     model_dir = model_factory("mha", naming="nested")
-    with smolvision.load(model_dir) as model:
+    with smolvision.load(model_dir, precision="fp32") as model:
         pixels = random_tiles(model, 2, seed=7)
     check_parity(model_dir, pixels)
 
 
 def test_parity_single_thread_and_odd_thread_count(mha_dir):
     """The pool's split of rows and attention items must not change the result."""
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         pixels = random_tiles(model, 3, seed=3)
     check_parity(mha_dir, pixels, threads=1)
     check_parity(mha_dir, pixels, threads=3)
@@ -85,7 +85,7 @@ def test_parity_single_thread_and_odd_thread_count(mha_dir):
 
 def test_tiles_are_independent(gqa_dir):
     """A tile's features do not depend on the other tiles of the batch."""
-    with smolvision.load(gqa_dir) as model:
+    with smolvision.load(gqa_dir, precision="fp32") as model:
         pixels = random_tiles(model, 4, seed=11)
         batch = model.encode_pixel_values(pixels)
         alone = model.encode_pixel_values(pixels[2:3])
@@ -134,7 +134,7 @@ def test_reference_position_ids_are_raster_order(side):
 
 
 def test_bad_arguments(mha_dir):
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         size = model.config.vision.image_size
         good = random_tiles(model, 1, seed=0)
         with pytest.raises(smolvision.InputError, match="float32"):
@@ -159,7 +159,7 @@ def test_bad_arguments(mha_dir):
 def test_c_api_rejects_bad_arguments(mha_dir):
     from smolvision._native import ffi, lib
 
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         size = model.config.vision.image_size
         pixels = ffi.new("float[]", 3 * size * size)
         out = ffi.new("float[]", model.config.image_seq_len * model.config.text.hidden_size)

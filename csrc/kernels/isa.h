@@ -75,6 +75,10 @@ typedef struct {
     void (*silu_mul)(float *gate, const float *up, int64_t n);
     void (*softmax)(float *x, int64_t n);
     void (*add)(float *y, const float *x, int64_t n);
+    void (*dot_rows)(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
+                     float scale);
+    void (*dot_rows_bf16)(float *out, const float *x, const uint16_t *rows, int64_t n_rows, int64_t len,
+                          int64_t stride, float scale);
 } sv_ops;
 
 extern const sv_isa sv_isa_portable;

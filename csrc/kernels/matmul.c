@@ -24,11 +24,11 @@
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
-#include <time.h>
 
 #include "../kernels.h"
 #include "../error.h"
 #include "../quant.h"
+#include "../profile.h"
 #include "isa.h"
 
 #if defined(SV_BLAS_SCIPY_OPENBLAS)
@@ -224,6 +224,20 @@ void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matr
     matmul(pool, sv_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), BLAS_FALLBACK, y, x, n, W, b);
 }
 
+int sv_matmul_bf16(const sv_pool *pool) { return bf16_kernels(sv_pool_precision(pool), sv_isa_selected()) != NULL; }
+
+void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
+    const sv_bf16_isa *bf16 = sv_bf16_isa_for(sv_isa_selected());
+    if (bf16) {
+        bf16->round_rows(dst, n, x, 1, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) { /* finite inputs: add half an ulp of BF16, ties to even, and truncate */
+        union { float f; uint32_t u; } v = {x[i]};
+        dst[i] = (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+    }
+}
+
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
     if (sv_dtype_is_quant(W->dtype)) {
         sv_q_dequantize_row(dst, W, row);
@@ -237,12 +251,6 @@ void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
 const char *sv_kernels_isa(void) { return sv_isa_level_name(sv_isa_selected()); }
 
 int32_t sv_kernels_bf16(void) { return sv_bf16_isa_for(sv_isa_selected()) != NULL; }
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t blas, const float *x, int64_t n,
                               const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
@@ -266,9 +274,9 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
     if (seconds) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
-    double start = now_seconds();
+    double start = sv_seconds();
     for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b);
-    if (seconds) *seconds = now_seconds() - start;
+    if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;
 }

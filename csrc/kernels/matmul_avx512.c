@@ -16,8 +16,7 @@
 #define UNROLL _Pragma("GCC unroll 16")
 
 enum {
-    ROWS = 4,        /* weight rows per dot tile */
-    ROWS_GEMV = 8,   /* weight rows per dot tile when n = 1: more loads in flight */
+    ROWS = 4,        /* weight rows per dot tile (n >= 2) */
     XROWS = 4,       /* input rows per dot tile: 16 accumulators */
     PANEL = 32,      /* packed panel width for gemm: two zmm per row of the panel */
     GEMM_XROWS = 12  /* input rows per gemm tile: 24 accumulators */
@@ -34,14 +33,14 @@ INLINE __m512 load_w(const void *row, int64_t k, st_dtype dtype, __mmask16 mask)
 /* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes. */
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
                      const float *b, const int NI, const int NR) {
-    __m512 acc[XROWS][ROWS_GEMV];
+    __m512 acc[XROWS][ROWS];
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m512 wv[ROWS_GEMV];
+        __m512 wv[ROWS];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, 0xFFFF);
         UNROLL
@@ -53,7 +52,7 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
     }
     if (k < K) {
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 wv[ROWS_GEMV];
+        __m512 wv[ROWS];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype, m);
         UNROLL
@@ -67,6 +66,28 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]) + (b ? b[r] : 0.0f);
+}
+
+/* y[r] = x . w_r + b[r] for one input row, r0 <= r < r1: each weight row read start to end, so the
+ * whole range is one sequential stream (what the hardware prefetchers follow best; n = 1 is memory
+ * bound), with four accumulators to hide the FMA latency. */
+INLINE void gemv_rows(float *y, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
+                      const float *b, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = w + r * stride;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int64_t k = 0;
+        for (; k + 64 <= K; k += 64)
+            UNROLL
+            for (int u = 0; u < 4; u++)
+                acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * u), load_w(row, k + 16 * u, dtype, 0xFFFF), acc[u]);
+        for (; k < K; k += 16) {
+            __mmask16 m = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + k), load_w(row, k, dtype, m), acc[0]);
+        }
+        __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        y[r] = _mm512_reduce_add_ps(sum) + (b ? b[r] : 0.0f);
+    }
 }
 
 /* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
@@ -87,7 +108,7 @@ INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv
         float *yb = y + ib * ldy;
         const float *xb = x + ib * K;
         switch (n - ib < XROWS ? n - ib : XROWS) {
-        case 1: DOT_ROWS(1, ROWS_GEMV); break;
+        case 1: gemv_rows(yb, xb, K, w, stride, dtype, b, r0, r1); break;
         case 2: DOT_ROWS(2, ROWS); break;
         case 3: DOT_ROWS(3, ROWS); break;
         default: DOT_ROWS(4, ROWS); break;

@@ -1,6 +1,7 @@
 /* ops.c - the small kernels of kernels.h (norms, activations, softmax,
- * add): the portable build of ops_impl.h, and the entry points that forward
+ * add, dot products): the portable build of ops_impl.h, and the entry points that forward
  * to the table for the selected ISA. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../error.h"
@@ -28,6 +29,16 @@ void sv_softmax(float *x, int64_t n) { ops()->softmax(x, n); }
 
 void sv_add(float *y, const float *x, int64_t n) { ops()->add(y, x, n); }
 
+void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
+                 float scale) {
+    ops()->dot_rows(out, x, rows, n_rows, len, stride, scale);
+}
+
+void sv_dot_rows_bf16(float *out, const float *x, const uint16_t *rows, int64_t n_rows, int64_t len, int64_t stride,
+                      float scale) {
+    ops()->dot_rows_bf16(out, x, rows, n_rows, len, stride, scale);
+}
+
 /* ---- test hooks (declared in smolvision.h) ---- */
 
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
@@ -44,6 +55,27 @@ sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int6
     else if (strcmp(op, "add") == 0) k->add(x, other, n * dim);
     else if (strcmp(op, "softmax") == 0)
         for (int64_t i = 0; i < n; i++) k->softmax(x + i * dim, dim);
-    else return sv_fail(SV_ERR_ARG, "unknown op '%s'", op);
+    else if (strcmp(op, "dot_rows") == 0 || strcmp(op, "dot_rows_bf16") == 0) {
+        if (!other) return sv_fail(SV_ERR_ARG, "%s needs other", op);
+        float *out = malloc((size_t)n * sizeof *out);
+        uint16_t *rows = malloc((size_t)(n * dim) * sizeof *rows);
+        if (!out || !rows) {
+            free(out);
+            free(rows);
+            return sv_fail(SV_ERR_NOMEM, "out of memory");
+        }
+        if (op[8] == '_') { /* dot_rows_bf16: the rows are x's values truncated to BF16 */
+            for (int64_t i = 0; i < n * dim; i++) {
+                union { float f; uint32_t u; } v = {x[i]};
+                rows[i] = (uint16_t)(v.u >> 16);
+            }
+            k->dot_rows_bf16(out, other, rows, n, dim, dim, eps);
+        } else {
+            k->dot_rows(out, other, x, n, dim, dim, eps);
+        }
+        for (int64_t i = 0; i < n; i++) x[i] = out[i];
+        free(out);
+        free(rows);
+    } else return sv_fail(SV_ERR_ARG, "unknown op '%s'", op);
     return SV_OK;
 }

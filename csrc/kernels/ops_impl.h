@@ -1,5 +1,5 @@
 /* ops_impl.h - the bodies of the small kernels (norms, activations, softmax,
- * add), compiled once per ISA: ops.c includes it for the portable table,
+ * add, dot products), compiled once per ISA: ops.c includes it for the portable table,
  * ops_avx2.c and ops_avx512.c with their target flags.  The includer defines
  * OPS_TABLE, the name of the sv_ops table to emit.
  *
@@ -116,6 +116,27 @@ static void add(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+/* DOT_ROWS(name, row type, widen): out[r] = scale * (x . row r) in LANES partial sums. */
+#define DOT_ROWS(NAME, ROW_T, WIDEN)                                                                            \
+    static void NAME(float *out, const float *x, const ROW_T *rows, int64_t n_rows, int64_t len, int64_t stride, \
+                     float scale) {                                                                             \
+        for (int64_t r = 0; r < n_rows; r++) {                                                                  \
+            const ROW_T *row = rows + r * stride;                                                               \
+            float acc[LANES] = {0};                                                                             \
+            int64_t k = 0;                                                                                      \
+            for (; k + LANES <= len; k += LANES)                                                                \
+                for (int l = 0; l < LANES; l++) acc[l] += x[k + l] * WIDEN(row[k + l]);                         \
+            float sum = 0;                                                                                      \
+            for (; k < len; k++) sum += x[k] * WIDEN(row[k]);                                                   \
+            for (int l = 0; l < LANES; l++) sum += acc[l];                                                      \
+            out[r] = sum * scale;                                                                               \
+        }                                                                                                       \
+    }
+
+#define AS_IS(v) (v)
+DOT_ROWS(dot_rows, float, AS_IS)
+DOT_ROWS(dot_rows_bf16, uint16_t, sv_bf16_to_float)
+
 const sv_ops OPS_TABLE = {
     .layernorm = layernorm,
     .rmsnorm = rmsnorm,
@@ -123,4 +144,6 @@ const sv_ops OPS_TABLE = {
     .silu_mul = silu_mul,
     .softmax = softmax,
     .add = add,
+    .dot_rows = dot_rows,
+    .dot_rows_bf16 = dot_rows_bf16,
 };
