@@ -7,7 +7,7 @@ Without --model it uses the test fixture with SmolLM2-135M-Instruct's real decod
 tokenized and fed through the decode path token by token (teacher forcing: the first
 token as the prompt, then one decode step per token, exactly as generation runs, int8
 activations included), once with the checkpoint's BF16 weights (precision fp32) and
-once per quantization.  At every position it compares the next-token distributions:
+once per quantization, all with precision "fp32" so that only the weights differ.  At every position it compares the next-token distributions:
 
 - mean KL(reference || quantized), in nats;
 - top-1 agreement: how often the quantized model's most likely next token is the
@@ -73,12 +73,12 @@ def compare(ref: np.ndarray, other: np.ndarray) -> tuple:
 
 def measure(model_dir, quants=("q8", "q4"), threads=None, texts=TEXTS, on_log=None) -> dict:
     """{quant: {"kl": mean KL, "kl_p99": 99th percentile, "top1": agreement, "tokens": positions}}."""
-    with smolvision.load(model_dir, threads=threads) as ref_model:
+    with smolvision.load(model_dir, threads=threads, precision="fp32") as ref_model:
         token_lists = [ref_model.tokenizer.encode(t) for t in texts]
         refs = [teacher_forced_logits(ref_model, ids) for ids in token_lists]
     results = {}
     for quant in quants:
-        with smolvision.load(model_dir, threads=threads, quant=quant, on_log=on_log) as model:
+        with smolvision.load(model_dir, threads=threads, precision="fp32", quant=quant, on_log=on_log) as model:
             kls, agree = [], []
             for ids, ref in zip(token_lists, refs):
                 kl, same = compare(ref, teacher_forced_logits(model, ids))

@@ -2,8 +2,9 @@
 
 The formats are checked bit for bit against a numpy model of quant.h; the kernels
 (through the sv_debug_matmul_quant hook) against an exact float64 evaluation of the
-same int8 sums and against the portable kernel; a quantized model against the same
-model with its weights replaced by their dequantized values (so the only differences
+same int8 sums and against the portable kernel; a quantized model (precision "fp32"
+throughout, so only quantization differs) against the same model with its weights replaced by their
+dequantized values (so the only differences
 left are the int8 activations of the decode path); and the cache file's life cycle.
 The accuracy on real weights (KL, top-1 agreement) is the slow test at the end.
 """
@@ -201,7 +202,7 @@ def cache(tmp_path, monkeypatch):
 def load_logged(model_dir, quant, **kw):
     """(model, messages it logged)."""
     messages = []
-    model = smolvision.load(model_dir, quant=quant, on_log=messages.append, **kw)
+    model = smolvision.load(model_dir, quant=quant, on_log=messages.append, **{"precision": "fp32", **kw})
     return model, messages
 
 
@@ -252,9 +253,9 @@ def test_quantized_model_computes_its_dequantized_weights(any_model_dir, tmp_pat
     a product is off by well under 1% of its scale; through a few layers that stays below 4% (measured
     0.5% and 1.7%)."""
     reference = dequantized_checkpoint(any_model_dir, tmp_path / "dequantized", quant)
-    with smolvision.load(reference) as model:
+    with smolvision.load(reference, precision="fp32") as model:
         want = {"short": model.logits(SHORT), "long": model.logits(LONG)}
-    with smolvision.load(any_model_dir, quant=quant, on_log=lambda m: None) as model:
+    with smolvision.load(any_model_dir, precision="fp32", quant=quant, on_log=lambda m: None) as model:
         assert model.quant == quant
         got = {"short": model.logits(SHORT), "long": model.logits(LONG)}
     errors = {k: relative_error(got[k], want[k]) for k in got}
@@ -268,10 +269,10 @@ def test_quantized_model_stays_close_to_the_original(mha_dir, cache, quant):
     """Against the unquantized model.  The per-weight relative RMS error is ~0.5% (q8) and ~9% (q4)
     (test_round_trip_relative_error_on_gaussian_weights); the logits of these random 3-layer models move by
     about that much, measured 2% and 23% of their largest value: the bounds leave 2.5x."""
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         ref = model.logits(LONG)
         ref_ids = model.generate_ids(SHORT, max_tokens=4).token_ids
-    with smolvision.load(mha_dir, quant=quant, on_log=lambda m: None) as model:
+    with smolvision.load(mha_dir, precision="fp32", quant=quant, on_log=lambda m: None) as model:
         err = relative_error(model.logits(LONG), ref)
         ids = model.generate_ids(SHORT, max_tokens=4).token_ids
     print(f"{quant}: logits within {err:.3f} of the unquantized model's")
@@ -425,7 +426,7 @@ def test_unwritable_cache_falls_back_to_memory(mha_dir, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     monkeypatch.setenv("SMOLVISION_CACHE", str(blocker / "cache"))
-    with smolvision.load(mha_dir) as model:
+    with smolvision.load(mha_dir, precision="fp32") as model:
         ref = model.logits(SHORT)
     for _ in range(2):
         model, messages = load_logged(mha_dir, "q8")
