@@ -19,8 +19,8 @@ SCRIPT = ROOT / "tools" / "neon_check.sh"
 
 
 def missing_tools() -> list[str]:
-    tools = {"aarch64-linux-gnu-gcc": ["aarch64-linux-gnu-gcc"], "qemu-aarch64": ["qemu-aarch64", "qemu-aarch64-static"],
-             "cmake": ["cmake"]}
+    tools = {"aarch64-linux-gnu-gcc": ["aarch64-linux-gnu-gcc"], "cmake": ["cmake"],
+             "qemu-aarch64": ["qemu-aarch64", "qemu-aarch64-static"]}
     return [name for name, candidates in tools.items() if not any(shutil.which(c) for c in candidates)]
 
 

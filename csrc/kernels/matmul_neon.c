@@ -115,7 +115,8 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const uin
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
-        for (int r = 0; r < NR; r++) y[i * ldy + r] = vaddvq_f32(vaddq_f32(acc[i][r][0], acc[i][r][1])) + (b ? b[r] : 0.0f);
+        for (int r = 0; r < NR; r++)
+            y[i * ldy + r] = vaddvq_f32(vaddq_f32(acc[i][r][0], acc[i][r][1])) + (b ? b[r] : 0.0f);
 }
 
 /* One input block of NI rows against weight rows [r0, r1): tiles of ROWS rows, then single rows. */

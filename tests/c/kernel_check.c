@@ -118,7 +118,8 @@ static int check_matmul(const char *isa, int64_t n, int64_t rows, int64_t cols, 
                     exact += (double)x[i * cols + k] * w64[r * cols + k];
                     scale += fabs((double)x[i * cols + k] * w64[r * cols + k]);
                 }
-                double got = y[i * rows + r], err = fabs(got - exact) / scale, diff = fabs(got - ref[i * rows + r]) / scale;
+                double got = y[i * rows + r], err = fabs(got - exact) / scale;
+                double diff = fabs(got - ref[i * rows + r]) / scale;
                 if (!(err < TOLERANCE) || !(diff < TOLERANCE)) {
                     if (failures++ < 20)
                         fprintf(stderr,
