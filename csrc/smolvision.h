@@ -277,7 +277,7 @@ const char *sv_kernels_isa(void);
 /* y = x @ W^T + b with the named ISA's kernels on a fresh pool of `threads`:
  * x[n, cols], W[rows, cols] of dtype 0 (F32), 1 (F16) or 2 (BF16), b[rows] or
  * NULL, y[n, rows].  blas: 0 never uses BLAS, 1 uses it for every shape it
- * takes (n above the direct kernel's limit: 6 portable, 16 SIMD; if the build
+ * takes (n above the direct kernel's limit: 6 portable, 8 NEON, 16 x86 SIMD; if the build
  * has BLAS), 2 as sv_matmul (only where the ISA has no GEMM kernel).  Runs `repeat` times; if seconds is not
  * NULL, after one untimed warm-up run it receives the wall time of the
  * repeats.  SV_ERR_UNSUPPORTED if this CPU or build cannot run that ISA. */

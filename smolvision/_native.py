@@ -50,7 +50,7 @@ def build_info() -> str:
 
 
 def cpu_features() -> dict:
-    """Which matmul kernels this process runs: {"kernels": "portable" | "avx2" | "avx512" | "avx512bf16"
+    """Which matmul kernels this process runs: {"kernels": "portable" | "avx2" | "avx512" | "avx512bf16" | "neon"
     (the best this CPU runs, or lower if the SMOLVISION_ISA environment variable says so), "bf16_matmul":
     whether precision="bf16" runs BF16 x BF16 kernels here (AVX512_BF16) rather than falling back to fp32,
     "quant_kernels": the int8 kernels of quant="q8" / "q4": "avx512vnni", "avx2" or "portable"}."""

@@ -17,7 +17,7 @@ import torch
 
 from smolvision._native import ffi, lib
 
-ISAS = ("portable", "avx2", "avx512", "avx512bf16")
+ISAS = ("portable", "avx2", "avx512", "avx512bf16", "neon")
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (1000, 129), (33, 1000)]  # (rows, cols) of W
 BATCHES = (1, 3, 17, 300)
@@ -159,8 +159,11 @@ def test_smolvision_isa_lowers_but_never_raises_the_choice():
     assert selected_isa_with("no-such-isa") == best
     if best == "portable":
         assert selected_isa_with("avx512") == "portable"  # a name above the CPU is ignored
+    elif best == "neon":
+        assert selected_isa_with("avx2") == "neon"  # so is one of another architecture
     else:
         assert selected_isa_with("avx2") == "avx2"
+        assert selected_isa_with("neon") == best
 
 
 # ---- the small kernels ----

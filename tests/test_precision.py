@@ -139,7 +139,7 @@ def test_load_ex_checks_precision_and_takes_null_options(mha_dir):
 
 def test_cpu_features_names_the_kernels():
     features = smolvision.cpu_features()
-    assert features["kernels"] in ("portable", "avx2", "avx512", "avx512bf16")
+    assert features["kernels"] in ("portable", "avx2", "avx512", "avx512bf16", "neon")
     assert features["bf16_matmul"] == (features["kernels"] == "avx512bf16")
 
 

@@ -3,9 +3,12 @@
  * The library is built for the baseline ISA; only matmul_avx2.c and
  * matmul_avx512.c are compiled with extra target flags.  Their tables are
  * handed out only after cpuid says the CPU has the instructions and xgetbv
- * says the OS saves the wider registers.  SMOLVISION_ISA=portable|avx2|
- * avx512|avx512bf16 lowers the choice (for tests and benchmarks); a name
- * above what the CPU supports, or an unknown one, is ignored. */
+ * says the OS saves the wider registers.  On aarch64 NEON is baseline: its
+ * level is always there, and the small kernels are the portable ones
+ * (ops_impl.h), which the compiler already vectorises with NEON there.
+ * SMOLVISION_ISA=portable|avx2|avx512|avx512bf16|neon lowers the choice (for
+ * tests and benchmarks); a name above what the CPU supports, one of the other
+ * architecture, or an unknown one, is ignored. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,21 +41,29 @@ static sv_isa_level detect(void) {
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1)) return SV_ISA_AVX512BF16;
     return SV_ISA_AVX512;
 }
+#elif defined(SV_NEON_KERNELS)
+static sv_isa_level detect(void) { return SV_ISA_NEON; }
 #else
 static const int has_vnni = 0;
 static sv_isa_level detect(void) { return SV_ISA_PORTABLE; }
 #endif
 
-static const char *const level_names[SV_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16"};
+static const char *const level_names[SV_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16", "neon"};
 
 static sv_isa_level supported, selected;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
+
+/* Whether this process can run a level: at or below the detected one on its architecture's chain. */
+static int runs(sv_isa_level level) {
+    if (level == SV_ISA_NEON || supported == SV_ISA_NEON) return level == SV_ISA_PORTABLE || level == supported;
+    return level <= supported;
+}
 
 static void choose(void) {
     supported = selected = detect();
     const char *forced = getenv("SMOLVISION_ISA");
     int level = forced ? sv_isa_parse(forced) : -1;
-    if (level >= 0 && level < (int)supported) selected = (sv_isa_level)level;
+    if (level >= 0 && level < (int)supported && runs((sv_isa_level)level)) selected = (sv_isa_level)level;
 }
 
 int sv_isa_parse(const char *name) {
@@ -70,7 +81,7 @@ sv_isa_level sv_isa_selected(void) {
 
 const sv_isa *sv_isa_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
-    if (level > supported) return NULL;
+    if (!runs(level)) return NULL;
     switch (level) {
 #if defined(SV_X86_KERNELS)
     /* The fp32 kernels gain nothing from AVX512_BF16: widening BF16 is a shift. */
@@ -78,13 +89,16 @@ const sv_isa *sv_isa_for(sv_isa_level level) {
     case SV_ISA_AVX512: return &sv_isa_avx512;
     case SV_ISA_AVX2: return &sv_isa_avx2;
 #endif
+#if defined(SV_NEON_KERNELS)
+    case SV_ISA_NEON: return &sv_isa_neon;
+#endif
     default: return &sv_isa_portable;
     }
 }
 
 const sv_ops *sv_ops_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
-    if (level > supported) return NULL;
+    if (!runs(level)) return NULL;
     switch (level) {
 #if defined(SV_X86_KERNELS)
     case SV_ISA_AVX512BF16:
@@ -97,7 +111,7 @@ const sv_ops *sv_ops_for(sv_isa_level level) {
 
 const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
-    if (level > supported) return NULL;
+    if (!runs(level)) return NULL;
 #if defined(SV_BF16_KERNELS)
     if (level == SV_ISA_AVX512BF16) return &sv_bf16_isa_avx512bf16;
 #endif

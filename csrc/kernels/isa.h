@@ -1,5 +1,5 @@
 /* isa.h - the contract between the matmul driver (matmul.c) and the per-ISA
- * kernel files (matmul_generic.c, matmul_avx2.c, matmul_avx512.c).
+ * kernel files (matmul_generic.c, matmul_avx2.c, matmul_avx512.c, matmul_neon.c).
  *
  * Each ISA file fills one sv_isa table with the same matmul kernels, and
  * ops_*.c one sv_ops table with the small kernels; callers go through the
@@ -13,7 +13,13 @@
 #include "../model.h"
 #include "../threadpool.h"
 
-typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_COUNT } sv_isa_level;
+/* x86-64 climbs portable < avx2 < avx512 < avx512bf16; aarch64 has portable < neon. */
+typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_NEON, SV_ISA_COUNT } sv_isa_level;
+
+/* AArch64 (little-endian: Linux, macOS): Advanced SIMD is baseline, matmul_neon.c needs no CPU check. */
+#if defined(__aarch64__) && !defined(__AARCH64EB__)
+#define SV_NEON_KERNELS
+#endif
 
 typedef struct {
     const char *name;
@@ -87,6 +93,9 @@ extern const sv_ops sv_ops_portable;
 extern const sv_isa sv_isa_avx2, sv_isa_avx512;
 extern const sv_ops sv_ops_avx2, sv_ops_avx512;
 #endif
+#ifdef SV_NEON_KERNELS
+extern const sv_isa sv_isa_neon;
+#endif
 #ifdef SV_BF16_KERNELS
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
@@ -111,7 +120,7 @@ void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x
                      const float *b);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);
-/* "portable", "avx2", "avx512", "avx512bf16" -> level; -1 for an unknown name. */
+/* "portable", "avx2", "avx512", "avx512bf16", "neon" -> level; -1 for an unknown name. */
 int sv_isa_parse(const char *name);
 const char *sv_isa_level_name(sv_isa_level level);
 

@@ -5,7 +5,7 @@
  *       kernel streams each weight row once, widening in registers; memory
  *       bound at n = 1.
  *   larger n: the ISA's own packed-panel GEMM kernel (AVX2, AVX-512).  Where
- *       the ISA has none (portable builds, e.g. aarch64), BLAS sgemm: each
+ *       the ISA has none (portable builds; NEON where BLAS is linked), BLAS sgemm: each
  *       thread widens panels of its rows of W into its pool scratch and runs
  *       a single-threaded sgemm on them (F32 weights go to sgemm as they are);
  *       without BLAS, the dot kernel.
@@ -257,7 +257,7 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
                               int32_t threads, int32_t repeat, double *seconds) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
     if (level < 0)
-        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa_name ? isa_name : "(null)");
+        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, neon)", isa_name ? isa_name : "(null)");
     const sv_isa *isa = sv_isa_for((sv_isa_level)level);
     if (!isa) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
     if (precision != SV_PRECISION_FP32 && precision != SV_PRECISION_BF16)

@@ -44,7 +44,7 @@ void sv_dot_rows_bf16(float *out, const float *x, const uint16_t *rows, int64_t 
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
                       const float *b, const float *other, float eps) {
     int level = isa ? sv_isa_parse(isa) : -1;
-    if (level < 0) return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa ? isa : "(null)");
+    if (level < 0) return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, neon)", isa ? isa : "(null)");
     const sv_ops *k = sv_ops_for((sv_isa_level)level);
     if (!k) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa);
     if (!op || n < 1 || dim < 1) return sv_fail(SV_ERR_ARG, "bad op arguments n=%lld dim=%lld", (long long)n, (long long)dim);
