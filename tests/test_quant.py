@@ -24,7 +24,7 @@ import smolvision
 from smolvision import _cache
 from smolvision._native import ffi, lib
 
-ISAS = ("portable", "avx2", "avx512", "avx512bf16")
+ISAS = ("portable", "avx2", "avx512", "avx512bf16", "neon")
 QUANTS = {"q8": 1, "q4": 2}
 BLOCK, GROUP = 32, 16
 

@@ -42,6 +42,7 @@ static sv_isa_level detect(void) {
     return SV_ISA_AVX512;
 }
 #elif defined(SV_NEON_KERNELS)
+static const int has_vnni = 0;
 static sv_isa_level detect(void) { return SV_ISA_NEON; }
 #else
 static const int has_vnni = 0;
@@ -120,13 +121,15 @@ const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level) {
 
 const sv_quant_isa *sv_quant_isa_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
-    if (level > supported) return NULL;
+    if (!runs(level)) return NULL;
+    int avx512 = level == SV_ISA_AVX512 || level == SV_ISA_AVX512BF16;
 #if defined(SV_VNNI_KERNELS)
-    if (level >= SV_ISA_AVX512 && has_vnni) return &sv_quant_isa_avx512vnni;
+    if (avx512 && has_vnni) return &sv_quant_isa_avx512vnni;
 #endif
 #if defined(SV_X86_KERNELS)
-    if (level >= SV_ISA_AVX2) return &sv_quant_isa_avx2;
+    if (avx512 || level == SV_ISA_AVX2) return &sv_quant_isa_avx2;
 #endif
     (void)has_vnni;
-    return &sv_quant_isa_portable;
+    (void)avx512;
+    return &sv_quant_isa_portable; /* NEON: the portable C, which the compiler vectorises there */
 }

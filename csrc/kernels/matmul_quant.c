@@ -169,7 +169,7 @@ sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, const float
                                 int32_t repeat, double *seconds) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
     if (level < 0)
-        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16)", isa_name ? isa_name : "(null)");
+        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, neon)", isa_name ? isa_name : "(null)");
     const sv_isa *isa = sv_isa_for((sv_isa_level)level);
     const sv_quant_isa *q = sv_quant_isa_for((sv_isa_level)level);
     if (!isa || !q) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
