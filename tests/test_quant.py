@@ -126,11 +126,11 @@ def numpy_activations(x: np.ndarray) -> np.ndarray:
     return (q.astype(np.float64) * (amax / np.float32(127)).astype(np.float64)[..., None]).reshape(n, -1)[:, :k]
 
 
-def quant_matmul(isa, quant, x, w, b, threads=2):
+def quant_matmul(isa, quant, x, w, b, threads=2, precision=0):
     n, cols = x.shape
     rows = w.shape[0]
     y = np.full((n, rows), np.nan, np.float32)
-    status = lib.sv_debug_matmul_quant(isa.encode(), QUANTS[quant], ffi.from_buffer("float[]", x), n,
+    status = lib.sv_debug_matmul_quant(isa.encode(), QUANTS[quant], precision, ffi.from_buffer("float[]", x), n,
                                        ffi.from_buffer("float[]", w), rows, cols,
                                        ffi.from_buffer("float[]", b) if b is not None else ffi.NULL,
                                        ffi.from_buffer("float[]", y), threads, 1, ffi.NULL)
@@ -172,6 +172,32 @@ def test_quant_kernels_compute_the_int8_sums(isa, quant):
             if int8_path:
                 portable = quant_matmul("portable", quant, x, w, b, threads=1)
                 assert float(np.max(np.abs(y - portable) / scale)) < 1e-5, where
+
+
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """a rounded to BF16 (nearest even), as float64."""
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16).double().numpy()
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_quant_prefill_with_bf16_precision_rounds_both_operands_to_bf16(quant):
+    """precision "bf16", n above the dot kernel's limit, on a CPU with AVX512_BF16: the dequantized weights
+    and x rounded to BF16, products summed in fp32 (bound (K + 1) u sum|terms|, u = 2^-24); elsewhere it
+    computes as the fp32 path, exactly."""
+    for rows, cols in [(33, 64), (45, 344), (17, 576), (40, 33)]:
+        rng = np.random.default_rng(rows * cols)
+        w = rng.standard_normal((rows, cols)).astype(np.float32)
+        x = rng.standard_normal((40, cols)).astype(np.float32)
+        b = rng.standard_normal(rows).astype(np.float32)
+        y = quant_matmul("avx512bf16", quant, x, w, b, precision=1)
+        if not smolvision.cpu_features()["bf16_matmul"]:
+            assert np.array_equal(y, quant_matmul("avx512bf16", quant, x, w, b, precision=0))
+            continue
+        wq, xr = to_bf16(c_quantize(w, quant)), to_bf16(x)
+        ref = xr @ wq.T + b
+        bound = (cols + 1) * 2.0**-24 * (np.abs(xr) @ np.abs(wq).T + np.abs(b)) + 1e-30
+        assert np.all(np.abs(y - ref) <= bound), float(np.max(np.abs(y - ref) / bound))
 
 
 def test_quant_decode_is_exact_across_threads():
