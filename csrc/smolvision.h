@@ -88,7 +88,8 @@ typedef enum { SV_PRECISION_FP32 = 0, SV_PRECISION_BF16 = 1 } sv_precision;
 /* Load option quant: the text decoder's linear weights (q, k, v, o, gate, up, down and the LM head)
  * quantized per block of 32 columns with an fp16 scale: Q8 to 8-bit codes (8.5 bits a weight), Q4 to
  * 4-bit codes (4.5 bits); decode multiplies them by activations quantized to int8 per block (VNNI's
- * vpdpbusd where the CPU has AVX512_VNNI).  The embedding table and the vision tower stay as they are
+ * vpdpbusd where the CPU has AVX512_VNNI, else AVX2 or portable C), prompts dequantize them into the
+ * GEMM of the model's precision.  The embedding table and the vision tower stay as they are
  * (a tied head gets its own quantized copy).  Computed from the checkpoint at the first load, in
  * parallel, and written to quant_cache_path (see sv_load_options), which later loads map.  Formats:
  * quant.h. */
