@@ -22,8 +22,7 @@
 #define UNROLL _Pragma("GCC unroll 16")
 
 enum {
-    ROWS = 4,       /* weight rows per dot tile */
-    ROWS_GEMV = 8,  /* weight rows per dot tile when n = 1: more loads in flight */
+    ROWS = 4,       /* weight rows per dot tile (n >= 2) */
     XROWS = 4,      /* input rows per dot tile */
     PANEL = 32,     /* packed panel width for gemm: two zmm of BF16 pairs per panel row */
     GEMM_XROWS = 8  /* input rows per gemm tile: 16 accumulators (GCC 12 spilled the weights at 12) */
@@ -51,14 +50,14 @@ static void round_rows(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int
 /* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < NI, r < NR: w points at weight row 0 of the tile, stride bytes apart. */
 INLINE void dot_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t K, const char *w, size_t stride,
                      const float *b, const int NI, const int NR) {
-    __m512 acc[XROWS][ROWS_GEMV];
+    __m512 acc[XROWS][ROWS];
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-        __m512i wv[ROWS_GEMV];
+        __m512i wv[ROWS];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = _mm512_loadu_si512(w + r * stride + k * 2);
         UNROLL
@@ -70,7 +69,7 @@ INLINE void dot_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int
     }
     if (k < K) {
         __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
-        __m512i wv[ROWS_GEMV];
+        __m512i wv[ROWS];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = _mm512_maskz_loadu_epi16(m, w + r * stride + k * 2);
         UNROLL
@@ -84,6 +83,32 @@ INLINE void dot_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) y[i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]) + (b ? b[r] : 0.0f);
+}
+
+/* y[r] = xb . W[r, :] + b[r] for one input row, r0 <= r < r1: each weight row read start to end, so
+ * the whole range is one sequential stream (what the hardware prefetchers follow best; n = 1 is memory
+ * bound), with four accumulators to hide the vdpbf16ps latency.  Measured on Zen 4 over a mapped
+ * file: 27 GB/s on one thread, 45 on two, where tiles of 8 interleaved rows read 23-25 and 35;
+ * software prefetching ahead only lowered it. */
+static void gemv_rows(float *y, const uint16_t *xb, int64_t K, const char *w, size_t stride, const float *b,
+                      int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = w + r * stride;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int64_t k = 0;
+        for (; k + 128 <= K; k += 128)
+            UNROLL
+            for (int u = 0; u < 4; u++)
+                acc[u] = _mm512_dpbf16_ps(acc[u], BH(_mm512_loadu_si512(xb + k + 32 * u)),
+                                          BH(_mm512_loadu_si512(row + (k + 32 * u) * 2)));
+        for (; k < K; k += 32) {
+            __mmask32 m = K - k >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (K - k)) - 1);
+            acc[0] = _mm512_dpbf16_ps(acc[0], BH(_mm512_maskz_loadu_epi16(m, xb + k)),
+                                      BH(_mm512_maskz_loadu_epi16(m, row + k * 2)));
+        }
+        __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        y[r] = _mm512_reduce_add_ps(sum) + (b ? b[r] : 0.0f);
+    }
 }
 
 /* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
@@ -105,7 +130,7 @@ static void dot(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t 
         float *yb = y + ib * ldy;
         const uint16_t *xr = xb + ib * ldx;
         switch (n - ib < XROWS ? n - ib : XROWS) {
-        case 1: DOT_ROWS(1, ROWS_GEMV); break;
+        case 1: gemv_rows(yb, xr, K, w, stride, b, r0, r1); break;
         case 2: DOT_ROWS(2, ROWS); break;
         case 3: DOT_ROWS(3, ROWS); break;
         default: DOT_ROWS(4, ROWS); break;
