@@ -26,8 +26,9 @@ read bandwidth and FP32/BF16 FMA peaks with the same thread count (from the thre
 time, which on an idle machine is the wall time and on a shared one still the hardware's).  Decode's limit is
 the BF16 decoder weights streamed once per token at that bandwidth; prefill, vision and
 the end-to-end run are bounded by their FLOPs at the FP32 peak (BF16 peak in brackets).
-Ratios are speedups of smolvision over the best peer: above 1 means smolvision is faster
-(or smaller, for RSS).
+Ratios are speedups of smolvision over the best peer with the same kind of weights (BF16
+against transformers BF16 and llama.cpp BF16; with --quant, q8 against Q8_0 and q4 against
+Q4_K_M): above 1 means smolvision is faster (or smaller, for RSS).
 
 --quick shrinks every phase (short prompts, few tokens, one short limits run) so that
 the script can be smoke-tested on a tiny model in seconds.  Wall-clock figures on a
@@ -580,23 +581,34 @@ def _number(value: float) -> str:
     return f"{value:.3f}"
 
 
+# Ratio columns: a smolvision column against the peers with the same kind of weights.
+COMPARISONS = [("smolvision", ("transformers BF16", "llama.cpp BF16"), "BF16: smolvision vs best peer"),
+               ("smolvision q8", ("llama.cpp Q8_0",), "q8 vs Q8_0"),
+               ("smolvision q4", ("llama.cpp Q4_K_M",), "q4 vs Q4_K_M")]
+
+
 def table(work: Workload, engines: dict, limits: dict) -> str:
-    """The markdown table: one row per phase, one column per engine, the speedup over the best peer."""
-    peers = [name for name in engines if not name.startswith("smolvision")]
-    header = ["phase", "unit", *engines, "smolvision vs best peer", "machine limit"]
+    """The markdown table: one row per phase, one column per engine, then smolvision's speedup over the best
+    peer with the same kind of weights (BF16, 8-bit, 4-bit), and the machine's limit."""
+    comparisons = [c for c in COMPARISONS if c[0] in engines and any(p in engines for p in c[1])]
+    header = ["phase", "unit", *engines, *(c[2] for c in comparisons), "machine limit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, label, unit, higher in ROWS:
         values = {name: (result or {}).get(FIELDS[key]) for name, result in engines.items()}
         cells = [_number(values[name]) if values[name] else "–" for name in engines]
-        mine = values.get("smolvision")
-        # Peak RSS compares engines that hold the whole model (llama.cpp runs the text model only).
-        same_work = [name for name in peers if key != "rss" or (engines[name] or {}).get("vision_s_per_tile")]
-        peer_values = [values[name] for name in same_work if values[name]]
-        ratio = "–"
-        if mine and peer_values:
-            best = max(peer_values) if higher else min(peer_values)
-            ratio = f"{(mine / best if higher else best / mine):.2f}x"
-        lines.append("| " + " | ".join([label.format(**work.__dict__), unit, *cells, ratio, limits.get(key, "–")])
+        ratios = []
+        for mine_name, peer_names, _ in comparisons:
+            mine = values.get(mine_name)
+            # Peak RSS compares engines that hold the whole model (llama.cpp runs the text model only).
+            same_work = [name for name in peer_names if name in engines and
+                         (key != "rss" or (engines[name] or {}).get("vision_s_per_tile"))]
+            peer_values = [values[name] for name in same_work if values[name]]
+            ratio = "–"
+            if mine and peer_values:
+                best = max(peer_values) if higher else min(peer_values)
+                ratio = f"{(mine / best if higher else best / mine):.2f}x"
+            ratios.append(ratio)
+        lines.append("| " + " | ".join([label.format(**work.__dict__), unit, *cells, *ratios, limits.get(key, "–")])
                      + " |")
     return "\n".join(lines)
 
