@@ -280,15 +280,73 @@ static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0)
     }
 }
 
+/* The row-wise work between the matmuls, split over the pool by rows of the chunk. */
+typedef struct {
+    sv_model *m;
+    int64_t layer, pos0;
+    const float *norm; /* norm_task's weights */
+} rows_job;
+
+static void norm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_decoder *s = j->m->decoder;
+    int64_t d = j->m->cfg.text_hidden;
+    sv_rmsnorm(s->xn + begin * d, s->x + begin * d, j->norm, end - begin, d, (float)j->m->cfg.rms_norm_eps);
+}
+
+static void residual_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_decoder *s = j->m->decoder;
+    int64_t d = j->m->cfg.text_hidden;
+    sv_add(s->x + begin * d, s->xn + begin * d, (end - begin) * d);
+}
+
+static void silu_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    sv_decoder *s = j->m->decoder;
+    int64_t f = j->m->cfg.text_intermediate;
+    sv_silu_mul(s->gate + begin * f, s->up + begin * f, (end - begin) * f);
+}
+
+/* RoPE on rows [begin, end) of q and k, then their keys and values into the cache. */
+static void rope_cache_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const rows_job *j = arg;
+    const sv_config *c = &j->m->cfg;
+    sv_decoder *s = j->m->decoder;
+    int64_t hd = c->head_dim, half = hd / 2, kvh = c->text_kv_heads, kvd = kvh * hd, cap = s->capacity;
+    int64_t n = end - begin, qd = (int64_t)c->text_heads * hd;
+    apply_rope(s->q + begin * qd, n, c->text_heads, hd, s->cos + begin * half, s->sin + begin * half);
+    apply_rope(s->k + begin * kvd, n, kvh, hd, s->cos + begin * half, s->sin + begin * half);
+    for (int64_t h = 0; h < kvh; h++) {
+        int64_t base = cache_base(c, s, j->layer, h);
+        for (int64_t i = begin; i < end; i++) {
+            const float *k = s->k + i * kvd + h * hd, *v = s->v + i * kvd + h * hd;
+            int64_t pos = j->pos0 + i;
+            if (s->kv_bf16) {
+                uint16_t *kc = (uint16_t *)s->k_cache + base, *vc = (uint16_t *)s->v_cache + base;
+                sv_to_bf16(kc + pos * hd, k, hd);
+                uint16_t vb[64]; /* v rounded a block at a time, then scattered into its column */
+                for (int64_t e0 = 0; e0 < hd; e0 += 64) {
+                    int64_t len = hd - e0 < 64 ? hd - e0 : 64;
+                    sv_to_bf16(vb, v + e0, len);
+                    for (int64_t e = 0; e < len; e++) vc[(e0 + e) * cap + pos] = vb[e];
+                }
+            } else {
+                float *kc = (float *)s->k_cache + base, *vc = (float *)s->v_cache + base;
+                memcpy(kc + pos * hd, k, (size_t)hd * sizeof(float));
+                for (int64_t e = 0; e < hd; e++) vc[e * cap + pos] = v[e];
+            }
+        }
+    }
+}
+
 /* Runs the embedded rows s->x[n, hidden] at positions pos0.. through every
  * layer, appending their keys and values to the cache; s->x ends up holding
  * the last layer's output. */
 static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
     const sv_config *c = &m->cfg;
     sv_decoder *s = m->decoder;
-    int64_t d = c->text_hidden, f = c->text_intermediate, hd = c->head_dim, half = hd / 2;
-    int64_t kvh = c->text_kv_heads, kvd = kvh * hd, cap = s->capacity;
-    float eps = (float)c->rms_norm_eps;
+    int64_t half = c->head_dim / 2;
 
     for (int64_t i = 0; i < n; i++) {
         float position = (float)(pos0 + i);
@@ -302,36 +360,16 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
     sv_profile *prof = m->profile;
     for (int64_t l = 0; l < c->text_layers; l++) {
         const text_layer *w = &m->text.layers[l];
+        rows_job rows = {m, l, pos0, w->attn_norm};
         double t = sv_profile_now(prof);
-        sv_rmsnorm(s->xn, s->x, w->attn_norm, n, d, eps);
+        sv_pool_run(m->pool, norm_task, &rows, n);
         sv_profile_add(prof, SV_OP_NORM, t);
         t = sv_profile_now(prof);
         sv_matmul(m->pool, s->q, s->xn, n, &w->q, w->q_b);
         sv_matmul(m->pool, s->k, s->xn, n, &w->k, w->k_b);
         sv_matmul(m->pool, s->v, s->xn, n, &w->v, w->v_b);
         sv_profile_add(prof, SV_OP_MATMUL, t);
-        apply_rope(s->q, n, c->text_heads, hd, s->cos, s->sin);
-        apply_rope(s->k, n, kvh, hd, s->cos, s->sin);
-        for (int64_t h = 0; h < kvh; h++) {
-            int64_t base = cache_base(c, s, l, h);
-            for (int64_t i = 0; i < n; i++) {
-                const float *k = s->k + i * kvd + h * hd, *v = s->v + i * kvd + h * hd;
-                if (s->kv_bf16) {
-                    uint16_t *kc = (uint16_t *)s->k_cache + base, *vc = (uint16_t *)s->v_cache + base;
-                    sv_to_bf16(kc + (pos0 + i) * hd, k, hd);
-                    uint16_t vb[64]; /* v rounded a block at a time, then scattered into its column */
-                    for (int64_t e0 = 0; e0 < hd; e0 += 64) {
-                        int64_t len = hd - e0 < 64 ? hd - e0 : 64;
-                        sv_to_bf16(vb, v + e0, len);
-                        for (int64_t e = 0; e < len; e++) vc[(e0 + e) * cap + pos0 + i] = vb[e];
-                    }
-                } else {
-                    float *kc = (float *)s->k_cache + base, *vc = (float *)s->v_cache + base;
-                    memcpy(kc + (pos0 + i) * hd, k, (size_t)hd * sizeof(float));
-                    for (int64_t e = 0; e < hd; e++) vc[e * cap + pos0 + i] = v[e];
-                }
-            }
-        }
+        sv_pool_run(m->pool, rope_cache_task, &rows, n);
         t = sv_profile_now(prof);
         if (n == 1) {
             attention_job job = {c, s, l, n, pos0};
@@ -343,22 +381,23 @@ static void forward_rows(sv_model *m, int64_t n, int64_t pos0) {
         t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->att, n, &w->o, w->o_b);
         sv_profile_add(prof, SV_OP_MATMUL, t);
-        sv_add(s->x, s->xn, n * d);
+        sv_pool_run(m->pool, residual_task, &rows, n);
 
+        rows.norm = w->mlp_norm;
         t = sv_profile_now(prof);
-        sv_rmsnorm(s->xn, s->x, w->mlp_norm, n, d, eps);
+        sv_pool_run(m->pool, norm_task, &rows, n);
         sv_profile_add(prof, SV_OP_NORM, t);
         t = sv_profile_now(prof);
         sv_matmul(m->pool, s->gate, s->xn, n, &w->gate, w->gate_b);
         sv_matmul(m->pool, s->up, s->xn, n, &w->up, w->up_b);
         sv_profile_add(prof, SV_OP_MATMUL, t);
         t = sv_profile_now(prof);
-        sv_silu_mul(s->gate, s->up, n * f);
+        sv_pool_run(m->pool, silu_task, &rows, n);
         sv_profile_add(prof, SV_OP_ACTIVATION, t);
         t = sv_profile_now(prof);
         sv_matmul(m->pool, s->xn, s->gate, n, &w->down, w->down_b);
         sv_profile_add(prof, SV_OP_MATMUL, t);
-        sv_add(s->x, s->xn, n * d);
+        sv_pool_run(m->pool, residual_task, &rows, n);
     }
 }
 
