@@ -12,7 +12,7 @@
  * the 16 blocks' weight x activation scales.  A short last group (fewer than
  * 16 blocks) runs the same code with masked loads that read zeros past it.
  * Rows are read one after the other, each once per activation row (n is
- * small here: dot_max_n), with software prefetch ahead of the stream. */
+ * small here: dot_max_n). */
 #ifdef SV_VNNI_KERNELS
 #include <immintrin.h>
 #include <string.h>
@@ -23,10 +23,10 @@
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
 
-/* Bytes prefetched ahead of the row being read.  One row at a time, with the next rows following in
- * memory, makes the whole matrix one sequential stream; tiles of several rows (sharing the activation
- * loads) read several short streams at once and measured 30-40% slower (32768 x 2048, one thread). */
-enum { AHEAD = 4096 };
+/* One row at a time, with the next rows following in memory, makes the whole matrix one sequential
+ * stream; tiles of several rows (sharing the activation loads) read several short streams at once and
+ * measured 30-40% slower (32768 x 2048, one thread).  Software prefetch ahead of the stream measured
+ * slower too (131072 x 2048, A/B in one process: q8 46 vs 56 GB/s, q4 37 vs 43 GB/s on 2 threads). */
 
 /* The group grp of g blocks of one weight row (codes w, scales sc) against one activation row:
  * returns acc + sum over its blocks of scale products x int32 block sums. */
@@ -41,8 +41,6 @@ INLINE __m512 group_dot(__m512 acc, st_dtype t, const uint8_t *w, const uint16_t
     __m512i odd = _mm512_setzero_si512(); /* two chains of vpdpbusd, half as long */
     if (t == ST_Q8) {
         UNROLL
-        for (int c = 0; c < 8; c++) _mm_prefetch((const char *)w + AHEAD + 64 * c, _MM_HINT_T0);
-        UNROLL
         for (int c = 0; c < 8; c += 2) {
             even = _mm512_dpbusd_epi32(even, _mm512_maskz_loadu_epi8(m, w + 4 * g * c),
                                        _mm512_maskz_loadu_epi8(m, x + 4 * g * c));
@@ -51,8 +49,6 @@ INLINE __m512 group_dot(__m512 acc, st_dtype t, const uint8_t *w, const uint16_t
         }
     } else {
         const __m512i low = _mm512_set1_epi8(0x0F);
-        UNROLL
-        for (int L = 0; L < 4; L++) _mm_prefetch((const char *)w + AHEAD + 64 * L, _MM_HINT_T0);
         UNROLL
         for (int L = 0; L < 4; L++) {
             const __m512i v = _mm512_maskz_loadu_epi8(m, w + 4 * g * L);
