@@ -107,6 +107,15 @@ extern const sv_quant_isa sv_quant_isa_avx2;
 extern const sv_quant_isa sv_quant_isa_avx512vnni;
 #endif
 
+/* The drivers (matmul.c, matmul_quant.c) split W's rows over the pool in blocks of SV_ROW_BLOCK rows:
+ * task items [begin, end) are rows [r0, r1). */
+enum { SV_ROW_BLOCK = 16 };
+static inline int64_t sv_row_blocks(int64_t rows) { return (rows + SV_ROW_BLOCK - 1) / SV_ROW_BLOCK; }
+static inline void sv_block_rows(int64_t begin, int64_t end, int64_t rows, int64_t *r0, int64_t *r1) {
+    *r0 = begin * SV_ROW_BLOCK;
+    *r1 = end * SV_ROW_BLOCK < rows ? end * SV_ROW_BLOCK : rows;
+}
+
 /* The tables for a level, or NULL when this CPU (or this build) cannot run it. */
 const sv_isa *sv_isa_for(sv_isa_level level);
 const sv_ops *sv_ops_for(sv_isa_level level);

@@ -47,10 +47,7 @@
 #define SV_HAVE_BLAS 0
 #endif
 
-enum {
-    ROW_BLOCK = 16,      /* threads split W in blocks of this many rows */
-    BLAS_PANEL_MAX = 512 /* rows of W widened per sgemm call: 256 and 512 measured best */
-};
+enum { BLAS_PANEL_MAX = 512 }; /* rows of W widened per sgemm call: 256 and 512 measured best */
 
 typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM } matmul_path;
 
@@ -72,22 +69,17 @@ typedef struct {
 
 static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
 
-static void row_range(const matmul_job *j, int64_t begin, int64_t end, int64_t *r0, int64_t *r1) {
-    *r0 = begin * ROW_BLOCK;
-    *r1 = end * ROW_BLOCK < j->W->rows ? end * ROW_BLOCK : j->W->rows;
-}
-
 static void dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     int64_t r0, r1;
-    row_range(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     j->isa->dot(j->y, j->W->rows, j->x, j->n, j->W, j->b, r0, r1);
 }
 
 static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     int64_t r0, r1, width = j->isa->panel_width, ldy = j->W->rows;
-    row_range(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     float *panel = sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
@@ -104,14 +96,14 @@ static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
 static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     int64_t r0, r1;
-    row_range(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     j->bf16->dot(j->y, j->W->rows, j->xb, j->ldx, j->n, j->W, j->b, r0, r1);
 }
 
 static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     int64_t r0, r1, width = j->bf16->panel_width, ldy = j->W->rows;
-    row_range(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
@@ -139,12 +131,12 @@ static int f32_usable_directly(const sv_matrix *W) { return W->dtype == ST_F32 &
 static void blas_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     int64_t r0, r1, K = j->W->cols;
-    row_range(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     if (f32_usable_directly(j->W)) {
         sgemm_rows(j, (const float *)j->W->data + r0 * K, r0, r1 - r0);
         return;
     }
-    int64_t panel_rows = SCRATCH_FLOATS / K / ROW_BLOCK * ROW_BLOCK;
+    int64_t panel_rows = SCRATCH_FLOATS / K / SV_ROW_BLOCK * SV_ROW_BLOCK;
     if (panel_rows > BLAS_PANEL_MAX) panel_rows = BLAS_PANEL_MAX;
     float *panel = sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += panel_rows) {
@@ -170,7 +162,7 @@ static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const
     if (n <= isa->dot_max_n) return PATH_DOT;
     int own = isa->gemm && W->cols * isa->panel_width <= SCRATCH_FLOATS;
 #if SV_HAVE_BLAS
-    int blas = f32_usable_directly(W) || W->cols * ROW_BLOCK <= SCRATCH_FLOATS;
+    int blas = f32_usable_directly(W) || W->cols * SV_ROW_BLOCK <= SCRATCH_FLOATS;
     if (blas && (use == BLAS_FIRST || (use == BLAS_FALLBACK && !own))) return PATH_BLAS;
 #endif
     return own ? PATH_GEMM : PATH_DOT;
@@ -195,7 +187,7 @@ static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, bl
                    const float *x, int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
     matmul_job job = {isa, pool, y, x, n, W, b, bf16, NULL, 0};
-    int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK;
+    int64_t blocks = sv_row_blocks(W->rows);
     switch (round_for_bf16(&job) ? choose_bf16_path(bf16, n, W) : choose_path(isa, use, n, W)) {
     case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
     case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;

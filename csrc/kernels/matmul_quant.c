@@ -26,8 +26,6 @@
 #include "../quant.h"
 #include "isa.h"
 
-enum { ROW_BLOCK = 16 }; /* threads split W in blocks of this many rows (as matmul.c) */
-
 typedef struct {
     const sv_isa *isa;
     const sv_quant_isa *q;
@@ -48,11 +46,6 @@ typedef struct {
 
 static const int64_t SCRATCH_FLOATS = SV_POOL_SCRATCH_BYTES / (int64_t)sizeof(float);
 
-static void rows_of(const quant_job *j, int64_t begin, int64_t end, int64_t *r0, int64_t *r1) {
-    *r0 = begin * ROW_BLOCK;
-    *r1 = end * ROW_BLOCK < j->W->rows ? end * ROW_BLOCK : j->W->rows;
-}
-
 static void quantize_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t k = j->W->cols, nb = sv_q_blocks(k);
@@ -63,7 +56,7 @@ static void quantize_task(void *arg, int64_t begin, int64_t end, int thread) {
 static void dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t r0, r1;
-    rows_of(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     j->q->dot(j->y, j->W->rows, j->xq, j->ldq, j->xd, j->xs, j->n, j->W, j->b, r0, r1);
 }
 
@@ -71,7 +64,7 @@ static void dot_task(void *arg, int64_t begin, int64_t end, int thread) {
 static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t r0, r1, width = j->isa->panel_width, K = j->W->cols;
-    rows_of(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     float *panel = sv_pool_scratch(j->pool, thread), *rows = panel + K * width;
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
@@ -96,7 +89,7 @@ static int64_t bf16_scratch_bytes(const sv_bf16_isa *bf, int64_t K) {
 static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t r0, r1, width = j->bf16->panel_width, K = j->W->cols;
-    rows_of(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
     float *rows = (float *)(void *)(panel + (K + 1) / 2 * width);
     uint16_t *rounded = (uint16_t *)(void *)(rows + width * K);
@@ -114,7 +107,7 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 static void plain_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
     int64_t r0, r1, K = j->W->cols;
-    rows_of(j, begin, end, &r0, &r1);
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     float *row = sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r++) {
         sv_q_dequantize_row(row, j->W, r);
@@ -130,7 +123,7 @@ static void matmul_quant(sv_pool *pool, const sv_isa *isa, const sv_quant_isa *q
                          float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
     quant_job job = {isa, q, pool, y, x, n, W, b, NULL, 0, NULL, NULL, NULL, NULL, 0};
-    int64_t blocks = (W->rows + ROW_BLOCK - 1) / ROW_BLOCK, nb = sv_q_blocks(W->cols);
+    int64_t blocks = sv_row_blocks(W->rows), nb = sv_q_blocks(W->cols);
     if (n > q->dot_max_n && bf16 && bf16_scratch_bytes(bf16, W->cols) <= SV_POOL_SCRATCH_BYTES) {
         job.ldx = (W->cols + 1) / 2 * 2;
         job.xb = sv_pool_shared(pool, (size_t)(n * job.ldx) * sizeof(uint16_t));
