@@ -70,7 +70,7 @@ struct sv_model {
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
     struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
     int32_t quant;            /* load option quant (sv_quant) */
-    void *qmap;               /* the quantized weights (quant_cache.c): the cache file mapped, or memory */
+    void *qmap;               /* the region holding the quantized weights (quant_cache.c), for munmap */
     size_t qmap_bytes;
     struct sv_profile *profile; /* owned; a pointer so that code holding a const model can still time itself */
 };

@@ -14,8 +14,13 @@
  * the regions are used.  A missing or mismatching file is rebuilt in a temporary
  * file next to it (fallocated, so a full disk is an error and never SIGBUS), made
  * durable (msync, fsync) and renamed over the old one; a failure removes it.  If
- * the cache cannot be written the weights are quantized into anonymous memory. */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
+ * the cache cannot be written the weights are quantized into anonymous memory.
+ *
+ * Either way the weights end up in anonymous memory advised for transparent huge
+ * pages (a valid file is copied in, in parallel, and unmapped): decode streams
+ * them once per token, and on 2 MiB pages the int8 kernels stream 5-10% faster
+ * than through the 4 KiB pages of a file mapping (A/B in one process, README). */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MADV_HUGEPAGE */
 #include "quant.h"
 
 #include <errno.h>
@@ -318,6 +323,41 @@ static void *map_valid(const plan *p, const char *path, char *why, size_t why_le
     return map == MAP_FAILED ? NULL : map;
 }
 
+/* Anonymous memory for the weights: `bytes` at a 2 MiB boundary, advised for huge pages where the
+ * system has them (only advice: small pages work the same, a little slower).  raw and raw_bytes say
+ * what to munmap.  NULL when out of memory. */
+static unsigned char *alloc_weights(size_t bytes, void **raw, size_t *raw_bytes) {
+    const size_t huge = (size_t)2 << 20;
+    *raw_bytes = bytes + huge;
+    *raw = mmap(NULL, *raw_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (*raw == MAP_FAILED) return NULL;
+    unsigned char *aligned = (unsigned char *)(((uintptr_t)*raw + huge - 1) & ~(uintptr_t)(huge - 1));
+#ifdef MADV_HUGEPAGE
+    madvise(aligned, bytes, MADV_HUGEPAGE);
+#endif
+    return aligned;
+}
+
+typedef struct {
+    unsigned char *dst;
+    const unsigned char *src;
+    size_t bytes;
+} copy_job;
+
+enum { COPY_CHUNK = 1 << 20 };
+
+/* Copies chunks [begin, end), dropping each chunk's file pages once copied so that peak RSS does not
+ * hold the weights twice. */
+static void copy_task(void *arg, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const copy_job *j = arg;
+    for (int64_t c = begin; c < end; c++) {
+        size_t lo = (size_t)c * COPY_CHUNK, hi = lo + COPY_CHUNK < j->bytes ? lo + COPY_CHUNK : j->bytes;
+        memcpy(j->dst + lo, j->src + lo, hi - lo);
+        madvise((void *)(j->src + lo), hi - lo, MADV_DONTNEED);
+    }
+}
+
 static sv_status quantize(plan *p, const char *path) {
     sv_model *m = p->m;
     const char *name = p->type == ST_Q8 ? "q8" : "q4";
@@ -339,16 +379,23 @@ static sv_status quantize(plan *p, const char *path) {
             if (!map) say(p, "%s; quantizing in memory for this load only", why);
         }
     }
-    if (!map) {
-        map = mmap(NULL, (size_t)p->header.file_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (map == MAP_FAILED) return sv_fail(SV_ERR_NOMEM, "out of memory quantizing to %s (%.0f MB)", name, mb);
-        fill_image(p, map);
+    size_t bytes = (size_t)p->header.file_bytes;
+    unsigned char *image = alloc_weights(bytes, &m->qmap, &m->qmap_bytes);
+    if (!image) {
+        m->qmap = NULL;
+        if (map) munmap(map, bytes);
+        return sv_fail(SV_ERR_NOMEM, "out of memory quantizing to %s (%.0f MB)", name, mb);
     }
-    m->qmap = map;
-    m->qmap_bytes = (size_t)p->header.file_bytes;
+    if (map) {
+        copy_job job = {image, map, bytes};
+        sv_pool_run(m->pool, copy_task, &job, (int64_t)((bytes + COPY_CHUNK - 1) / COPY_CHUNK));
+        munmap(map, bytes);
+    } else {
+        fill_image(p, image);
+    }
     for (int64_t i = 0; i < p->n; i++) {
         sv_matrix *t = p->targets[i];
-        *t = (sv_matrix){(const unsigned char *)map + p->table[i].offset, p->type, t->rows, t->cols};
+        *t = (sv_matrix){image + p->table[i].offset, p->type, t->rows, t->cols};
     }
     return SV_OK;
 }
