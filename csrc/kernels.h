@@ -5,6 +5,7 @@
 #ifndef SV_KERNELS_H
 #define SV_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -16,6 +17,16 @@ void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matr
 /* 1 if sv_matmul on this pool multiplies BF16 weights in BF16 (precision "bf16" on a CPU with
  * AVX512_BF16): callers holding fp32 operands of their own (attention) can then store them as BF16. */
 int sv_matmul_bf16(const sv_pool *pool);
+
+/* Multi-head self-attention of one sequence, every token attending to every token (the vision
+ * tower), in BF16 products (attention.c): per head h, out[:, h] = softmax(q[:, h] k[:, h]^T * scale)
+ * v[:, h], where [:, h] are columns [h * head_dim, (h + 1) * head_dim) of q, k, v, out [n, ld].
+ * Only where sv_matmul_bf16(pool); `workspace` (64-byte aligned) holds sv_attention_bf16_bytes(). */
+void sv_attention_bf16(sv_pool *pool, void *workspace, float *out, const float *q, const float *k, const float *v,
+                       int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale);
+/* Workspace bytes for those shapes; 0 when this pool does not multiply in BF16 or the shapes are beyond
+ * what the kernel handles (then use sv_matmul per head). */
+size_t sv_attention_bf16_bytes(const sv_pool *pool, int64_t n, int64_t heads, int64_t head_dim);
 
 /* dst[n] = x[n] rounded to BF16, nearest even. */
 void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);

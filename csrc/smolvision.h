@@ -323,6 +323,11 @@ sv_status sv_debug_matmul_quant(const char *isa, int32_t quant, int32_t precisio
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
                       const float *b, const float *other, float eps);
 
+/* sv_attention_bf16 (the vision tower's attention in BF16 products) on a fresh pool of `threads`:
+ * q, k, v, out [n, heads * head_dim].  SV_ERR_UNSUPPORTED where the CPU or build has no BF16 kernels. */
+sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v, float *out, int64_t n,
+                                  int64_t heads, int64_t head_dim, float scale, int32_t threads);
+
 /* SV_CDEF_END */
 
 #ifdef __cplusplus

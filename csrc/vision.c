@@ -9,9 +9,10 @@
  * token) and the bias-free connector projection into the text hidden size.
  *
  * All tiles of a pass go through every weight matmul as one batch of rows
- * (x is [tiles*patches, hidden]); attention runs per (tile, head) as two
- * sv_matmul products on head-major copies of q, k, v, so it runs on the same
- * fast kernels and thread pool as the weights.  Activations live in scratch
+ * (x is [tiles*patches, hidden]); attention runs per tile, in BF16 products
+ * as sv_attention_bf16 (kernels/attention.c) where the matmuls are BF16, else
+ * per head as two fp32 sv_matmul products on head-major copies of q, k, v.
+ * Activations live in scratch
  * allocated once per call and freed before it returns (nothing is held
  * between calls); a call with more tiles than one pass takes (PASS_MAX_TILES,
  * or fewer when they would exceed PASS_BUDGET_BYTES) runs them in several
@@ -53,10 +54,7 @@ typedef struct {
     float *vt;      /* [heads, head_dim, patches] */
     float *probs;   /* [patches, patches] one head's scores, then probabilities */
     float *outt;    /* [hidden, patches] the attention output, transposed */
-    /* When the matmuls run in BF16 (sv_matmul_bf16), the operands that take the weights' place in
-     * the two attention products, rounded once to BF16 as transformers' BF16 run keeps them: */
-    uint16_t *kh16;    /* [heads, patches, head_dim] */
-    uint16_t *probs16; /* [patches, patches] */
+    void *attn;     /* sv_attention_bf16's workspace when the matmuls run in BF16, else NULL */
 } vision_scratch;
 
 static vision_shape shape_of(const sv_config *c) {
@@ -94,13 +92,12 @@ static void scratch_free(vision_scratch *sc) {
     free(sc->vt);
     free(sc->probs);
     free(sc->outt);
-    free(sc->kh16);
-    free(sc->probs16);
+    free(sc->attn);
     memset(sc, 0, sizeof *sc);
 }
 
 /* Allocates activations for passes of `tiles` tiles. */
-static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles) {
+static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles, const sv_pool *pool) {
     size_t rows, n_x, n_wide, n_tile, n_probs;
     memset(sc, 0, sizeof *sc);
     if (!mul_size((size_t)tiles, (size_t)s->patches, &rows) || !mul_size(rows, (size_t)s->hidden, &n_x) ||
@@ -117,10 +114,10 @@ static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_
     sc->vt = malloc(n_tile * sizeof(float));
     sc->outt = malloc(n_tile * sizeof(float));
     sc->probs = malloc(n_probs * sizeof(float));
-    sc->kh16 = malloc(n_tile * sizeof(uint16_t));
-    sc->probs16 = malloc(n_probs * sizeof(uint16_t));
-    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs || !sc->kh16 ||
-        !sc->probs16) {
+    size_t attn_bytes = sv_attention_bf16_bytes(pool, s->patches, s->heads, s->head_dim);
+    if (attn_bytes && posix_memalign(&sc->attn, 64, attn_bytes) != 0) sc->attn = NULL;
+    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs ||
+        (attn_bytes && !sc->attn)) {
         scratch_free(sc);
         return sv_fail(SV_ERR_NOMEM, "vision encoder: out of memory for the activations of %lld tiles",
                        (long long)tiles);
@@ -179,10 +176,9 @@ typedef struct {
     vision_scratch *sc;
     float *out;             /* one tile's [patches, hidden] */
     float scale;
-    int bf16;               /* also fill kh16 / probs16 */
 } heads_job;
 
-/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh (or kh16) and vt. */
+/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
 static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
     const heads_job *j = arg;
     int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
@@ -195,8 +191,7 @@ static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) 
                 qh[d] = q[d] * j->scale;
                 vt[d * P] = v[d];
             }
-            if (j->bf16) sv_to_bf16(j->sc->kh16 + (h * P + i) * hd, k, hd);
-            else memcpy(kh, k, (size_t)hd * sizeof *kh);
+            memcpy(kh, k, (size_t)hd * sizeof *kh);
         }
 }
 
@@ -211,26 +206,27 @@ static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) 
 static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
     const heads_job *j = arg;
     int64_t P = j->s->patches;
-    for (int64_t i = begin; i < end; i++) {
-        sv_softmax(j->sc->probs + i * P, P);
-        if (j->bf16) sv_to_bf16(j->sc->probs16 + i * P, j->sc->probs + i * P, P);
-    }
+    for (int64_t i = begin; i < end; i++) sv_softmax(j->sc->probs + i * P, P);
 }
 
 /* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
  * Every patch attends to every patch of its tile (bidirectional, no mask):
- * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v,
- * computed as out^T = v^T probs^T so both products are sv_matmul's y = x W^T.
- * bf16: k and probs, the W of those products, are stored as BF16 so that both run on the BF16 kernels. */
+ * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v.
+ * bf16: sv_attention_bf16.  Else, per head in fp32, computed as out^T = v^T probs^T so both
+ * products are sv_matmul's y = x W^T. */
 static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, int bf16, float *out,
                       const float *q, const float *k, const float *v) {
     int64_t P = s->patches, hd = s->head_dim;
-    heads_job j = {s, q, k, v, sc, out, (float)(1.0 / sqrt((double)hd)), bf16};
-    sv_matrix probs = bf16 ? (sv_matrix){sc->probs16, ST_BF16, P, P} : (sv_matrix){sc->probs, ST_F32, P, P};
+    float scale = (float)(1.0 / sqrt((double)hd));
+    if (bf16 && sc->attn) {
+        sv_attention_bf16(pool, sc->attn, out, q, k, v, s->hidden, P, s->heads, hd, scale);
+        return;
+    }
+    heads_job j = {s, q, k, v, sc, out, scale};
+    sv_matrix probs = {sc->probs, ST_F32, P, P};
     sv_pool_run(pool, split_heads_task, &j, P);
     for (int64_t h = 0; h < s->heads; h++) {
-        sv_matrix keys = bf16 ? (sv_matrix){sc->kh16 + h * P * hd, ST_BF16, P, hd}
-                              : (sv_matrix){sc->kh + h * P * hd, ST_F32, P, hd};
+        sv_matrix keys = {sc->kh + h * P * hd, ST_F32, P, hd};
         sv_matmul(pool, sc->probs, sc->qh + h * P * hd, P, &keys, NULL);  /* [queries, keys] */
         sv_pool_run(pool, softmax_task, &j, P);
         sv_matmul(pool, sc->outt + h * hd * P, sc->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
@@ -383,7 +379,7 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
     int64_t per_pass = (n_tiles + passes - 1) / passes; /* equal passes rather than a full one and a remnant */
 
     vision_scratch sc;
-    sv_status st = scratch_alloc(&sc, &s, per_pass);
+    sv_status st = scratch_alloc(&sc, &s, per_pass, m->pool);
     if (st) return st;
     sv_profile_phase_begin(m->profile, SV_PHASE_VISION);
     for (int64_t first = 0; first < n_tiles; first += per_pass) {

@@ -240,3 +240,41 @@ def test_softmax_matches_float64(isa, dim):
     y = op(isa, "softmax", x)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
+
+
+# ---- the vision tower's fused BF16 attention ----
+
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    """Values rounded to BF16 (nearest even), as float64."""
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16).double().numpy()
+
+
+@pytest.mark.parametrize("n,heads,head_dim", [(1, 1, 1), (2, 1, 3), (5, 3, 7), (33, 2, 16), (70, 2, 40),
+                                              (100, 1, 33), (729, 16, 72)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_attention_bf16_matches_float64(n, heads, head_dim, threads):
+    """sv_attention_bf16 against float64 attention over the same BF16-rounded q * scale, k, v and
+    probabilities: only the fp32 sums (and a probability landing on the other side of a BF16 rounding
+    boundary) may differ.  Odd n and head_dim exercise the zero padding, n > 32 and head_dim > 32 several
+    panels and query blocks."""
+    rng = np.random.default_rng(n * 100 + head_dim)
+    q, k, v = (rng.standard_normal((3, n, heads * head_dim)) * 2).astype(np.float32)
+    scale = head_dim ** -0.5
+    out = np.full((n, heads * head_dim), np.nan, np.float32)
+    buf = lambda a: ffi.from_buffer("float[]", a)
+    status = lib.sv_debug_attention_bf16(buf(q), buf(k), buf(v), buf(out), n, heads, head_dim, scale, threads)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
+    assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
+    ref = np.empty((n, heads * head_dim))
+    for h in range(heads):
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        qh = bf16_round(q[:, cols].astype(np.float32) * np.float32(scale))
+        scores = qh @ bf16_round(k[:, cols]).T
+        probs = np.exp(scores - scores.max(1, keepdims=True))
+        probs = bf16_round((probs / probs.sum(1, keepdims=True)).astype(np.float32))
+        ref[:, cols] = probs @ bf16_round(v[:, cols])
+    err = np.abs(out - ref)
+    assert np.isfinite(out).all()
+    assert err.max() <= 1e-2 * np.abs(ref).max(), err.max()  # a few probabilities one BF16 step apart
+    assert err.mean() <= 1e-4 * np.abs(ref).max(), err.mean()
