@@ -159,32 +159,45 @@ static void pack(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
     }
 }
 
-/* y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for i < NI, c < width (masks m0, m1 select c). */
+/* y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for i < NI, c < width (masks m0, m1 select c); NV = 1 when
+ * width <= 16 computes only the panel's first half. */
 INLINE void gemm_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t pairs, const uint32_t *panel,
-                      __mmask16 m0, __mmask16 m1, __m512 b0, __m512 b1, const int NI) {
+                      __mmask16 m0, __mmask16 m1, __m512 b0, __m512 b1, const int NI, const int NV) {
     __m512 acc[GEMM_XROWS][2];
     UNROLL
     for (int i = 0; i < NI; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++) {
         const __m512bh w0 = BH(_mm512_load_si512(panel + p * PANEL));
-        const __m512bh w1 = BH(_mm512_load_si512(panel + p * PANEL + 16));
+        const __m512bh w1 = NV == 2 ? BH(_mm512_load_si512(panel + p * PANEL + 16)) : w0;
         UNROLL
         for (int i = 0; i < NI; i++) {
             uint32_t pair;
             memcpy(&pair, xb + i * ldx + 2 * p, sizeof pair);
             const __m512bh xv = BH(_mm512_set1_epi32((int)pair));
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], xv, w0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], xv, w1);
+            if (NV == 2) acc[i][1] = _mm512_dpbf16_ps(acc[i][1], xv, w1);
         }
     }
     UNROLL
     for (int i = 0; i < NI; i++) {
         _mm512_mask_storeu_ps(y + i * ldy, m0, _mm512_add_ps(acc[i][0], b0));
-        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, _mm512_add_ps(acc[i][1], b1));
+        if (NV == 2) _mm512_mask_storeu_ps(y + i * ldy + 16, m1, _mm512_add_ps(acc[i][1], b1));
     }
 }
 
-/* y[i, c] = xb[i, :] . panel[:, c] + b[c] for i < n, c < width: xb[n, ldx], panel[ldx / 2, PANEL], y[n, ldy]. */
+/* Row blocks of GEMM_XROWS, 4 and 1 input rows through gemm_tile. */
+INLINE void gemm_rows(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, int64_t pairs,
+                      const uint32_t *panel, __mmask16 m0, __mmask16 m1, __m512 b0, __m512 b1, const int NV) {
+    int64_t i = 0;
+    for (; i + GEMM_XROWS <= n; i += GEMM_XROWS)
+        gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, GEMM_XROWS, NV);
+    for (; i + 4 <= n; i += 4) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 4, NV);
+    for (; i < n; i++) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 1, NV);
+}
+
+/* y[i, c] = xb[i, :] . panel[:, c] + b[c] for i < n, c < width: xb[n, ldx], panel[ldx / 2, PANEL], y[n, ldy].
+ * A panel of at most 16 columns (a matrix's last, or the attention's value panels for a head_dim of 72)
+ * runs half the multiplies. */
 static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
                  int64_t width, const float *b) {
     const int64_t pairs = ldx / 2;
@@ -192,11 +205,8 @@ static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t
     __mmask16 m1 = width >= 32 ? 0xFFFF : width > 16 ? (__mmask16)((1u << (width - 16)) - 1) : 0;
     __m512 b0 = b ? _mm512_maskz_loadu_ps(m0, b) : _mm512_setzero_ps();
     __m512 b1 = b ? _mm512_maskz_loadu_ps(m1, b + 16) : _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + GEMM_XROWS <= n; i += GEMM_XROWS)
-        gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, GEMM_XROWS);
-    for (; i + 4 <= n; i += 4) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 4);
-    for (; i < n; i++) gemm_tile(y + i * ldy, ldy, xb + i * ldx, ldx, pairs, panel, m0, m1, b0, b1, 1);
+    if (width > 16) gemm_rows(y, ldy, xb, ldx, n, pairs, panel, m0, m1, b0, b1, 2);
+    else gemm_rows(y, ldy, xb, ldx, n, pairs, panel, m0, m1, b0, b1, 1);
 }
 
 const sv_bf16_isa sv_bf16_isa_avx512bf16 = {
