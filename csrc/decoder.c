@@ -13,7 +13,7 @@
  * The cache keeps K as rows [position, head_dim] and V transposed
  * [head_dim, position], the layouts both matmuls and the decode loops read
  * contiguously.  When the matmuls run in BF16 (precision "bf16" with BF16
- * weights on a CPU with AVX512_BF16) the cache holds BF16, as transformers'
+ * or quantized weights on a CPU with AVX512_BF16) the cache holds BF16, as transformers'
  * BF16 run does: half the memory, and half the bytes each decoded token reads
  * from a long context. */
 #include "decoder.h"
@@ -25,6 +25,7 @@
 #include "error.h"
 #include "kernels.h"
 #include "profile.h"
+#include "quant.h"
 
 #define PREFILL_CHUNK 256
 /* Capacities are rounded up to this many positions so that a chat whose
@@ -118,7 +119,9 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->n_threads = sv_pool_threads(m->pool);
     int64_t ch = s->chunk;
     int64_t cache_values = (int64_t)c->text_layers * kvd * capacity;
-    s->kv_bf16 = sv_matmul_bf16(m->pool) && m->text.layers[0].q.dtype == ST_BF16;
+    /* BF16 weights, or quantized ones (their prompts run the BF16 GEMM too), in precision "bf16". */
+    st_dtype weights = m->text.layers[0].q.dtype;
+    s->kv_bf16 = sv_matmul_bf16(m->pool) && (weights == ST_BF16 || sv_dtype_is_quant(weights));
     size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     /* All scratch is one block (freed through x), carved in the order of slots[]. */
     int64_t gch = ch * (c->text_heads / c->text_kv_heads);

@@ -214,15 +214,16 @@ def test_activations_match_float64(isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dim", [1, 5, 16, 64, 1537])
 @pytest.mark.parametrize("rows_dtype", ["f32", "bf16"])
-def test_dot_rows_matches_float64(isa, dim, rows_dtype):
+@pytest.mark.parametrize("n_rows", [9, 37])  # 37: two blocks of 16 rows (the AVX-512 kernel's) and a rest
+def test_dot_rows_matches_float64(isa, dim, rows_dtype, n_rows):
     rng = np.random.default_rng(dim)
-    rows = rng.standard_normal((9, dim)).astype(np.float32)
+    rows = rng.standard_normal((n_rows, dim)).astype(np.float32)
     if rows_dtype == "bf16":  # the hook truncates the rows to BF16: give it values that are BF16 already
         rows = (rows.view(np.uint32) & 0xFFFF0000).view(np.float32)
     x = rng.standard_normal(dim).astype(np.float32)
     ref = 0.125 * (rows.astype(np.float64) @ x.astype(np.float64))
     name = "dot_rows" if rows_dtype == "f32" else "dot_rows_bf16"
-    got = op(isa, name, rows, other=x, eps=0.125).reshape(-1)[:9]  # the hook writes row i's dot at x[i]
+    got = op(isa, name, rows, other=x, eps=0.125).reshape(-1)[:n_rows]  # the hook writes row i's dot at x[i]
     # fp32 summation: error at most ~dim ulps of the sum of |products|, whatever the order
     bound = 0.125 * dim * 2.0**-23 * (np.abs(rows).astype(np.float64) @ np.abs(x)) + 1e-30
     assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) / bound)

@@ -133,9 +133,11 @@ static void add(float *y, const float *x, int64_t n) {
         }                                                                                                       \
     }
 
+#ifndef OPS_OWN_DOT_ROWS /* the includer may bring its own dot_rows and dot_rows_bf16 (ops_avx512.c) */
 #define AS_IS(v) (v)
 DOT_ROWS(dot_rows, float, AS_IS)
 DOT_ROWS(dot_rows_bf16, uint16_t, sv_bf16_to_float)
+#endif
 
 const sv_ops OPS_TABLE = {
     .layernorm = layernorm,
