@@ -2,7 +2,7 @@
  * of RMSNorm -> attention with RoPE over a KV cache -> RMSNorm -> SwiGLU MLP,
  * the final norm and the LM head.
  *
- * Prompts run in chunks of at most PREFILL_CHUNK rows: each chunk goes
+ * Prompts run in equal chunks of at most PREFILL_CHUNK rows: each chunk goes
  * through all layers with batched matmuls, its keys and values are appended
  * to the cache, and its queries attend causally to everything cached.  A
  * chunk's attention is two matmuls per KV head (scores = Q K^T, out = P V),
@@ -27,7 +27,7 @@
 #include "profile.h"
 #include "quant.h"
 
-#define PREFILL_CHUNK 256
+#define PREFILL_CHUNK 512
 /* Capacities are rounded up to this many positions so that a chat whose
  * context grows by a few tokens per turn does not reallocate every call. */
 #define CAPACITY_STEP 256
@@ -421,8 +421,11 @@ const float *sv_decoder_prefill(sv_model *m, const int32_t *ids, int32_t n, cons
     int64_t next_image_row = 0, rows = 0;
     sv_profile_phase_begin(m->profile, SV_PHASE_PREFILL);
     s->n_past = 0;
+    /* Equal chunks: every chunk streams (and packs) all the weights once, so a short remnant chunk
+     * would cost nearly as much as a full one. */
+    int64_t chunks = (n + s->chunk - 1) / s->chunk, per_chunk = (n + chunks - 1) / chunks;
     for (int64_t start = 0; start < n; start += rows) {
-        rows = n - start < s->chunk ? n - start : s->chunk;
+        rows = n - start < per_chunk ? n - start : per_chunk;
         for (int64_t i = 0; i < rows; i++) {
             int32_t id = ids[start + i];
             if (id == m->cfg.image_token_id)

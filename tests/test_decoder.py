@@ -108,19 +108,19 @@ def test_image_token_logits_match_transformers(any_model_dir):
     assert relative_error(swapped, ref) > 10 * TOLERANCE
 
 
-# Prefill runs in chunks of 256 rows (decoder.c PREFILL_CHUNK); the decoder
+# Prefill runs in chunks of at most 512 rows (decoder.c PREFILL_CHUNK); the decoder
 # state is the KV cache plus scratch linear in the context:
 #   4 * (2 * layers * kv_heads * head_dim * capacity                       KV cache
 #        + chunk * (2 * hidden + 2 * heads * head_dim + 2 * kv_heads * head_dim
 #                   + 2 * intermediate + head_dim) + head_dim / 2          per-chunk rows, RoPE
 #        + group * chunk * (2 * head_dim + capacity)                       one GQA group's Q, P, out
 #        + head_dim * capacity + threads * capacity + vocab)               V^T of the keys, decode rows, logits
-# with capacity = the context rounded up to 256, chunk = min(256, capacity)
+# with capacity = the context rounded up to 256, chunk = min(512, capacity)
 # and group = heads / kv_heads: no [n, n] buffer exists at any length.
 def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
     t = config.text
     capacity = min(-(-n_tokens // 256) * 256, t.max_position_embeddings)
-    chunk = min(256, capacity)
+    chunk = min(512, capacity)
     group = t.num_attention_heads // t.num_key_value_heads
     q_dim, kv_dim = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
     per_row = 2 * t.hidden_size + 2 * q_dim + 2 * kv_dim + 2 * t.intermediate_size + t.head_dim
@@ -164,7 +164,7 @@ def odd_dir(tmp_path_factory):
 
 def test_biases_f16_mqa_and_wide_heads_match_transformers(odd_dir):
     base = text_ids(odd_dir, PROMPT * 2)
-    long_ids = (base * 20)[:600]  # three prefill chunks
+    long_ids = (base * 20)[:600]  # two prefill chunks of 300
     with smolvision.load(odd_dir, precision="fp32") as model:
         assert model.config.text.attention_bias and model.config.text.mlp_bias
         assert model.config.text.head_dim * model.config.text.num_attention_heads != model.config.text.hidden_size
