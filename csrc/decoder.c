@@ -49,6 +49,8 @@ struct sv_decoder {
     float *gate, *up;     /* [chunk, intermediate] */
     float *cos, *sin;     /* [chunk, head_dim / 2] */
     float *inv_freq;      /* [head_dim / 2] */
+    void *attn;           /* sv_attention_bf16's workspace (BF16 cache), else NULL and the fp32 chunk
+                           * attention uses the group_* buffers and v_keys */
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
     float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */
@@ -93,6 +95,7 @@ void sv_decoder_free(sv_decoder *d) {
     if (!d) return;
     free(d->k_cache);
     free(d->v_cache);
+    free(d->attn);
     free(d->x);
     free(d);
 }
@@ -124,20 +127,23 @@ static sv_status decoder_alloc(sv_model *m, int32_t capacity, sv_decoder **out) 
     s->kv_bf16 = sv_matmul_bf16(m->pool) && (weights == ST_BF16 || sv_dtype_is_quant(weights));
     size_t kv_bytes = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     /* All scratch is one block (freed through x), carved in the order of slots[]. */
-    int64_t gch = ch * (c->text_heads / c->text_kv_heads);
+    sv_attention_shape widest = {ch, capacity, c->text_heads, c->text_kv_heads, hd, 1, 1.0f};
+    size_t attn_bytes = s->kv_bf16 ? sv_attention_bf16_bytes(m->pool, &widest) : 0;
+    int64_t gch = attn_bytes ? 0 : ch * (c->text_heads / c->text_kv_heads), vk = attn_bytes ? 0 : hd * capacity;
     int64_t sizes[] = {ch * d,   ch * d,         ch * qd,    ch * kvd,  ch * kvd, ch * qd, ch * f, ch * f,
                        ch * half, ch * half,     half,       gch * hd,  gch * capacity, gch * hd,
-                       hd * capacity, (int64_t)s->n_threads * capacity, c->vocab_size};
+                       vk,       (int64_t)s->n_threads * capacity, c->vocab_size};
     float **slots[] = {&s->x,   &s->xn,  &s->q,        &s->k,            &s->v,         &s->att,
                        &s->gate, &s->up, &s->cos,      &s->sin,          &s->inv_freq,  &s->group_q,
                        &s->group_scores, &s->group_out, &s->v_keys,      &s->scores,    &s->logits};
     int64_t scratch_floats = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) scratch_floats += sizes[i];
-    s->bytes = 2 * cache_values * (int64_t)kv_bytes + scratch_floats * (int64_t)sizeof(float);
+    s->bytes = 2 * cache_values * (int64_t)kv_bytes + scratch_floats * (int64_t)sizeof(float) + (int64_t)attn_bytes;
     s->k_cache = malloc((size_t)cache_values * kv_bytes);
     s->v_cache = malloc((size_t)cache_values * kv_bytes);
     float *block = malloc((size_t)scratch_floats * sizeof(float));
-    if (!s->k_cache || !s->v_cache || !block) {
+    if (attn_bytes && posix_memalign(&s->attn, 64, attn_bytes) != 0) s->attn = NULL;
+    if (!s->k_cache || !s->v_cache || !block || (attn_bytes && !s->attn)) {
         free(block);
         sv_decoder_free(s);
         return sv_fail(SV_ERR_NOMEM, "out of memory allocating %.1f MiB of decoder state for %d positions",
@@ -253,13 +259,22 @@ static void causal_softmax_task(void *arg, int64_t begin, int64_t end, int threa
     }
 }
 
-/* Chunk attention: for each KV head, its group's queries at once as
- * scores = Q K^T and out = P V, two matmuls over the keys 0..pos0+n. */
+/* Chunk attention.  With the BF16 cache, sv_attention_bf16 (all heads in two pool runs).  Else, for
+ * each KV head, its group's queries at once as scores = Q K^T and out = P V, two fp32 matmuls over the
+ * keys 0..pos0+n. */
 static void attention_chunk(sv_model *m, int64_t layer, int64_t n, int64_t pos0) {
     const sv_config *c = &m->cfg;
     sv_decoder *s = m->decoder;
     int64_t hd = c->head_dim, qd = (int64_t)c->text_heads * hd, cap = s->capacity;
     int64_t group = c->text_heads / c->text_kv_heads, keys = pos0 + n, rows = group * n;
+    if (s->attn) {
+        sv_attention_shape shape = {n, keys, c->text_heads, c->text_kv_heads, hd, 1, 1.0f / sqrtf((float)hd)};
+        const uint16_t *k = (const uint16_t *)s->k_cache + cache_base(c, s, layer, 0);
+        const uint16_t *vt = (const uint16_t *)s->v_cache + cache_base(c, s, layer, 0);
+        sv_attention_operands o = {s->q, qd, s->att, qd, k, cap * hd, hd, vt, cap * hd, cap};
+        sv_attention_bf16(m->pool, s->attn, &shape, &o);
+        return;
+    }
     attention_job job = {c, s, layer, n, pos0};
     size_t head_bytes = (size_t)hd * sizeof(float);
     for (int64_t kvh = 0; kvh < c->text_kv_heads; kvh++) {

@@ -18,15 +18,38 @@ void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matr
  * AVX512_BF16): callers holding fp32 operands of their own (attention) can then store them as BF16. */
 int sv_matmul_bf16(const sv_pool *pool);
 
-/* Multi-head self-attention of one sequence, every token attending to every token (the vision
- * tower), in BF16 products (attention.c): per head h, out[:, h] = softmax(q[:, h] k[:, h]^T * scale)
- * v[:, h], where [:, h] are columns [h * head_dim, (h + 1) * head_dim) of q, k, v, out [n, ld].
- * Only where sv_matmul_bf16(pool); `workspace` (64-byte aligned) holds sv_attention_bf16_bytes(). */
-void sv_attention_bf16(sv_pool *pool, void *workspace, float *out, const float *q, const float *k, const float *v,
-                       int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale);
-/* Workspace bytes for those shapes; 0 when this pool does not multiply in BF16 or the shapes are beyond
- * what the kernel handles (then use sv_matmul per head). */
-size_t sv_attention_bf16_bytes(const sv_pool *pool, int64_t n, int64_t heads, int64_t head_dim);
+/* Multi-head attention in BF16 products (kernels/attention.c), only where sv_matmul_bf16(pool): per query
+ * head h (KV head g = h / (heads / kv_heads)), out[:, h] = softmax(q[:, h] K_g^T * scale) V_g, where [:, h]
+ * are columns [h * head_dim, (h + 1) * head_dim).  Query i sits at position keys - queries + i; causal: it
+ * sees keys up to its own position, else all of them. */
+typedef struct {
+    int64_t queries, keys, heads, kv_heads, head_dim;
+    int causal;
+    float scale;
+} sv_attention_shape;
+
+typedef struct {
+    const float *q;                                /* [queries, ldq] */
+    int64_t ldq;
+    float *out;                                    /* [queries, ldo] */
+    int64_t ldo;
+    const uint16_t *k;                             /* K_g: BF16 [keys, head_dim] at k + g * k_head_stride */
+    int64_t k_head_stride, ldk;                    /* ... with rows ldk apart */
+    const uint16_t *vt;                            /* V_g^T: BF16 [head_dim, keys] at vt + g * vt_head_stride */
+    int64_t vt_head_stride, ldvt;                  /* ... with rows ldvt apart */
+} sv_attention_operands;
+
+/* Workspace bytes (64-byte aligned) sv_attention_bf16 needs for a shape; 0 when this pool does not multiply
+ * in BF16 or the shape is beyond what the kernel handles: then use the fp32 path. */
+size_t sv_attention_bf16_bytes(const sv_pool *pool, const sv_attention_shape *shape);
+void sv_attention_bf16(sv_pool *pool, void *workspace, const sv_attention_shape *shape,
+                       const sv_attention_operands *operands);
+
+/* The vision tower's form: fp32 q, k, v, out [n, ld], every token seeing every token, heads = kv_heads;
+ * workspace of sv_self_attention_bf16_bytes() (0: use the fp32 path). */
+size_t sv_self_attention_bf16_bytes(const sv_pool *pool, int64_t n, int64_t heads, int64_t head_dim);
+void sv_self_attention_bf16(sv_pool *pool, void *workspace, float *out, const float *q, const float *k,
+                            const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale);
 
 /* dst[n] = x[n] rounded to BF16, nearest even. */
 void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);

@@ -10,7 +10,7 @@
  *
  * All tiles of a pass go through every weight matmul as one batch of rows
  * (x is [tiles*patches, hidden]); attention runs per tile, in BF16 products
- * as sv_attention_bf16 (kernels/attention.c) where the matmuls are BF16, else
+ * as sv_self_attention_bf16 (kernels/attention.c) where the matmuls are BF16, else
  * per head as two fp32 sv_matmul products on head-major copies of q, k, v.
  * Activations live in scratch
  * allocated once per call and freed before it returns (nothing is held
@@ -54,7 +54,7 @@ typedef struct {
     float *vt;      /* [heads, head_dim, patches] */
     float *probs;   /* [patches, patches] one head's scores, then probabilities */
     float *outt;    /* [hidden, patches] the attention output, transposed */
-    void *attn;     /* sv_attention_bf16's workspace when the matmuls run in BF16, else NULL */
+    void *attn;     /* sv_self_attention_bf16's workspace when the matmuls run in BF16, else NULL */
 } vision_scratch;
 
 static vision_shape shape_of(const sv_config *c) {
@@ -114,7 +114,7 @@ static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_
     sc->vt = malloc(n_tile * sizeof(float));
     sc->outt = malloc(n_tile * sizeof(float));
     sc->probs = malloc(n_probs * sizeof(float));
-    size_t attn_bytes = sv_attention_bf16_bytes(pool, s->patches, s->heads, s->head_dim);
+    size_t attn_bytes = sv_self_attention_bf16_bytes(pool, s->patches, s->heads, s->head_dim);
     if (attn_bytes && posix_memalign(&sc->attn, 64, attn_bytes) != 0) sc->attn = NULL;
     if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs ||
         (attn_bytes && !sc->attn)) {
@@ -212,14 +212,14 @@ static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
 /* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
  * Every patch attends to every patch of its tile (bidirectional, no mask):
  * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v.
- * bf16: sv_attention_bf16.  Else, per head in fp32, computed as out^T = v^T probs^T so both
+ * bf16: sv_self_attention_bf16.  Else, per head in fp32, computed as out^T = v^T probs^T so both
  * products are sv_matmul's y = x W^T. */
 static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, int bf16, float *out,
                       const float *q, const float *k, const float *v) {
     int64_t P = s->patches, hd = s->head_dim;
     float scale = (float)(1.0 / sqrt((double)hd));
     if (bf16 && sc->attn) {
-        sv_attention_bf16(pool, sc->attn, out, q, k, v, s->hidden, P, s->heads, hd, scale);
+        sv_self_attention_bf16(pool, sc->attn, out, q, k, v, s->hidden, P, s->heads, hd, scale);
         return;
     }
     heads_job j = {s, q, k, v, sc, out, scale};

@@ -267,15 +267,49 @@ def test_attention_bf16_matches_float64(n, heads, head_dim, threads):
     if status == lib.SV_ERR_UNSUPPORTED:
         pytest.skip(ffi.string(lib.sv_last_error()).decode())
     assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
-    ref = np.empty((n, heads * head_dim))
+    assert_attention_close(out, reference_attention(q, k, v, n, heads, heads, head_dim, scale, causal=False))
+
+
+def reference_attention(q, k, v, queries, heads, kv_heads, head_dim, scale, causal):
+    """float64 attention over BF16-rounded q * scale, k, v and probabilities (query i at position
+    keys - queries + i)."""
+    keys, group = k.shape[0], heads // kv_heads
+    ref = np.empty((queries, heads * head_dim))
+    visible = np.arange(keys)[None, :] <= (keys - queries + np.arange(queries))[:, None] if causal else True
     for h in range(heads):
-        cols = slice(h * head_dim, (h + 1) * head_dim)
+        cols, kv = slice(h * head_dim, (h + 1) * head_dim), slice(h // group * head_dim, (h // group + 1) * head_dim)
         qh = bf16_round(q[:, cols].astype(np.float32) * np.float32(scale))
-        scores = qh @ bf16_round(k[:, cols]).T
+        scores = np.where(visible, qh @ bf16_round(k[:, kv]).T, -np.inf)
         probs = np.exp(scores - scores.max(1, keepdims=True))
         probs = bf16_round((probs / probs.sum(1, keepdims=True)).astype(np.float32))
-        ref[:, cols] = probs @ bf16_round(v[:, cols])
+        ref[:, cols] = probs @ bf16_round(v[:, kv])
+    return ref
+
+
+def assert_attention_close(out, ref):
     err = np.abs(out - ref)
     assert np.isfinite(out).all()
     assert err.max() <= 1e-2 * np.abs(ref).max(), err.max()  # a few probabilities one BF16 step apart
     assert err.mean() <= 1e-4 * np.abs(ref).max(), err.mean()
+
+
+@pytest.mark.parametrize("queries,keys,heads,kv_heads,head_dim", [
+    (1, 1, 1, 1, 1), (3, 3, 2, 1, 5), (7, 40, 4, 2, 16), (33, 33, 3, 3, 64),  # a first chunk: queries == keys
+    (70, 301, 6, 2, 64), (64, 97, 2, 1, 33)])  # later chunks: keys cached before the queries
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention_bf16_kv_matches_float64(queries, keys, heads, kv_heads, head_dim, causal, threads):
+    """The kernel as prompt chunks run it on the decoder's BF16 KV cache: grouped KV heads, the causal
+    mask offset by the keys cached before the chunk, V^T rows longer than the keys (the cache's capacity)."""
+    rng = np.random.default_rng(queries * 1000 + keys)
+    q = (rng.standard_normal((queries, heads * head_dim)) * 2).astype(np.float32)
+    k, v = (rng.standard_normal((2, keys, kv_heads * head_dim)) * 2).astype(np.float32)
+    scale = head_dim ** -0.5
+    out = np.full((queries, heads * head_dim), np.nan, np.float32)
+    buf = lambda a: ffi.from_buffer("float[]", a)
+    status = lib.sv_debug_attention_bf16_kv(buf(q), buf(k), buf(v), buf(out), queries, keys, heads, kv_heads,
+                                            head_dim, int(causal), scale, threads)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
+    assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
+    assert_attention_close(out, reference_attention(q, k, v, queries, heads, kv_heads, head_dim, scale, causal))

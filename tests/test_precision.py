@@ -211,6 +211,9 @@ PROMPTS = {
     "short": "User: Hi!\nAssistant:",  # under 16 tokens: the dot (GEMV) kernels throughout
     "long": "User: Describe the picture of the old lighthouse on the cliff, and say what the weather is like "
             "there today and tomorrow, in detail please.\nAssistant:",  # the packed GEMM for the prompt
+    # over 512 tokens: two prefill chunks, the second attending causally to the first's cached keys
+    "chunked": "User: " + "The lighthouse stands on the cliff above the grey sea, and its lamp turns all night. " * 30
+               + "What does it light?\nAssistant:",
 }
 
 
@@ -219,6 +222,7 @@ PROMPTS = {
 def test_bf16_logits_are_as_close_as_transformers_bf16(mha_dir, prompt):
     ids = token_ids(mha_dir, PROMPTS[prompt])
     assert (len(ids) <= 16) == (prompt == "short")
+    assert (len(ids) > 512) == (prompt == "chunked")
     ref = transformers_logits(mha_dir, ids, torch.float32)
     theirs = relative_error(transformers_logits(mha_dir, ids, torch.bfloat16), ref)
     with smolvision.load(mha_dir, precision="bf16") as model:

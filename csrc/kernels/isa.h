@@ -51,10 +51,11 @@ typedef struct {
     void (*dot)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,
                 const float *b, int64_t r0, int64_t r1);
     int dot_max_n; /* the driver uses dot up to this n, pack + gemm above */
-    /* panel[ceil(W.cols / 2), panel_width]: BF16 pairs of W[r0:r1, :]^T as 32-bit words, zero-padded;
-     * gemm: y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for c < width (xb[n, ldx], y[n, ldy]). */
+    /* panel[ceil(cols / 2), panel_width]: BF16 pairs of W[r0:r1, :]^T as 32-bit words, zero-padded, for
+     * W = w[rows, cols] BF16 with rows ldw elements apart; gemm: y[i, c] = xb[i, :] . W[r0 + c, :] + b[c]
+     * for c < width (xb[n, ldx], y[n, ldy]). */
     int panel_width;
-    void (*pack)(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1);
+    void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
     void (*gemm)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
                  int64_t width, const float *b);
 } sv_bf16_isa;

@@ -107,7 +107,7 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
-        j->bf16->pack(panel, j->W, r, r + w);
+        j->bf16->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
         j->bf16->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
 }

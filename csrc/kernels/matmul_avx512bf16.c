@@ -138,14 +138,13 @@ static void dot(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t 
     }
 }
 
-/* panel[p, c] = the BF16 pair W[r0 + c, 2p : 2p + 2] as one 32-bit word (low half first, as vdpbf16ps reads it),
- * for p < ceil(K / 2), c < PANEL; a missing second element (odd K) and columns past r1 - r0 are zero.  Each step
+/* panel[p, c] = the BF16 pair W[r0 + c, 2p : 2p + 2] as one 32-bit word (low half first, as vdpbf16ps reads
+ * it), for W = w[., K] with rows ldw apart, p < ceil(K / 2), c < PANEL; a missing second element (odd K) and
+ * columns past r1 - r0 are zero.  Each step
  * loads 16 pairs of 16 rows (masked at the tail, so odd K reads nothing past its row) and transposes them.
  * One group of 16 rows is read start to end before the next: 16 streams from memory rather than 32 (the
  * pack waits on its loads; this order cut its share of a 512-token prefill from 8% to 5.7%, perf). */
-static void pack(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
-    const int64_t K = W->cols;
-    const uint16_t *w = W->data;
+static void pack(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t K, int64_t r0, int64_t r1) {
     for (int h = 0; h < PANEL; h += 16)
         for (int64_t k = 0; k < K; k += 32) {
             int64_t len = K - k < 32 ? K - k : 32, pairs = (len + 1) / 2;
@@ -153,7 +152,7 @@ static void pack(uint32_t *panel, const sv_matrix *W, int64_t r0, int64_t r1) {
             __m512 v[16];
             UNROLL
             for (int c = 0; c < 16; c++)
-                v[c] = r0 + h + c < r1 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, w + (r0 + h + c) * K + k))
+                v[c] = r0 + h + c < r1 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, w + (r0 + h + c) * ldw + k))
                                        : _mm512_setzero_ps();
             transpose16(v);
             for (int64_t p = 0; p < pairs; p++) _mm512_store_ps((float *)panel + (k / 2 + p) * PANEL + h, v[p]);

@@ -97,8 +97,7 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
         int64_t w = r1 - r < width ? r1 - r : width;
         for (int64_t i = 0; i < w; i++) sv_q_dequantize_row(rows + i * K, j->W, r + i);
         j->bf16->round_rows(rounded, K, rows, w, K);
-        sv_matrix plain = {rounded, ST_BF16, w, K};
-        j->bf16->pack(panel, &plain, 0, w);
+        j->bf16->pack(panel, rounded, K, K, 0, w);
         j->bf16->gemm(j->y + r, j->W->rows, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
 }
