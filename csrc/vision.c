@@ -29,9 +29,12 @@
 /* No real batch of images comes near this; beyond it the count is a caller bug. */
 #define MAX_TILES 4096
 /* A pass holds at most this many tiles and bytes of activations; larger calls
- * run in several equal passes.  16 tiles of SmolVLM are ~12k rows per matmul,
- * already far past where a bigger batch makes the weights cheaper to stream. */
-#define PASS_MAX_TILES 16
+ * run in several equal passes.  The GEMM streams all of a pass's rows once per
+ * panel of 32 weight rows, so past ~2 tiles (1458 rows, 3.4 MB of BF16
+ * activations at SmolVLM's width) those rows fall out of cache and a tile gets
+ * slower, not faster (6 tiles, 2 threads: 1.76-1.84 s/tile in passes of 2,
+ * 1.80-1.93 in passes of 4, 1.96-1.99 in one pass). */
+#define PASS_MAX_TILES 2
 #define PASS_BUDGET_BYTES ((size_t)256 << 20)
 
 /* Shapes of one encode, all derived from the config. */
