@@ -102,3 +102,26 @@ def test_ratios_compare_the_same_kind_of_weights():
     assert vision[-3] == "1.25x"  # 2.5 / 2.0: lower is better
     rss = next(cells for label, cells in rows.items() if label.startswith("peak RSS"))
     assert rss[-3] == "1.20x"  # against transformers only: llama.cpp holds the text model alone
+
+
+def test_rounds_keep_each_phases_best_and_the_larger_rss():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    first = {"vision_s_per_tile": 2.0, "prefill_tok_s": 100.0, "decode_short_tok_s": 12.0, "peak_rss_mb": 900.0,
+             "build_info": "x"}
+    again = {"vision_s_per_tile": 1.9, "prefill_tok_s": 90.0, "decode_short_tok_s": 14.0, "peak_rss_mb": 950.0,
+             "decode_long_tok_s": 9.0}
+    merged = bench.best_of(first, again)
+    assert merged == {"vision_s_per_tile": 1.9, "prefill_tok_s": 100.0, "decode_short_tok_s": 14.0,
+                      "peak_rss_mb": 950.0, "decode_long_tok_s": 9.0, "build_info": "x"}
+    assert bench.best_of(None, again) is again and bench.best_of(first, None) is first
+
+
+def test_quick_bench_in_two_rounds(mha_dir):
+    run = run_bench("--model", str(mha_dir), "--quick", "--no-peers", "--rounds", "2")
+    assert run.returncode == 0, run.stderr
+    assert "2 interleaved rounds" in run.stdout and "round 2 of 2" in run.stderr
+    assert all(float(cells[1]) > 0 for cells in table_rows(run.stdout).values()), run.stdout
