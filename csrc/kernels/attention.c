@@ -78,30 +78,32 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
     return (uint32_t *)(j->ws + j->l.vp) + (g * j->l.v_panels + p) * j->l.v_panel;
 }
 
-/* Items per head: one that rounds its queries (q16[h] = q[:, head h] * scale), then for the KV heads
- * (the first kv_heads heads' items) their K panels and V^T panels. */
+/* Items: one per query head, rounding its queries (q16[h] = q[:, head h] * scale); then per KV head its
+ * K panels and V^T panels. */
 static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
     const attn_job *j = arg;
     const sv_attention_shape *a = j->a;
     const sv_attention_operands *o = j->o;
     const layout *l = &j->l;
-    int64_t per_head = 1 + l->k_panels + l->v_panels, hd = a->head_dim;
+    int64_t per_kv_head = l->k_panels + l->v_panels, hd = a->head_dim;
     float *scaled = sv_pool_scratch(j->pool, thread);
     for (int64_t item = begin; item < end; item++) {
-        int64_t h = item / per_head, p = item % per_head;
-        if (p == 0) {
+        if (item < a->heads) {
             for (int64_t i = 0; i < a->queries; i++) {
-                const float *q = o->q + i * o->ldq + h * hd;
+                const float *q = o->q + i * o->ldq + item * hd;
                 for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * a->scale;
-                j->bf->round_rows(q16_of(j, h) + i * l->ldq, l->ldq, scaled, 1, hd);
+                j->bf->round_rows(q16_of(j, item) + i * l->ldq, l->ldq, scaled, 1, hd);
             }
-        } else if (h < a->kv_heads && p <= l->k_panels) {
-            int64_t r0 = (p - 1) * l->width, r1 = r0 + l->width < a->keys ? r0 + l->width : a->keys;
-            j->bf->pack(k_panel(j, h, p - 1), o->k + h * o->k_head_stride, o->ldk, hd, r0, r1);
-        } else if (h < a->kv_heads) {
-            p -= 1 + l->k_panels;
+            continue;
+        }
+        int64_t g = (item - a->heads) / per_kv_head, p = (item - a->heads) % per_kv_head;
+        if (p < l->k_panels) {
+            int64_t r0 = p * l->width, r1 = r0 + l->width < a->keys ? r0 + l->width : a->keys;
+            j->bf->pack(k_panel(j, g, p), o->k + g * o->k_head_stride, o->ldk, hd, r0, r1);
+        } else {
+            p -= l->k_panels;
             int64_t r0 = p * l->width, r1 = r0 + l->width < hd ? r0 + l->width : hd;
-            j->bf->pack(v_panel(j, h, p), o->vt + h * o->vt_head_stride, o->ldvt, a->keys, r0, r1);
+            j->bf->pack(v_panel(j, g, p), o->vt + g * o->vt_head_stride, o->ldvt, a->keys, r0, r1);
         }
     }
 }
@@ -161,7 +163,7 @@ size_t sv_attention_bf16_bytes(const sv_pool *pool, const sv_attention_shape *a)
 void sv_attention_bf16(sv_pool *pool, void *workspace, const sv_attention_shape *a, const sv_attention_operands *o) {
     const sv_bf16_isa *bf = kernels(pool);
     attn_job j = {bf, pool, a, o, layout_of(bf, a), workspace};
-    sv_pool_run(pool, prepare_task, &j, a->heads * (1 + j.l.k_panels + j.l.v_panels));
+    sv_pool_run(pool, prepare_task, &j, a->heads + a->kv_heads * (j.l.k_panels + j.l.v_panels));
     sv_pool_run(pool, attend_task, &j, a->heads * ((a->queries + QUERY_BLOCK - 1) / QUERY_BLOCK));
 }
 
