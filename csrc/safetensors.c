@@ -342,6 +342,27 @@ sv_status st_open_dir(st_archive *a, const char *dir) {
     return s;
 }
 
+void st_read(const st_archive *a, const st_tensor *t, void *dst) {
+    const st_file *f = &a->files[t->file];
+    size_t done = 0;
+    int fd = f->mapped ? open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size != f->size)) {
+        close(fd); /* not the file that was mapped (replaced since?): read the mapping */
+        fd = -1;
+    }
+    if (fd >= 0) {
+        off_t at = (off_t)((const char *)t->data - (const char *)f->map);
+        while (done < t->nbytes) {
+            ssize_t got = pread(fd, (char *)dst + done, t->nbytes - done, at + (off_t)done);
+            if (got <= 0) break;
+            done += (size_t)got;
+        }
+        close(fd);
+    }
+    if (done < t->nbytes) memcpy((char *)dst + done, (const char *)t->data + done, t->nbytes - done);
+}
+
 const st_tensor *st_find(const st_archive *a, const char *name) {
     size_t lo = 0, hi = a->n_tensors;
     while (lo < hi) {

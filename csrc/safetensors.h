@@ -61,6 +61,11 @@ sv_status st_open_file(st_archive *a, const char *path);
 sv_status st_open_memory(st_archive *a, const void *bytes, size_t size, const char *name);
 
 const st_tensor *st_find(const st_archive *a, const char *name);
+
+/* Copies t's bytes into dst[t->nbytes] with pread rather than through the mapping, so that reading
+ * a small tensor does not map (and count in RSS) the whole 2 MiB page-cache folio around it; from
+ * the mapping where the file cannot be read (or for st_open_memory archives). */
+void st_read(const st_archive *a, const st_tensor *t, void *dst);
 void st_close(st_archive *a);
 
 const char *st_dtype_name(st_dtype t);
