@@ -49,8 +49,8 @@ struct sv_decoder {
     float *gate, *up;     /* [chunk, intermediate] */
     float *cos, *sin;     /* [chunk, head_dim / 2] */
     float *inv_freq;      /* [head_dim / 2] */
-    void *attn;           /* sv_attention_bf16's workspace (BF16 cache), else NULL and the fp32 chunk
-                           * attention uses the group_* buffers and v_keys */
+    void *attn;           /* sv_attention_bf16's workspace (BF16 cache), else NULL and chunk attention
+                           * runs per KV head through sv_matmul on the group_* buffers and v_keys */
     float *group_q;       /* [group * chunk, head_dim]: the queries of one KV head's group */
     float *group_scores;  /* room for [group * chunk, capacity]: their weights, used as [group * n, keys] */
     float *group_out;     /* [group * chunk, head_dim] */

@@ -89,7 +89,7 @@ static sv_status map_file(st_archive *a, const char *path, int *index) {
         return sv_fail(SV_ERR_NOMEM, "out of memory opening %s", path);
     }
     a->files = files;
-    a->files[a->n_files] = (st_file){copy, map, size, 1};
+    a->files[a->n_files] = (st_file){copy, map, size, 1, (uint64_t)st.st_dev, (uint64_t)st.st_ino};
     *index = a->n_files++;
     return SV_OK;
 }
@@ -253,7 +253,7 @@ sv_status st_open_memory(st_archive *a, const void *bytes, size_t size, const ch
         st_close(a);
         return sv_fail(SV_ERR_NOMEM, "out of memory opening %s", name);
     }
-    a->files[0] = (st_file){copy, (void *)bytes, size, 0};
+    a->files[0] = (st_file){copy, (void *)bytes, size, 0, 0, 0};
     a->n_files = 1;
     sv_status s = read_header(a, 0);
     if (s == SV_OK) s = finish(a);
@@ -347,7 +347,8 @@ void st_read(const st_archive *a, const st_tensor *t, void *dst) {
     size_t done = 0;
     int fd = f->mapped ? open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
     struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size != f->size)) {
+    if (fd >= 0 && (fstat(fd, &st) != 0 || (uint64_t)st.st_dev != f->device || (uint64_t)st.st_ino != f->inode ||
+                    (size_t)st.st_size != f->size)) {
         close(fd); /* not the file that was mapped (replaced since?): read the mapping */
         fd = -1;
     }

@@ -38,6 +38,7 @@ typedef struct {
     void *map;
     size_t size;
     int mapped;  /* 1: map is our mmap (unmapped by st_close); 0: the caller's buffer */
+    uint64_t device, inode; /* of the file mapped: st_read reads only that file */
 } st_file;
 
 typedef struct {
@@ -64,7 +65,8 @@ const st_tensor *st_find(const st_archive *a, const char *name);
 
 /* Copies t's bytes into dst[t->nbytes] with pread rather than through the mapping, so that reading
  * a small tensor does not map (and count in RSS) the whole 2 MiB page-cache folio around it; from
- * the mapping where the file cannot be read (or for st_open_memory archives). */
+ * the mapping where the file cannot be read or is no longer the one mapped (same device and inode),
+ * and for st_open_memory archives. */
 void st_read(const st_archive *a, const st_tensor *t, void *dst);
 void st_close(st_archive *a);
 

@@ -173,6 +173,7 @@ void sv_attention_bf16(sv_pool *pool, void *workspace, const sv_attention_shape 
 static size_t self_staging(int64_t n, int64_t heads, int64_t hd) { return align64((size_t)(heads * n * hd) * 2); }
 
 typedef struct {
+    const sv_bf16_isa *bf;
     sv_pool *pool;
     const float *k, *v;
     int64_t ld, n, heads, hd;
@@ -185,8 +186,8 @@ static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
     uint16_t *row16 = (uint16_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t i = begin; i < end; i++)
         for (int64_t h = 0; h < j->heads; h++) {
-            sv_to_bf16(j->k16 + (h * j->n + i) * j->hd, j->k + i * j->ld + h * j->hd, j->hd);
-            sv_to_bf16(row16, j->v + i * j->ld + h * j->hd, j->hd);
+            j->bf->round_rows(j->k16 + (h * j->n + i) * j->hd, j->hd, j->k + i * j->ld + h * j->hd, 1, j->hd);
+            j->bf->round_rows(row16, j->hd, j->v + i * j->ld + h * j->hd, 1, j->hd);
             uint16_t *vt = j->vt16 + h * j->hd * j->n + i;
             for (int64_t d = 0; d < j->hd; d++) vt[d * j->n] = row16[d];
         }
@@ -203,7 +204,7 @@ void sv_self_attention_bf16(sv_pool *pool, void *workspace, float *out, const fl
                             const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale) {
     sv_attention_shape a = {n, n, heads, heads, head_dim, 0, scale};
     unsigned char *staging = (unsigned char *)workspace + align64(sv_attention_bf16_bytes(pool, &a));
-    split_job s = {pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
+    split_job s = {kernels(pool), pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
                    (uint16_t *)(staging + self_staging(n, heads, head_dim))};
     sv_pool_run(pool, split_task, &s, n);
     sv_attention_operands o = {q, ld, out, ld, s.k16, n * head_dim, head_dim, s.vt16, head_dim * n, n};
