@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import Idefics3ImageProcessorPil, Idefics3Processor, PreTrainedTokenizerFast
 from transformers.image_transforms import convert_to_rgb
 
-from smolvision.chat import load_chat_template, normalize_messages, render_chat_template
+from smolvision.chat_template import load_chat_template, normalize_messages, render_chat_template
 from smolvision.errors import ImageError, InputError, ModelError
 from smolvision.processing import (
     FAKE_IMAGE_TOKEN,
@@ -34,11 +34,10 @@ from smolvision.processing import (
     IMAGE_TOKEN,
     ImageProcessor,
     PreprocessedImage,
-    compute_image_seq_len,
     expand_image_tokens,
     image_prompt,
     load_image,
-    load_image_seq_len,
+    processor_image_seq_len,
 )
 
 # preprocessor_config.json of SmolVLM-Instruct and SmolVLM-256M-Instruct, with a smaller longest_edge
@@ -504,17 +503,12 @@ def test_image_processor_from_dir(tmp_path: Path) -> None:
 
 
 def test_image_seq_len(tmp_path: Path) -> None:
-    assert compute_image_seq_len(384, 14, 3) == 81  # SmolVLM-Instruct
-    assert compute_image_seq_len(512, 16, 4) == 64  # SmolVLM-256M / 500M
-
+    assert processor_image_seq_len(tmp_path) is None  # no processor_config.json
     write_json(tmp_path / "processor_config.json", {"image_seq_len": 81, "processor_class": "Idefics3Processor"})
-    assert load_image_seq_len(tmp_path) == 81
-    computed = tmp_path / "computed"
-    computed.mkdir()
-    write_json(computed / "config.json", {"scale_factor": 4, "vision_config": {"image_size": 512, "patch_size": 16}})
-    assert load_image_seq_len(computed) == 64
+    assert processor_image_seq_len(tmp_path) == 81
+    write_json(tmp_path / "processor_config.json", {"image_seq_len": 0})
     with pytest.raises(ModelError):
-        load_image_seq_len(tmp_path / "nothing-here")
+        processor_image_seq_len(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
