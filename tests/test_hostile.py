@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import smolvision
-from test_load_errors import broken, edit_config, load_error, read_safetensors, write_safetensors  # noqa: F401
+from helpers import edit_config, load_error, read_safetensors, write_safetensors
 
 # Children import the same smolvision build as this process (installed in CI, in-tree in development).
 PACKAGE_HOME = str(Path(smolvision.__file__).resolve().parent.parent)
