@@ -51,7 +51,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -256,7 +255,7 @@ WORKERS = {"smolvision": worker_smolvision, "transformers": worker_transformers,
            "smolvision-q8": worker_smolvision_quant("q8"), "smolvision-q4": worker_smolvision_quant("q4")}
 
 
-def run_child(command: list, env: Optional[dict] = None) -> tuple:
+def run_child(command: list, env: dict | None = None) -> tuple:
     """(exit status, peak RSS in MB) of a subprocess; its stdout/stderr pass through to stderr."""
     process = subprocess.Popen(command, stdout=sys.stderr, env=env)
     _, status, usage = os.wait4(process.pid, 0)
@@ -273,7 +272,7 @@ def smolvision_home() -> str:
     return str(Path(smolvision.__file__).resolve().parent.parent)
 
 
-def run_engine(name: str, args: argparse.Namespace) -> Optional[dict]:
+def run_engine(name: str, args: argparse.Namespace) -> dict | None:
     """One engine's results (its worker in a fresh interpreter), or None with a message if it failed."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
@@ -295,7 +294,7 @@ def run_engine(name: str, args: argparse.Namespace) -> Optional[dict]:
 
 # ---------------------------------------------------------------- machine limits
 
-def machine_limits(threads: int, quick: bool) -> Optional[dict]:
+def machine_limits(threads: int, quick: bool) -> dict | None:
     """Bandwidth and FMA peaks from bench/machine_limits.c, or None with a message if it cannot run."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if platform.machine() not in ("x86_64", "AMD64") or compiler is None:
@@ -345,7 +344,7 @@ class Costs:
         return tokens * self.token_flops + self.attention_flops_per_pair * tokens * (tokens + 1) / 2
 
 
-def limit_cells(limits: Optional[dict], costs: Costs, work: Workload, e2e: Optional[dict]) -> dict:
+def limit_cells(limits: dict | None, costs: Costs, work: Workload, e2e: dict | None) -> dict:
     """The machine-limit cell of each row (text), from measured peaks and the phase costs."""
     if limits is None:
         return {}
@@ -613,7 +612,7 @@ def table(work: Workload, engines: dict, limits: dict) -> str:
     return "\n".join(lines)
 
 
-def best_of(first: Optional[dict], again: Optional[dict]) -> Optional[dict]:
+def best_of(first: dict | None, again: dict | None) -> dict | None:
     """Two runs of one engine merged field by field: the faster figure of each phase, the larger peak RSS."""
     if not first or not again:
         return first or again

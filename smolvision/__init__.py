@@ -4,6 +4,8 @@
     with smolvision.load("path/to/SmolVLM-Instruct") as model:
         ...
 """
+from __future__ import annotations
+
 from ._native import build_info, cpu_features, version
 from .config import Config, TextConfig, VisionConfig
 from .errors import (Error, GenerationError, ImageError, InputError, ModelError, ResourceError,

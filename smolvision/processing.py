@@ -24,8 +24,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from smolvision._files import read_json
-from smolvision.errors import ImageError, InputError, ModelError
+from ._files import read_json
+from .errors import ImageError, InputError, ModelError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
