@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,6 +77,40 @@ def fake_hf_cache(cache: Path, repo_id: str, files=("config.json", "model.safete
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- images and processor configs (test_preprocess.py, test_prompts.py) ----
+
+# preprocessor_config.json of SmolVLM-Instruct and SmolVLM-256M-Instruct, with a smaller longest_edge
+# (1536 and 2048 upstream) to keep the tests fast; test_preprocess.py runs the real 1536.
+INSTRUCT_CONFIG = {
+    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
+    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "Idefics3ImageProcessor", "max_image_size": {"longest_edge": 384},
+    "processor_class": "Idefics3Processor", "resample": 1, "rescale_factor": 0.00392156862745098,
+    "size": {"longest_edge": 768},
+}
+
+# SmolVLM's chat template (chat_template.json of HuggingFaceTB/SmolVLM-Instruct).
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def smooth_rgb(width: int, height: int) -> np.ndarray:
+    """A gradient with noise: structure for the resampler to get right, and no flat areas that hide errors."""
+    rng = np.random.default_rng(1234)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x + y) % 256], axis=-1)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
 
 
 # ---- stand-ins for the CLI tests: a model that keeps the generate contract ----
