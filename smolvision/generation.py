@@ -160,7 +160,10 @@ class Result:
 
 def read_eos_token_ids(model_dir: str) -> tuple[int, ...]:
     """The EOS ids of a model directory: generation_config.json's eos_token_id
-    (an int or a list), else config.json's (top level or text_config); () if none."""
+    (an int or a list), else config.json's (top level or text_config); () if none.
+
+    The model's shapes come from the C engine's parse of config.json (Model.config); this is the one
+    place Python reads config.json itself, for a generation default the engine's sv_config does not carry."""
     def eos_of(path: str, *sections: str):
         data = read_json(path)
         if data is None:
