@@ -4,6 +4,7 @@
     smolvision chat -d DIR [-i IMAGE]               interactive multi-turn chat
     smolvision caption -d DIR PATHS... -o out.jsonl caption many images, resumably
     smolvision download [REPO_ID] [--dir DIR]       fetch a model from the Hugging Face hub
+    smolvision serve -d DIR [--port 8080]           OpenAI-compatible server and web page (smolvision.server)
 
 Only parsing, I/O and formatting live here.  Answers go to stdout; status, progress and errors go
 to stderr.  Exit codes: 0 success, 1 runtime error, 2 usage error, 130 interrupted.
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, TextI
 from . import hub
 from ._term import ProgressBar, Spinner, format_duration, is_tty
 
-COMMANDS = ("run", "chat", "caption", "download")
+COMMANDS = ("run", "chat", "caption", "download", "serve")
 DEFAULT_PROMPT = "Describe this image."
 IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"))
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dir", metavar="DIR", help="download into DIR instead of the cache")
     _add_output_options(download)
     download.set_defaults(handler=cmd_download, parser=download)
+
+    from .server.command import add_serve_command  # the server's options live with the server
+    add_serve_command(commands)
     return root
 
 
