@@ -239,15 +239,16 @@ async def chat_completions(request: Request):
     state = _state(request)
     if state.engine is None:
         raise _not_ready(state)
-    body = protocol.parse_json(await request.body())
-    chat = protocol.parse_chat_request(body, state.options.defaults, state.options.max_images)
-    images: List[bytes] = []
-    for url in chat.image_urls:
-        if url.startswith(("data:", "DATA:")):
-            images.append(load_image_bytes(url, state.media))
-        else:  # file reads and remote fetches block: off the event loop
-            images.append(await asyncio.to_thread(load_image_bytes, url, state.media))
     try:
+        state.engine.check_room()  # a full server refuses before reading and decoding the body
+        body = protocol.parse_json(await request.body())
+        chat = protocol.parse_chat_request(body, state.options.defaults, state.options.max_images)
+        images: List[bytes] = []
+        for url in chat.image_urls:
+            if url.startswith(("data:", "DATA:")):
+                images.append(load_image_bytes(url, state.media))
+            else:  # file reads and remote fetches block: off the event loop
+                images.append(await asyncio.to_thread(load_image_bytes, url, state.media))
         job = state.engine.submit(Generation(chat.messages, images, chat.options))
     except QueueFull as full:
         state.metrics.rejected.inc()

@@ -130,13 +130,17 @@ class Engine:
         """Requests admitted but not computing yet."""
         return len(self._jobs) - self._running
 
-    def submit(self, generation: Generation) -> Job:
-        """Admits a generation (call on the event loop); raises QueueFull when there is no room."""
+    def check_room(self) -> None:
+        """Raises QueueFull when a job submitted now would be refused (lets a caller refuse early)."""
         if self._closed:
             raise QueueFull(retry_after=5)
         if len(self._jobs) >= self.parallel + self.max_queue:
             waiting_turns = len(self._jobs) / self.parallel
             raise QueueFull(retry_after=max(1, math.ceil(self._recent_seconds * waiting_turns)))
+
+    def submit(self, generation: Generation) -> Job:
+        """Admits a generation (call on the event loop); raises QueueFull when there is no room."""
+        self.check_room()
         job = Job(asyncio.get_running_loop())
         self._jobs.add(job)
         job._task = asyncio.create_task(self._run(job, generation))
