@@ -27,6 +27,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _directory(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"not a directory: {text}")
+    return text
+
+
+def _key_from_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror or err}") from None
+    if not key:
+        raise argparse.ArgumentTypeError(f"the first line of {path} is empty")
+    return key
+
+
 def add_serve_command(commands) -> argparse.ArgumentParser:
     """Adds `serve` to the CLI's subparsers."""
     serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server and web page",
@@ -39,7 +56,8 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     key = group.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY", help="require this key (Authorization: Bearer KEY or "
                                                       "X-Api-Key: KEY) on every route but / and /health")
-    key.add_argument("--api-key-file", metavar="FILE", help="read the API key from the first line of FILE")
+    key.add_argument("--api-key-file", dest="api_key", type=_key_from_file, metavar="FILE",
+                     help="read the API key from the first line of FILE (keeps it out of the process list)")
     group.add_argument("--alias", metavar="NAME", help="the model's name in /v1/models and responses "
                                                        "(default: the directory's or repo's name)")
     group.add_argument("--parallel", type=cli.positive_int, default=1, metavar="N",
@@ -48,7 +66,7 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     group.add_argument("--max-queue", type=cli.non_negative_int, default=16, metavar="N",
                        help="requests that may wait beyond --parallel (default 16); more are answered 503 with "
                             "Retry-After")
-    group.add_argument("--allowed-local-media-path", metavar="DIR",
+    group.add_argument("--allowed-local-media-path", type=_directory, metavar="DIR",
                        help="allow file:// URLs and paths to images inside DIR (symlinks and .. resolved; off "
                             "by default)")
     group.add_argument("--allow-remote-images", action="store_true",
@@ -67,16 +85,6 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     cli._add_output_options(serve)
     serve.set_defaults(handler=cmd_serve, parser=serve)
     return serve
-
-
-def _api_key(args: argparse.Namespace) -> Optional[str]:
-    if args.api_key_file is None:
-        return args.api_key or None
-    with open(args.api_key_file, encoding="utf-8") as f:
-        key = f.readline().strip()
-    if not key:
-        args.parser.error(f"--api-key-file {args.api_key_file}: the first line is empty")
-    return key
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -129,10 +137,7 @@ def cmd_serve(args: argparse.Namespace, reporter: cli.Reporter) -> int:
     from .app import create_app
     from .protocol import Defaults
 
-    api_key = _api_key(args)
-    for path in [args.allowed_local_media_path] if args.allowed_local_media_path else []:
-        if not os.path.isdir(path):
-            args.parser.error(f"--allowed-local-media-path {path}: not a directory")
+    api_key = args.api_key or None
     source = os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else args.model or hub.DEFAULT_REPO
     name = args.alias or source
     defaults = Defaults(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
