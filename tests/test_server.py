@@ -51,6 +51,7 @@ def server(mha_dir, media_dir):
                          "--cors-origin", "*", "--alias", "tiny")
     yield proc
     assert proc.stop(signal.SIGTERM) == 0, proc.log
+    assert "Traceback" not in proc.log, proc.log
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +392,7 @@ def test_remote_fetch_refuses_non_public_addresses(mha_dir, image_host):
         assert_error_shape(post(proc, image_part("/etc/passwd")), 400, "local_media_disabled")
     finally:
         assert proc.stop() == 0
+        assert "Traceback" not in proc.log, proc.log
 
 
 def test_fetch_remote_caps_and_redirects(image_host):
@@ -434,6 +436,7 @@ def test_api_key(mha_dir, tmp_path):
                                             max_tokens=3).usage.completion_tokens > 0
     finally:
         assert proc.stop() == 0
+        assert "Traceback" not in proc.log, proc.log
 
 
 # ---- concurrency, disconnects, shutdown ----
@@ -471,6 +474,7 @@ def test_queue_full_is_503_with_retry_after_and_disconnect_cancels(mha_dir):
         assert "smolvision_running_sequences 0.0" in httpx.get(proc.url + "/metrics").text
     finally:
         assert proc.stop() == 0
+        assert "Traceback" not in proc.log, proc.log
 
 
 def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(mha_dir):
@@ -485,3 +489,11 @@ def test_sigterm_mid_stream_ends_the_stream_and_exits_cleanly(mha_dir):
     assert proc.stop(timeout=15) == 0
     assert time.monotonic() - start < 10
     assert "smolvision: stopped" in proc.log
+
+
+def test_local_media_special_files_refused(server, media_dir):
+    fifo = media_dir / "pipe.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    assert_error_shape(post(server, image_part("pipe.png")), 400, "invalid_image_url")
+    assert_error_shape(post(server, image_part("sub")), 400, "invalid_image_url")

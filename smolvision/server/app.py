@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -161,7 +161,8 @@ def create_app(model, **options) -> Starlette:
     middleware.append(Middleware(ApiKeyCheck, api_key=state.options.api_key))
     middleware.append(Middleware(BodyLimit, max_bytes=state.media.max_bytes))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, APIError: api_error, Exception: internal_error})
+                    exception_handlers={HTTPException: http_error, APIError: api_error,
+                                        ClientDisconnect: client_gone, Exception: internal_error})
     app.state.smolvision = state
     return app
 
@@ -185,6 +186,11 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, str(exc.status_code))
     return JSONResponse(protocol.error_body(message, kind, code), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    """The client left while sending its body: nobody reads this answer."""
+    return Response(status_code=400)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

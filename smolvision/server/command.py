@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import socket
@@ -172,6 +173,9 @@ def cmd_serve(args: argparse.Namespace, reporter: cli.Reporter) -> int:
     reporter.status(f"listening on http://{shown}:{port}/ ({'web page at /, ' if not args.no_webui else ''}"
                     f"API at /v1; Ctrl-C stops); loading {name}")
     _Server = _server_class()
+    if api_key is None and not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+        reporter.status(f"warning: listening on {host} without --api-key: anyone who can reach this address "
+                        "can use the model")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3,
                             server_header=False)
     server = _Server(config, app)

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -98,8 +99,11 @@ def read_local(url: str, policy: MediaPolicy) -> bytes:
     if os.path.commonpath([root, real]) != root:
         raise invalid(f"{path} is outside the allowed media directory", code="local_media_forbidden")
     try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO in the directory must not hang the server; only regular files are read.
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise invalid(f"{path} is not a regular file", code="invalid_image_url")
             data = f.read(policy.max_bytes + 1)
     except (FileNotFoundError, NotADirectoryError):
         raise invalid(f"no such image file: {path}", code="image_not_found") from None
