@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import os
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -87,7 +86,7 @@ class ServerState:
                                  max_bytes=int(options.max_body_mb * 1024 * 1024))
         self.log = options.log or (lambda line: print(line, file=sys.stderr, flush=True))
 
-    def attach(self, model, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, model) -> None:
         engine = Engine(model, self.options.parallel, self.options.max_queue, on_finished=self._finished)
         self.metrics.queue_depth.set_function(lambda: engine.queued)
         self.metrics.running.set_function(lambda: engine.running)
@@ -124,7 +123,6 @@ def create_app(model, **options) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
-        loader: Optional[threading.Thread] = None
         if callable(model) and not hasattr(model, "generate"):
             def load() -> None:
                 try:
@@ -132,12 +130,14 @@ def create_app(model, **options) -> Starlette:
                 except BaseException as err:  # reported by /health and the caller's loader
                     state.load_error = err
                     return
-                loop.call_soon_threadsafe(state.attach, loaded, loop)
+                try:
+                    loop.call_soon_threadsafe(state.attach, loaded)
+                except RuntimeError:  # the server stopped while loading; the loader's owner closes it
+                    pass
 
-            loader = threading.Thread(target=load, name="smolvision-load", daemon=True)
-            loader.start()
+            threading.Thread(target=load, name="smolvision-load", daemon=True).start()
         else:
-            state.attach(model, loop)
+            state.attach(model)
         try:
             yield
         finally:

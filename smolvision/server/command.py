@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import sys
-from typing import List, Optional
+from typing import List
 
 from .. import cli, hub
 
