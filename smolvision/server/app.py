@@ -291,6 +291,7 @@ class CompletionResponse:
 
     def _record(self, scope, finished: Finished) -> None:
         note = scope.setdefault("state", {})
+        note["queued_s"] = finished.queued_s
         result = finished.result
         if result is not None:
             note["tokens"] = (result.prompt_tokens, len(result.token_ids))
@@ -395,6 +396,8 @@ class RequestLog:
                 extra += f" prompt={note['tokens'][0]} completion={note['tokens'][1]}"
             if note.get("cancelled"):
                 extra += " cancelled"
+            if note.get("queued_s", 0) >= 0.01:
+                extra += f" queued={note['queued_s']:.2f}s"
             client = scope.get("client") or ("-", 0)
             self.state.log(f"smolvision: {client[0]} {scope['method']} {path} {status[0] or '-'}{extra} "
                            f"{time.perf_counter() - start:.3f} s")
