@@ -220,6 +220,8 @@ def user(content):
 @pytest.mark.parametrize("body, code, param", [
     (b"{not json", "invalid_json", None),
     (b"[1, 2]", "invalid_json", None),
+    (b"[" * 100_000, "invalid_json", None),
+    (user("a literal <image> marker without an image"), "invalid_value", None),
     ({"max_tokens": 4}, "invalid_value", "messages"),
     ({"messages": []}, "invalid_value", "messages"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "unsupported_role", "messages[0].role"),

@@ -81,6 +81,8 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid(f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise invalid("the request body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object", code="invalid_json")
     return body
