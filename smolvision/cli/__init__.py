@@ -4,13 +4,14 @@
     smolvision chat -d DIR [-i IMAGE]               interactive multi-turn chat
     smolvision caption -d DIR PATHS... -o out.jsonl caption many images, resumably
     smolvision download [REPO_ID] [--dir DIR]       fetch a model from the Hugging Face hub
+    smolvision serve -d DIR [--port 8080]           OpenAI-compatible server and web page (smolvision.server)
 
 Only parsing, I/O and formatting live here.  Answers go to stdout; status, progress and errors go
 to stderr.  Exit codes: 0 success, 1 runtime error, 2 usage error, 130 interrupted.
 
-One module per command (run.py, chat.py, caption.py, download.py), each with `add_parser(commands)`,
+One module per command (run.py, chat.py, caption.py, download.py, serve.py), each with `add_parser(commands)`,
 which adds its subparser with `handler=run_command`, and `run_command(args, reporter) -> exit status`.
-A new command (serve) is a new module added to COMMANDS.  common.py holds what they share.
+A new command is a new module added to COMMANDS.  common.py holds what they share.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import caption, chat, download, run
+from . import caption, chat, download, run, serve
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Reporter, VersionAction
 
 # Command name -> its module, in the order `smolvision -h` lists them; `run` is the default.
-COMMANDS = {"run": run, "chat": chat, "caption": caption, "download": download}
+COMMANDS = {"run": run, "chat": chat, "caption": caption, "download": download, "serve": serve}
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_args"]
 

@@ -1,0 +1,282 @@
+"""The OpenAI chat-completions shapes: requests checked into Model.generate arguments, results
+turned into `chat.completion` objects and SSE chunks, errors in `{"error": {...}}` form.
+
+Nothing here touches HTTP or the model; it is plain data in, plain data out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Fields the server does not implement: refused when asking for something other than the default,
+# so a client never silently gets something it did not ask for.
+UNSUPPORTED_UNLESS_DEFAULT = {
+    "n": 1, "logprobs": False, "top_logprobs": None, "tools": None, "tool_choice": None, "functions": None,
+    "function_call": None, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None,
+    "audio": None, "prediction": None,
+}
+MAX_STOP_STRINGS = 16
+
+
+class APIError(Exception):
+    """An error answered in the OpenAI shape, with its HTTP status (and headers, e.g. Retry-After)."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: Optional[str] = None,
+                 param: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(message: str, type: str, code: Optional[str] = None, param: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": type, "code": code, "param": param}}
+
+
+def invalid(message: str, param: Optional[str] = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, "invalid_request_error", code, param)
+
+
+@dataclass
+class ChatRequest:
+    """A checked chat-completions request."""
+
+    messages: List[dict]
+    """Hugging Face form: content is a list of {"type": "image"} and {"type": "text", "text": ...}."""
+    image_urls: List[str]
+    """The image URLs of every image block, in order (resolved to bytes by media.py)."""
+    options: Dict[str, Any]
+    """Model.generate keyword options (max_tokens, sampling, stop, ...)."""
+    stream: bool = False
+    include_usage: bool = False
+    model: Optional[str] = None
+
+
+@dataclass
+class Defaults:
+    """Server-wide defaults for what a request leaves out (from the generation options of `serve`)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    stop: Tuple[str, ...] = ()
+    system_prompt: Optional[str] = None
+    do_image_splitting: Optional[bool] = None
+    longest_edge: Optional[int] = None
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid(f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise invalid("the request body's JSON is nested too deeply", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _number(body: dict, name: str, default, low: float, high: float, low_open: bool = False,
+            integer: bool = False, rule: str = ""):
+    value = body.get(name)
+    if value is None:
+        return default
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise invalid(f"{name} must be {'an integer' if integer else 'a number'} {rule}, not {value!r}", name)
+    if not (value > low if low_open else value >= low) or not value <= high:
+        raise invalid(f"{name} must be {rule}, not {value!r}", name)
+    return value
+
+
+def parse_chat_request(body: dict, defaults: Defaults, max_images: int) -> ChatRequest:
+    """Checks a chat-completions body; raises APIError(400) naming the offending field."""
+    for name, default in UNSUPPORTED_UNLESS_DEFAULT.items():
+        value = body.get(name)
+        if value is not None and value != default and not (name in ("tools", "functions") and value == []):
+            raise invalid(f"{name}={json.dumps(value)[:80]} is not supported by this server", name,
+                          code="unsupported_parameter")
+    response_format = body.get("response_format")
+    if response_format is not None and not (isinstance(response_format, dict)
+                                            and response_format.get("type", "text") == "text"):
+        raise invalid("only response_format {\"type\": \"text\"} is supported", "response_format",
+                      code="unsupported_parameter")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid("model must be a string", "model")
+
+    messages, image_urls = _messages(body.get("messages"), max_images)
+    if defaults.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": defaults.system_prompt}]})
+
+    max_tokens = body.get("max_completion_tokens")
+    name = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, name = body.get("max_tokens"), "max_tokens"
+    if max_tokens is None:
+        max_tokens = defaults.max_tokens
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise invalid(f"{name} must be a positive integer, not {max_tokens!r}", name)
+    top_k = _number(body, "top_k", defaults.top_k, -1, 2**31 - 1, integer=True, rule="0 or more (0 or -1 = off)")
+    seed = body.get("seed", defaults.seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        raise invalid(f"seed must be an integer, not {seed!r}", "seed")
+    options = dict(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", defaults.temperature, 0, 2, rule="in [0, 2] (0 = greedy)"),
+        top_p=_number(body, "top_p", defaults.top_p, 0, 1, low_open=True, rule="in (0, 1]"),
+        top_k=max(top_k, 0),
+        min_p=_number(body, "min_p", defaults.min_p, 0, 1, rule="in [0, 1]"),
+        repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty, 0, 100, low_open=True,
+                                   rule="in (0, 100]"),
+        seed=None if seed is None else seed % 2**64,
+        stop=_stop(body.get("stop"), defaults.stop),
+        do_image_splitting=defaults.do_image_splitting,
+        longest_edge=defaults.longest_edge,
+    )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream must be true or false", "stream")
+    stream_options = body.get("stream_options")
+    include_usage = False
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise invalid("stream_options must be an object", "stream_options")
+        include_usage = stream_options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise invalid("stream_options.include_usage must be true or false", "stream_options")
+    return ChatRequest(messages, image_urls, options, stream, include_usage, model)
+
+
+def _stop(value, default: Sequence[str]) -> Tuple[str, ...]:
+    if value is None:
+        return tuple(default)
+    stops = [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise invalid(f"stop must be a non-empty string or a list of at most {MAX_STOP_STRINGS} of them", "stop")
+    return tuple(stops)
+
+
+def _messages(value, max_images: int) -> Tuple[List[dict], List[str]]:
+    if not isinstance(value, list) or not value:
+        raise invalid("messages must be a non-empty list", "messages")
+    messages: List[dict] = []
+    urls: List[str] = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid(f"{where} must be an object", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise invalid(f"{where}.role must be one of system, developer, user, assistant; not {role!r}",
+                          f"{where}.role", code="unsupported_role" if isinstance(role, str) else "invalid_value")
+        role = ROLES[role]
+        content = message.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+        elif isinstance(content, list):
+            parts = content
+        else:
+            raise invalid(f"{where}.content must be a string or a list of content parts", f"{where}.content")
+        blocks: List[dict] = []
+        for j, part in enumerate(parts):
+            pwhere = f"{where}.content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise invalid(f"{pwhere}.text must be a string", pwhere)
+                blocks.append({"type": "text", "text": text})
+            elif kind == "image_url":
+                if role != "user":
+                    raise invalid(f"{pwhere}: images are accepted in user messages only", pwhere)
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else image
+                if not isinstance(url, str) or not url:
+                    raise invalid(f"{pwhere}.image_url.url must be a non-empty string", pwhere)
+                urls.append(url)
+                if len(urls) > max_images:
+                    raise invalid(f"more than {max_images} images in one request (the server's --max-images)",
+                                  pwhere, code="too_many_images")
+                blocks.append({"type": "image"})
+            else:
+                raise invalid(f"{pwhere}: unsupported content part type {kind!r} (text and image_url are)",
+                              pwhere, code="unsupported_content_type")
+        if role == "assistant":
+            # The model produced " answer" after "Assistant:", and the template writes ": " itself (as `chat`).
+            for block in blocks:
+                if block["type"] == "text":
+                    block["text"] = block["text"].strip()
+        messages.append({"role": role, "content": blocks})
+    return messages, urls
+
+
+# ---- responses ----
+
+def completion_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def finish_reason(result) -> str:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def usage(result) -> dict:
+    completion = len(result.token_ids)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": result.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": int(getattr(result, "cached_tokens", 0) or 0)}}
+
+
+def completion(result, model: str, id: str, created: int) -> dict:
+    return {"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "logprobs": None, "finish_reason": finish_reason(result)}],
+            "usage": usage(result)}
+
+
+@dataclass
+class ChunkWriter:
+    """Builds the SSE `data:` lines of one streamed completion."""
+
+    model: str
+    include_usage: bool
+    id: str = field(default_factory=completion_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _chunk(self, delta: Optional[dict], finish: Optional[str] = None, usage_: Optional[dict] = None) -> bytes:
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish}]}
+        if self.include_usage:
+            chunk["usage"] = usage_
+        return sse(chunk)
+
+    def role(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def content(self, piece: str) -> bytes:
+        return self._chunk({"content": piece})
+
+    def end(self, result) -> bytes:
+        out = self._chunk({}, finish_reason(result))
+        if self.include_usage:
+            out += self._chunk(None, usage_=usage(result))
+        return out + b"data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
