@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
 
 from . import hub
+from .captioning import caption_record
 from ._term import ProgressBar, Spinner, format_duration, is_tty
 
 COMMANDS = ("run", "chat", "caption", "download")
@@ -59,6 +60,14 @@ def _float_in(low: float, high: float, what: str, low_open: bool = False) -> Cal
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "zero or more")
+
+
+def _ray_address(text: str) -> str:
+    """--ray's ADDRESS; refuses a path, which argparse hands over when --ray comes right before one."""
+    if text in ("", "auto") or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a Ray address (host:port, ray://host:port or auto); "
+                                     "to start or join a cluster without one, put --ray after the images")
 
 
 def _version() -> str:
@@ -176,7 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "images that failed are retried.")
     caption.add_argument("inputs", nargs="+", metavar="PATH_OR_GLOB",
                          help="image files, directories (their image files) or quoted globs (** recurses)")
-    caption.add_argument("-o", "--output", required=True, metavar="OUTPUT.jsonl", help="the JSON-lines file")
+    caption.add_argument("-o", "--output", required=True, metavar="OUTPUT.jsonl",
+                         help="the JSON-lines file (with --ray, a name ending in .parquet writes a Parquet directory)")
+    cluster = caption.add_argument_group("Ray cluster (pip install \"smolvision[ray]\"; see the README)")
+    cluster.add_argument("--ray", nargs="?", const="", default=None, type=_ray_address, metavar="ADDRESS",
+                         help="caption on a Ray cluster with Ray Data: ADDRESS (host:port, ray://host:port or auto), "
+                              "else $RAY_ADDRESS or a local `ray start` cluster, else a new local Ray instance")
+    cluster.add_argument("--actors", type=positive_int, default=1, metavar="N",
+                         help="with --ray: actors, each with its own model (default 1)")
+    cluster.add_argument("--cpus-per-actor", type=_float_in(0.0, float("inf"), "positive", low_open=True),
+                         metavar="C", help="with --ray: Ray CPUs per actor, its engine threads unless -t is given "
+                                           "(default: the cluster's CPUs less one for reading, shared by the actors)")
     _add_model_options(caption)
     _add_generation_options(caption)
     _add_output_options(caption)
@@ -676,19 +695,13 @@ def caption_images(paths: Sequence[str], out_path: str, caption: Callable[[str],
     """Captions `paths` in order with `caption(path) -> result` (.text, .finish_reason), appending a line
     per image to out_path as each completes; a smolvision.Error or OSError for one image becomes its
     error line and the run goes on.  Returns (captioned, failed)."""
-    import smolvision
     captioned = failed = 0
     with open(out_path, "a", encoding="utf-8") as out:
         for path in paths:
-            start = time.perf_counter()
-            try:
-                result = caption(path)
-            except (smolvision.Error, OSError) as err:
-                record = {"image": path, "error": f"{type(err).__name__}: {err}"}
+            record = caption_record(path, caption)
+            if "error" in record:
                 failed += 1
             else:
-                record = {"image": path, "text": result.text, "finish_reason": result.finish_reason,
-                          "seconds": round(time.perf_counter() - start, 3)}
                 captioned += 1
             append_record(out, record)
             if on_done is not None:
@@ -697,6 +710,9 @@ def caption_images(paths: Sequence[str], out_path: str, caption: Callable[[str],
 
 
 def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
+    if args.ray is not None:
+        from . import ray as ray_captioning
+        return ray_captioning.run_caption_command(args, reporter)
     paths, unmatched = expand_inputs(args.inputs)
     for item in unmatched:
         reporter.status(f"warning: no images match {item}")
