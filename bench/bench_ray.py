@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--skip-local", action="store_true", help="only the --ray runs")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
@@ -59,11 +60,12 @@ def main() -> None:
               "Describe this image."]
     import ray
     ray.init(num_cpus=max(actors * max(1, cores // actors) for actors in args.actors) + 1, include_dashboard=False,
-             temp_dir=tempfile.mkdtemp(prefix="svray-", dir="/tmp"))
+             _temp_dir=tempfile.mkdtemp(prefix="svray-", dir="/tmp"))
     address = ray.get_runtime_context().gcs_address
     rows = []
-    seconds = run("local", ["caption", *common, "-o", str(work / "local.jsonl"), "-t", str(cores)], env)
-    rows.append(("local `caption`", "-", str(cores), seconds))
+    if not args.skip_local:
+        seconds = run("local", ["caption", *common, "-o", str(work / "local.jsonl"), "-t", str(cores)], env)
+        rows.append(("local `caption`", "-", str(cores), seconds))
     for actors in args.actors:
         threads = max(1, cores // actors)
         seconds = run(f"{actors} actors", ["caption", *common, "-o", str(work / f"ray{actors}.jsonl"), "--ray",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import errors, hub
+from ._term import format_duration
 from .captioning import caption_record, decode_image_bytes
 from .cli import DEFAULT_PROMPT, IMAGE_EXTENSIONS, ResumeState, append_record, expand_inputs, image_key, prepare_output
 
@@ -326,18 +327,13 @@ class CaptionSummary:
         rate = self.images / self.seconds if self.seconds > 0 else 0.0
         actors = len(self.per_actor)
         text = (f"{self.images} images ({self.failed} error{'s' if self.failed != 1 else ''}) in "
-                f"{format_seconds(self.seconds)}: {rate:.2f} img/s")
+                f"{format_duration(self.seconds)}: {rate:.2f} img/s")
         if actors:
             rates = sorted(count / self.seconds for count in self.per_actor.values()) if self.seconds > 0 else [0.0]
             spread = f"{rates[0]:.2f}-{rates[-1]:.2f}" if len(rates) > 1 else f"{rates[0]:.2f}"
             text += (f", {rate / actors:.2f} img/s per actor ({spread} across {actors} actor{'s' if actors != 1 else ''}"
                      f" on {len(self.per_node)} node{'s' if len(self.per_node) != 1 else ''})")
         return text
-
-
-def format_seconds(seconds: float) -> str:
-    from ._term import format_duration
-    return format_duration(seconds)
 
 
 @contextlib.contextmanager
@@ -357,22 +353,24 @@ def ray_session(address: Optional[str] = None, **init_args) -> Iterator[Any]:
 
 
 def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str, output: str,
-                    prompt: str = DEFAULT_PROMPT, *, actors: int = 1, cpus_per_actor: float = 1,
+                    prompt: str = DEFAULT_PROMPT, *, actors: int = 1, cpus_per_actor: Optional[float] = None,
                     threads: Optional[int] = None, precision: str = "bf16", quant: Optional[str] = None,
                     batch_size: int = 4, address: Optional[str] = None,
                     on_record: Optional[Callable[[dict], None]] = None,
                     on_status: Optional[Callable[[str], None]] = None,
                     ray_remote_args: Optional[Dict[str, Any]] = None,
+                    ray_init_args: Optional[Dict[str, Any]] = None,
                     **generation_options) -> CaptionSummary:
     """Captions images on a Ray cluster into `output` (JSON lines, or a Parquet directory for *.parquet).
 
     paths_or_dataset: image paths, directories, globs or URIs (s3://, gs://, ...; anything Ray's
     readers open), or a Ray Dataset with "path" and "bytes" columns.  model: a model directory that
     exists on every node, or a Hugging Face repo id (each node resolves it in its own cache).
-    actors: the size of the actor pool; cpus_per_actor: Ray CPUs per actor (its engine threads
-    unless `threads` is given).  batch_size: images per actor task, the unit Ray retries and the
-    driver receives.  generation_options: Model.generate's (max_tokens, temperature, stop, ...).
+    actors: the size of the actor pool; cpus_per_actor: Ray CPUs per actor, its engine threads
+    unless `threads` is given (default: the cluster's CPUs less one for reading, shared by the
+    actors).  batch_size: images per actor task, the unit Ray retries and the driver receives.  generation_options: Model.generate's (max_tokens, temperature, stop, ...).
     ray_remote_args: extra map_batches arguments for the actors (memory=, resources=, runtime_env=...).
+    on_record(record) is told each record written; on_status(message) gets status lines (default: stderr).
 
     Resumable like `smolvision caption`: images already captioned in `output` are skipped, failed
     ones retried; each result is written as it arrives, and no image is written twice.  Connects with
@@ -380,7 +378,7 @@ def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str
     captioned written (summary.interrupted), so the same call resumes it.
     """
     status = on_status or (lambda message: print(f"smolvision: {message}", file=sys.stderr, flush=True))
-    if actors < 1 or cpus_per_actor <= 0 or batch_size < 1:
+    if actors < 1 or (cpus_per_actor is not None and cpus_per_actor <= 0) or batch_size < 1:
         raise errors.InputError("actors and batch_size must be at least 1, cpus_per_actor more than 0")
     ray = _ray()
     dataset = paths_or_dataset if isinstance(paths_or_dataset, ray.data.Dataset) else None
@@ -429,9 +427,18 @@ def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str
             by_reported = {_reported_path(p): p for p in readable}
             if not readable:
                 return summary
-        with ray_session(address) as ray:
-            _warn_if_starved(ray, actors, cpus_per_actor, status)
+        with ray_session(address, **(ray_init_args or {})) as ray:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            if cpus_per_actor is None:
+                cpus_per_actor = max(1, int(cpus - 1) // actors)
+            nodes = sum(1 for node in ray.nodes() if node["Alive"])
+            status(f"Ray cluster: {cpus:g} CPUs on {nodes} node{'s' if nodes != 1 else ''}; "
+                   f"{actors} actor{'s' if actors != 1 else ''} x {cpus_per_actor:g} CPUs")
+            _warn_if_starved(actors, cpus_per_actor, cpus, status)
             if dataset is None:
+                # Small jobs in smaller batches, so that every actor gets some; one block a batch, so each
+                # task is one batch and its results reach the driver (and the output) when it ends.
+                batch_size = max(1, min(batch_size, len(readable) // actors))
                 dataset = ray.data.read_binary_files([_read_path(p) for p in readable], include_paths=True,
                                                      ignore_missing_paths=True,
                                                      override_num_blocks=math.ceil(len(readable) / batch_size))
@@ -446,15 +453,19 @@ def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str
                 fn_constructor_kwargs=dict(model=model, prompt=prompt, threads=threads, precision=precision,
                                            quant=quant, generation_options=generation_options),
                 **(ray_remote_args or {}))
-            for batch in captions.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.to_pylist():
-                    image = by_reported.get(row["path"], row["path"])
-                    if row["error"] is not None:
-                        record = {"image": image, "error": row["error"]}
-                    else:
-                        record = {"image": image, "text": row["text"], "finish_reason": row["finish_reason"],
-                                  "seconds": row["seconds"]}
-                    write(record, row["node_id"], row["actor_id"])
+            try:
+                for batch in captions.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in batch.to_pylist():
+                        image = by_reported.get(row["path"], row["path"])
+                        if row["error"] is not None:
+                            record = {"image": image, "error": row["error"]}
+                        else:
+                            record = {"image": image, "text": row["text"], "finish_reason": row["finish_reason"],
+                                      "seconds": row["seconds"]}
+                        write(record, row["node_id"], row["actor_id"])
+            except ray.exceptions.RayError as err:  # e.g. no actor could load the model
+                raise errors.Error(f"the Ray job failed: {_root_cause(err)} (what was captioned is in {output}; "
+                                   "rerun to resume)") from err
         for path in readable if paths else ():
             if image_key(path) not in written:  # ignore_missing_paths dropped it: gone after listing
                 write({"image": path, "error": f"ImageError: cannot open image file {path!r}: "
@@ -478,9 +489,19 @@ def _unopenable_record(path: str) -> Optional[dict]:
         return {"image": path, "error": f"ImageError: cannot open image file {path!r}: {err.strerror or err}"}
 
 
-def _warn_if_starved(ray, actors: int, cpus_per_actor: float, status: Callable[[str], None]) -> None:
+def _root_cause(err: BaseException) -> str:
+    """The innermost error's one-line message, without Ray's task and traceback wrapping."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+def _warn_if_starved(actors: int, cpus_per_actor: float, total: float, status: Callable[[str], None]) -> None:
     """Actors holding every CPU leave none for the read tasks, and the job waits forever (ray#44687)."""
-    total = ray.cluster_resources().get("CPU", 0)
     needed = actors * cpus_per_actor
     if needed > total:
         status(f"warning: {actors} actors x {cpus_per_actor:g} CPUs need {needed:g} CPUs; the cluster has {total:g} "
@@ -498,9 +519,8 @@ def run_caption_command(args, reporter) -> int:
     from . import cli
     if args.profile:
         args.parser.error("--profile is not supported with --ray")
-    ray = _ray()
     if args.silent:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        _ray().data.DataContext.get_current().enable_progress_bars = False
     kwargs = cli.generation_kwargs(args)
     prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
     model = args.model_dir or args.model or hub.DEFAULT_REPO
@@ -515,15 +535,10 @@ def run_caption_command(args, reporter) -> int:
             outcome = f"error: {record['error']}" if "error" in record else f"{record['seconds']:.2f} s"
             reporter.status(f"{record['image']}: {outcome}")
 
-    address = args.ray or None
-    with ray_session(address, **init_args) as ray:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        cpus_per_actor = args.cpus_per_actor or max(1, int(cpus - 1) // args.actors)
-        reporter.status(f"Ray cluster: {cpus:g} CPUs on {len([n for n in ray.nodes() if n['Alive']])} node(s); "
-                        f"{args.actors} actor(s) x {cpus_per_actor:g} CPUs")
-        summary = caption_dataset(args.inputs, model, args.output, prompt, actors=args.actors,
-                                  cpus_per_actor=cpus_per_actor, threads=args.threads, precision=args.precision,
-                                  quant=args.quant, on_record=on_record, on_status=reporter.status, **kwargs)
+    summary = caption_dataset(args.inputs, model, args.output, prompt, actors=args.actors,
+                              cpus_per_actor=args.cpus_per_actor, threads=args.threads, precision=args.precision,
+                              quant=args.quant, address=args.ray or None, on_record=on_record,
+                              on_status=reporter.status, ray_init_args=init_args, **kwargs)
     if summary.interrupted:
         reporter.status(f"interrupted after {summary.images} of {summary.total - summary.skipped}; "
                         "rerun the same command to resume")

@@ -8,7 +8,6 @@ otherwise write ~/.ray/auth_token for a new local cluster).  The nodes listen on
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -196,6 +195,15 @@ def test_a_stopped_parquet_job_resumes_without_redoing_images(cluster, mha_dir, 
     records = sv_ray.read_output(str(out))
     assert records[:3] == done
     assert_each_image_once(records, images, expected)
+
+
+def test_a_model_no_actor_can_load_fails_the_job_with_one_clear_error(cluster, tmp_path):
+    images = image_folder(tmp_path / "imgs", 2)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(smolvision.Error, match="the Ray job failed: .*model directory not found on this node") as info:
+        caption(images, tmp_path / "no-model", out, actors=1, cpus_per_actor=1)
+    assert "\n" not in str(info.value)
+    assert sv_ray.read_output(str(out)) == []
 
 
 def test_missing_ray_names_the_extra(monkeypatch):
