@@ -19,6 +19,7 @@ import contextlib
 import glob
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -490,14 +491,16 @@ def _unopenable_record(path: str) -> Optional[dict]:
 
 
 def _root_cause(err: BaseException) -> str:
-    """The innermost error's one-line message, without Ray's task and traceback wrapping."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        err = cause
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+    """The failing user code's error as one line ("ModelError: ..."), out of Ray's wrapping.
+
+    Ray reports an actor that died in __init__ as ActorDiedError whose message carries the remote
+    traceback as text, ending in "smolvision.errors.ModelError: ..."; that last error line is taken."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = re.match(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception)): (.+)$", line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}"
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def _warn_if_starved(actors: int, cpus_per_actor: float, total: float, status: Callable[[str], None]) -> None:
