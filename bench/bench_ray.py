@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,9 @@ def main() -> None:
     common = [str(folder), "-d", args.model_dir, "--no-split", "--max-tokens", str(args.max_tokens), "-p",
               "Describe this image."]
     import ray
+    ray_temp = tempfile.mkdtemp(prefix="svray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(num_cpus=max(actors * max(1, cores // actors) for actors in args.actors) + 1, include_dashboard=False,
-             _temp_dir=tempfile.mkdtemp(prefix="svray-", dir="/tmp"))
+             _temp_dir=ray_temp)
     address = ray.get_runtime_context().gcs_address
     rows = []
     if not args.skip_local:
@@ -72,6 +74,8 @@ def main() -> None:
                                            address, "--actors", str(actors), "--cpus-per-actor", str(threads)], env)
         rows.append((f"`--ray`, {actors} actor{'s' if actors > 1 else ''}", str(actors), str(threads), seconds))
     ray.shutdown()
+    shutil.rmtree(ray_temp, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.images} images, {args.max_tokens} tokens max, {cores} cores; time includes start-up and model load\n")
     print("| run | actors | threads each | wall s | img/s |")
     print("|---|---|---|---|---|")
