@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from .. import hub
+from ..captioning import DEFAULT_PROMPT
 from .._term import Spinner, is_tty
 
-DEFAULT_PROMPT = "Describe this image."
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -46,6 +46,7 @@ def _float_in(low: float, high: float, what: str, low_open: bool = False) -> Cal
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "zero or more")
+positive_float = _float_in(0.0, float("inf"), "positive", low_open=True)
 
 
 def _version() -> str:
@@ -108,7 +109,7 @@ def add_generation_options(parser: argparse.ArgumentParser, prompt: bool = True)
                        help="nucleus sampling mass; 1 = off (default)")
     group.add_argument("--min-p", type=_float_in(0.0, 1.0, "in [0, 1]"), default=0.0, metavar="P",
                        help="drop tokens below P times the top probability; 0 = off (default)")
-    group.add_argument("--repetition-penalty", type=_float_in(0.0, float("inf"), "positive", low_open=True),
+    group.add_argument("--repetition-penalty", type=positive_float,
                        default=1.0, metavar="R", help="penalty for repeated tokens; 1 = off (default)")
     group.add_argument("--seed", type=non_negative_int, metavar="N", help="random seed for sampling")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",

@@ -18,16 +18,6 @@ DESCRIPTION = (
     "Needs the server extra: pip install \"smolvision[server]\".")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _directory(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"not a directory: {text}")
@@ -73,7 +63,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     group.add_argument("--allow-remote-images", action="store_true",
                        help="allow http(s) image URLs (public addresses only, no redirects, size-capped, "
                             "10 s timeout; off by default)")
-    group.add_argument("--max-body-mb", type=_positive_float, default=20.0, metavar="MB",
+    group.add_argument("--max-body-mb", type=common.positive_float, default=20.0, metavar="MB",
                        help="largest request body, and largest single image, in MB (default 20)")
     group.add_argument("--max-images", type=common.positive_int, default=8, metavar="N",
                        help="most images in one request (default 8)")
