@@ -99,6 +99,7 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     model = smolvision.load(model_dir, threads=threads)
     features = smolvision.cpu_features()
     out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info(),
+           "kernels": f"matmul and small kernels {features['kernels']}, quantized {features['quant_kernels']}",
            "precision": f"{model.precision} (the default; "
                         + ("BF16 x BF16 products summed in FP32 on AVX512_BF16)" if features["bf16_matmul"]
                            and model.precision == "bf16" else "FP32 activations and accumulation)")}
@@ -484,6 +485,7 @@ def main() -> None:
         print(f"- {args.rounds} interleaved rounds of smolvision and llama.cpp: each phase's best round "
               f"(transformers: one run)")
     print(f"- smolvision build: {mine.get('build_info', '?')}; precision: {mine.get('precision', '?')}")
+    print(f"- smolvision kernels that ran (every phase, from smolvision.cpu_features()): {mine.get('kernels', '?')}")
     if engines.get("transformers BF16"):
         print(f"- peer: {engines['transformers BF16']['version']}, BF16 weights and compute")
     llama = [result for name, result in engines.items() if name.startswith("llama.cpp") and result]

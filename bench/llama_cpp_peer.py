@@ -70,7 +70,9 @@ def converter_python() -> str:
         return sys.executable
     venv = CACHE / "convert-venv"
     python = venv / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import sentencepiece"], capture_output=True).returncode != 0:
+    # On a fresh machine the venv does not exist yet: running its python would raise FileNotFoundError.
+    if not python.exists() or subprocess.run([str(python), "-c", "import sentencepiece"],
+                                             capture_output=True).returncode != 0:
         log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
         steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                  [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]

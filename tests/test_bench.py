@@ -125,3 +125,31 @@ def test_quick_bench_in_two_rounds(mha_dir):
     assert run.returncode == 0, run.stderr
     assert "2 interleaved rounds" in run.stdout and "round 2 of 2" in run.stderr
     assert all(float(cells[1]) > 0 for cells in table_rows(run.stdout).values()), run.stdout
+
+
+def test_converter_python_creates_its_venv_before_running_it(tmp_path, monkeypatch):
+    """On a fresh machine (no sentencepiece here, no convert venv yet) the venv is made first: the old
+    code ran the venv's python before it existed and died with FileNotFoundError."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import llama_cpp_peer
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(llama_cpp_peer, "CACHE", tmp_path)
+    venv_python = tmp_path / "convert-venv" / "bin" / "python"
+    steps = []
+
+    def fake_run(command, **kwargs):
+        if not Path(command[0]).exists():
+            raise FileNotFoundError(command[0])
+        steps.append(command)
+        if command[1:] == ["-c", "import sentencepiece"]:
+            return subprocess.CompletedProcess(command, 1)  # this python lacks sentencepiece
+        if command[1:3] == ["-m", "venv"]:
+            venv_python.parent.mkdir(parents=True)
+            venv_python.symlink_to(sys.executable)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(llama_cpp_peer.subprocess, "run", fake_run)
+    assert llama_cpp_peer.converter_python() == str(venv_python)
+    assert [step[1:3] for step in steps] == [["-c", "import sentencepiece"], ["-m", "venv"], ["-m", "pip"]]
