@@ -301,7 +301,7 @@ class Costs:
     decode_bytes: float  # BF16 decoder weights one token reads
 
     @classmethod
-    def of(cls, config: dict) -> "Costs":
+    def of(cls, config: dict) -> Costs:
         v, t = config["vision_config"], config["text_config"]
         vh, vi, vl = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
         patches = (v["image_size"] // v["patch_size"]) ** 2
@@ -476,7 +476,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    print(f"## smolvision benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+    print(f"## smolvision benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n")
     print(f"- model: `{args.model}` (text hidden {config['text_config']['hidden_size']}, "
           f"{config['text_config']['num_hidden_layers']} layers; vision {config['vision_config']['image_size']} px)")
     print(f"- CPU: {cpu}, {os.cpu_count()} logical CPUs, {args.threads} threads per engine; "

@@ -22,7 +22,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional
 
 import httpx
 
@@ -31,7 +30,7 @@ PROMPTS = ["What is the capital of France?", "Write one sentence about the sea."
            "Why is the sky blue?"]
 
 
-def start_server(model_dir: str, threads: Optional[int], parallel: int) -> "tuple[subprocess.Popen, str]":
+def start_server(model_dir: str, threads: int | None, parallel: int) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
                                         + [p for p in [env.get("PYTHONPATH")] if p])
@@ -61,7 +60,7 @@ def start_server(model_dir: str, threads: Optional[int], parallel: int) -> "tupl
     raise SystemExit("the server did not become healthy")
 
 
-def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> "tuple[float, int]":
+def one_request(client: httpx.Client, url: str, i: int, max_tokens: int) -> tuple[float, int]:
     body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
             "temperature": 0}
     start = time.perf_counter()
@@ -91,7 +90,7 @@ def measure(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             "tokens_per_s": tokens / wall}
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-d", "--model-dir", help="start smolvision serve on this model")

@@ -47,7 +47,7 @@ TEXTS = [
 ]
 
 
-def teacher_forced_logits(model: "smolvision.Model", ids: list) -> np.ndarray:
+def teacher_forced_logits(model: smolvision.Model, ids: list) -> np.ndarray:
     """float32 [len(ids), vocab]: the logits after each position, the first from a one-token prefill and
     every later one from a decode step (sv_debug_logits_steps)."""
     vocab = model.config.text.vocab_size

@@ -23,7 +23,8 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from . import errors, hub
 from ._term import format_duration
@@ -72,13 +73,13 @@ def _reported_path(path: str) -> str:
     return bucket.rpartition("@")[2] + slash + key
 
 
-def expand_image_inputs(inputs: Iterable[str]) -> Tuple[List[str], List[str]]:
+def expand_image_inputs(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
     """(image paths, inputs that matched nothing): local inputs as `smolvision caption` expands them
     (files, directories, globs), URIs through their pyarrow filesystem: a file itself, a directory
     (prefix) its image files, by extension and not recursing."""
-    paths: List[str] = []
-    unmatched: List[str] = []
-    local: List[str] = []
+    paths: list[str] = []
+    unmatched: list[str] = []
+    local: list[str] = []
     for item in inputs:
         if not is_uri(item):
             local.append(item)
@@ -98,7 +99,7 @@ def expand_image_inputs(inputs: Iterable[str]) -> Tuple[List[str], List[str]]:
     return result, local_unmatched + unmatched
 
 
-def _list_uri(uri: str) -> List[str]:
+def _list_uri(uri: str) -> list[str]:
     import pyarrow.fs as pafs
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
@@ -139,9 +140,9 @@ class Captioner:
     the actor (map_batches(num_cpus=...)).
     """
 
-    def __init__(self, model: str, prompt: str = DEFAULT_PROMPT, *, threads: Optional[int] = None,
-                 precision: str = "bf16", quant: Optional[str] = None,
-                 generation_options: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, model: str, prompt: str = DEFAULT_PROMPT, *, threads: int | None = None,
+                 precision: str = "bf16", quant: str | None = None,
+                 generation_options: dict[str, Any] | None = None) -> None:
         import smolvision
         context = _ray().get_runtime_context()
         self.node_id = context.get_node_id()
@@ -154,8 +155,8 @@ class Captioner:
         self._crash_at, self._crash_marker = _crash_hook()
         self._images_seen = 0
 
-    def __call__(self, batch: Dict[str, Any]) -> Dict[str, list]:
-        rows: Dict[str, list] = {name: [] for name in RESULT_COLUMNS}
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows: dict[str, list] = {name: [] for name in RESULT_COLUMNS}
         for path, data in zip(batch["path"], batch["bytes"]):
             path = str(path)
             self._images_seen += 1
@@ -174,7 +175,7 @@ class Captioner:
         return self.model.generate(prompt=self.prompt, images=[image], **self.options)
 
 
-def _crash_hook() -> Tuple[int, str]:
+def _crash_hook() -> tuple[int, str]:
     spec = os.environ.get(CRASH_HOOK_ENV, "")
     if not spec:
         return 0, ""
@@ -224,7 +225,7 @@ class ParquetOutput:
 
     def __init__(self, path: str, rows_per_part: int = 256, seconds_per_part: float = 60.0) -> None:
         self.path, self.rows_per_part, self.seconds_per_part = path, rows_per_part, seconds_per_part
-        self._buffer: List[dict] = []
+        self._buffer: list[dict] = []
         self._last_write = time.monotonic()
         self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self._parts = 0
@@ -272,7 +273,7 @@ class ParquetOutput:
             self._buffer = []
         self._last_write = time.monotonic()
 
-    def _write_table(self, records: List[dict], final: str) -> None:
+    def _write_table(self, records: list[dict], final: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
         schema = self._schema()
@@ -290,7 +291,7 @@ def open_output(path: str):
     return ParquetOutput(path) if path.lower().endswith(".parquet") else JsonLinesOutput(path)
 
 
-def read_output(path: str) -> List[dict]:
+def read_output(path: str) -> list[dict]:
     """The records of a caption output (JSON lines or Parquet directory), in file order; for tests and tools."""
     import json
     if path.lower().endswith(".parquet"):
@@ -314,9 +315,9 @@ class CaptionSummary:
     captioned: int = 0
     failed: int = 0
     seconds: float = 0.0
-    per_actor: Dict[str, int] = field(default_factory=dict)  # actor id -> images it captioned or failed
-    per_node: Dict[str, int] = field(default_factory=dict)   # node id -> images
-    unmatched: List[str] = field(default_factory=list)       # inputs that matched no image
+    per_actor: dict[str, int] = field(default_factory=dict)  # actor id -> images it captioned or failed
+    per_node: dict[str, int] = field(default_factory=dict)   # node id -> images
+    unmatched: list[str] = field(default_factory=list)       # inputs that matched no image
     interrupted: bool = False
 
     @property
@@ -338,7 +339,7 @@ class CaptionSummary:
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str] = None, **init_args) -> Iterator[Any]:
+def ray_session(address: str | None = None, **init_args) -> Iterator[Any]:
     """The ray module, connected: an existing connection as it is, else ray.init(address, **init_args),
     shut down at the end.  address None joins RAY_ADDRESS or the local `ray start` cluster, or starts
     a local instance."""
@@ -353,14 +354,14 @@ def ray_session(address: Optional[str] = None, **init_args) -> Iterator[Any]:
         ray.shutdown()
 
 
-def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str, output: str,
-                    prompt: str = DEFAULT_PROMPT, *, actors: int = 1, cpus_per_actor: Optional[float] = None,
-                    threads: Optional[int] = None, precision: str = "bf16", quant: Optional[str] = None,
-                    batch_size: int = 4, address: Optional[str] = None,
-                    on_record: Optional[Callable[[dict], None]] = None,
-                    on_status: Optional[Callable[[str], None]] = None,
-                    ray_remote_args: Optional[Dict[str, Any]] = None,
-                    ray_init_args: Optional[Dict[str, Any]] = None,
+def caption_dataset(paths_or_dataset: str | Sequence[str] | Any, model: str, output: str,
+                    prompt: str = DEFAULT_PROMPT, *, actors: int = 1, cpus_per_actor: float | None = None,
+                    threads: int | None = None, precision: str = "bf16", quant: str | None = None,
+                    batch_size: int = 4, address: str | None = None,
+                    on_record: Callable[[dict], None] | None = None,
+                    on_status: Callable[[str], None] | None = None,
+                    ray_remote_args: dict[str, Any] | None = None,
+                    ray_init_args: dict[str, Any] | None = None,
                     **generation_options) -> CaptionSummary:
     """Captions images on a Ray cluster into `output` (JSON lines, or a Parquet directory for *.parquet).
 
@@ -383,8 +384,8 @@ def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str
         raise errors.InputError("actors and batch_size must be at least 1, cpus_per_actor more than 0")
     ray = _ray()
     dataset = paths_or_dataset if isinstance(paths_or_dataset, ray.data.Dataset) else None
-    unmatched: List[str] = []
-    paths: List[str] = []
+    unmatched: list[str] = []
+    paths: list[str] = []
     if dataset is None:
         inputs = [paths_or_dataset] if isinstance(paths_or_dataset, (str, os.PathLike)) else paths_or_dataset
         paths, unmatched = expand_image_inputs([os.fspath(p) for p in inputs])
@@ -479,7 +480,7 @@ def caption_dataset(paths_or_dataset: Union[str, Sequence[str], Any], model: str
     return summary
 
 
-def _unopenable_record(path: str) -> Optional[dict]:
+def _unopenable_record(path: str) -> dict | None:
     """The error record a local run writes for a file it cannot open, or None when it opens.
 
     Ray's reader fails the whole job on such a file, so the driver catches it first."""

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 from PIL import Image
@@ -24,14 +23,14 @@ PACKAGE_PARENT = str(Path(smolvision.__file__).resolve().parent.parent)
 class ServerProcess:
     """`python -m smolvision serve -d MODEL --port 0 -t 1 ARGS`, ready when its model has loaded."""
 
-    def __init__(self, model_dir, *args: str, cwd: Optional[str] = None, ready_timeout: float = 60) -> None:
+    def __init__(self, model_dir, *args: str, cwd: str | None = None, ready_timeout: float = 60) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + [p for p in [env.get("PYTHONPATH")] if p])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smolvision", "serve", "-d", str(model_dir), "--host", "127.0.0.1", "--port", "0",
              "-t", "1", *map(str, args)],
             cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: List[str] = []
+        self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,7 +52,7 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def request_lines(self, path: str = "/v1/chat/completions") -> List[str]:
+    def request_lines(self, path: str = "/v1/chat/completions") -> list[str]:
         return [line for line in self.lines if f" {path} " in line]
 
     def wait_for_line(self, pattern: str, timeout: float = 30) -> str:

@@ -243,7 +243,7 @@ LONG = list(range(300, 340))           # 40 tokens: the prompt through the dequa
 def dequantized_checkpoint(model_dir: Path, out: Path, quant: str) -> Path:
     """model_dir with every decoder linear weight (and the head) replaced by its dequantized values, F32;
     a tied head becomes an untied one so the embedding keeps its original values, as the engine does."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
 
     out.mkdir()
     for f in model_dir.iterdir():
@@ -251,7 +251,6 @@ def dequantized_checkpoint(model_dir: Path, out: Path, quant: str) -> Path:
             os.symlink(f, out / f.name)
     config = json.loads((model_dir / "config.json").read_text())
     tensors = {}
-    import torch
     from safetensors.torch import load_file as load_torch
     for name, t in load_torch(str(model_dir / "model.safetensors")).items():
         tensors[name] = t.float().numpy()

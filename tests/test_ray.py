@@ -15,7 +15,6 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ def write_image(path: Path, seed: int) -> Path:
     return path
 
 
-def image_folder(folder: Path, count: int, broken: bool = False) -> List[Path]:
+def image_folder(folder: Path, count: int, broken: bool = False) -> list[Path]:
     folder.mkdir()
     images = [write_image(folder / f"{i:02d}.png", seed=i) for i in range(count)]
     if broken:
@@ -77,7 +76,7 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(mha_dir) -> "Expected":
+def expected(mha_dir) -> Expected:
     return Expected(mha_dir)
 
 
@@ -86,7 +85,7 @@ class Expected:
 
     def __init__(self, model_dir) -> None:
         self.model = smolvision.load(model_dir)
-        self.texts: Dict[str, tuple] = {}
+        self.texts: dict[str, tuple] = {}
 
     def __call__(self, path: str) -> tuple:
         if path not in self.texts:
@@ -95,7 +94,7 @@ class Expected:
         return self.texts[path]
 
 
-def assert_each_image_once(records: List[dict], images: List[Path], expected: Expected) -> None:
+def assert_each_image_once(records: list[dict], images: list[Path], expected: Expected) -> None:
     counts = Counter(r["image"] for r in records)
     assert [k for k, n in counts.items() if n > 1] == []
     assert set(counts) == {str(p) for p in images}
@@ -124,7 +123,7 @@ def test_cli_on_ray_writes_what_the_local_caption_writes(cluster, mha_dir, tmp_p
     assert proc.returncode == 1, proc.stderr
     assert "2 of 7 images failed" in proc.stderr
 
-    def by_image(path: Path) -> Dict[str, dict]:
+    def by_image(path: Path) -> dict[str, dict]:
         records = sv_ray.read_output(str(path))
         assert len(records) == len({r["image"] for r in records}) == 7
         # Pillow's message ends with the file object's repr: a file read here, bytes read by Ray there.
@@ -177,7 +176,7 @@ def test_a_crashed_actor_is_restarted_and_its_batch_retried(cluster, mha_dir, tm
 def test_a_stopped_parquet_job_resumes_without_redoing_images(cluster, mha_dir, tmp_path, expected):
     images = image_folder(tmp_path / "imgs", 7)
     out = tmp_path / "captions.parquet"
-    seen: List[str] = []
+    seen: list[str] = []
 
     def stop_after_three(record: dict) -> None:
         seen.append(record["image"])

@@ -9,7 +9,6 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import httpx
 import pytest
@@ -28,7 +27,7 @@ RSS_SLACK_KB = 8 * 1024
 @dataclass
 class Spec:
     prompt: str
-    images: List[bytes]
+    images: list[bytes]
     params: dict
     stream: bool
     disconnect: bool
@@ -42,13 +41,13 @@ class Spec:
 @dataclass
 class Outcome:
     spec: Spec
-    statuses: List[int] = field(default_factory=list)
-    text: Optional[str] = None
-    completion_tokens: Optional[int] = None
-    problems: List[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    text: str | None = None
+    completion_tokens: int | None = None
+    problems: list[str] = field(default_factory=list)
 
 
-def make_specs(n: int, seed: int) -> List[Spec]:
+def make_specs(n: int, seed: int) -> list[Spec]:
     rng = random.Random(seed)
     specs = []
     for i in range(n):
@@ -112,7 +111,7 @@ def run_one(url: str, spec: Spec) -> Outcome:
     return out
 
 
-def run_load(url: str, specs: List[Spec]) -> List[Outcome]:
+def run_load(url: str, specs: list[Spec]) -> list[Outcome]:
     with ThreadPoolExecutor(CLIENTS) as pool:
         return list(pool.map(lambda spec: run_one(url, spec), specs))
 

@@ -11,7 +11,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -36,17 +37,17 @@ class ServerOptions:
     """Everything `create_app` takes besides the model (see create_app)."""
 
     model_name: str = "smolvision"
-    api_key: Optional[str] = None
+    api_key: str | None = None
     parallel: int = 1
     max_queue: int = 16
-    allowed_local_media_path: Optional[str] = None
+    allowed_local_media_path: str | None = None
     allow_remote_images: bool = False
     max_body_mb: float = 20.0
     max_images: int = 8
     cors_origins: Sequence[str] = ()
     webui: bool = True
     defaults: Defaults = field(default_factory=Defaults)
-    log: Optional[Callable[[str], Any]] = None
+    log: Callable[[str], Any] | None = None
     """Where the one-line-per-request log goes (default: stderr)."""
 
 
@@ -80,8 +81,8 @@ class ServerState:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.metrics = Metrics()
-        self.engine: Optional[Engine] = None
-        self.load_error: Optional[BaseException] = None
+        self.engine: Engine | None = None
+        self.load_error: BaseException | None = None
         self.media = MediaPolicy(options.allowed_local_media_path, options.allow_remote_images,
                                  max_bytes=int(options.max_body_mb * 1024 * 1024))
         self.log = options.log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -249,7 +250,7 @@ async def chat_completions(request: Request):
         state.engine.check_room()  # a full server refuses before reading and decoding the body
         body = protocol.parse_json(await request.body())
         chat = protocol.parse_chat_request(body, state.options.defaults, state.options.max_images)
-        images: List[bytes] = []
+        images: list[bytes] = []
         for url in chat.image_urls:
             if url.startswith(("data:", "DATA:")):
                 images.append(load_image_bytes(url, state.media))
@@ -406,7 +407,7 @@ class RequestLog:
 class ApiKeyCheck:
     """With an API key: `Authorization: Bearer KEY` or `X-Api-Key: KEY` on every route but / and /health."""
 
-    def __init__(self, app, api_key: Optional[str]) -> None:
+    def __init__(self, app, api_key: str | None) -> None:
         self.app, self.key = app, (api_key or "").encode()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -467,7 +468,7 @@ class BodyLimit:
             if not started[0]:
                 await self._refuse(scope, send, None)
 
-    async def _refuse(self, scope, send, length: Optional[int]) -> None:
+    async def _refuse(self, scope, send, length: int | None) -> None:
         size = f" ({length} bytes)" if length is not None else ""
         err = APIError(413, f"the request body{size} is over the limit of {self.max_bytes} bytes "
                             f"(the server's --max-body-mb)", "invalid_request_error", "request_too_large")

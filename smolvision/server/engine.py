@@ -18,7 +18,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Union
+from typing import Any
+from collections.abc import Callable
 
 
 class QueueFull(Exception):
@@ -37,8 +38,8 @@ class Cancelled(Exception):
 class Generation:
     """What to generate: Model.generate's messages, images (bytes) and keyword options."""
 
-    messages: List[dict]
-    images: List[bytes] = field(default_factory=list)
+    messages: list[dict]
+    images: list[bytes] = field(default_factory=list)
     options: dict = field(default_factory=dict)
 
 
@@ -47,7 +48,7 @@ class Finished:
     """A job's last event: its Result, or the error that ended it, and whether it was cancelled."""
 
     result: Any = None
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     cancelled: bool = False
     queued_s: float = 0.0
     """Seconds spent waiting for a turn."""
@@ -58,11 +59,11 @@ class Job:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._events: "asyncio.Queue[Union[str, Finished]]" = asyncio.Queue()
+        self._events: asyncio.Queue[str | Finished] = asyncio.Queue()
         self._cancel = threading.Event()
-        self._task: Optional[asyncio.Task] = None
+        self._task: asyncio.Task | None = None
         self.started = False
-        self.finished: Optional[Finished] = None
+        self.finished: Finished | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -77,7 +78,7 @@ class Job:
         if not self.started and self._task is not None:
             self._task.cancel()
 
-    async def next_event(self) -> Union[str, Finished]:
+    async def next_event(self) -> str | Finished:
         """The next text piece, or the `Finished` that ends the job (returned again on later calls)."""
         if self.finished is not None and self._events.empty():
             return self.finished
@@ -86,7 +87,7 @@ class Job:
             self.finished = event
         return event
 
-    def _put_threadsafe(self, event: Union[str, Finished]) -> None:
+    def _put_threadsafe(self, event: str | Finished) -> None:
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
         except RuntimeError:  # the loop closed under a late event (shutdown): nobody is listening
@@ -102,7 +103,7 @@ class Engine:
     """
 
     def __init__(self, model, parallel: int = 1, max_queue: int = 16,
-                 on_finished: Optional[Callable[[Job, Finished], None]] = None) -> None:
+                 on_finished: Callable[[Job, Finished], None] | None = None) -> None:
         if parallel < 1 or max_queue < 0:
             raise ValueError("parallel must be >= 1 and max_queue >= 0")
         self.model = model
@@ -111,7 +112,7 @@ class Engine:
         # Today: one generation computes at a time on the one Model (its lock would serialise more).
         self._turn = asyncio.Semaphore(1)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smolvision-serve")
-        self._jobs: "set[Job]" = set()
+        self._jobs: set[Job] = set()
         self._running = 0
         self._recent_seconds = 1.0  # a running mean of request seconds, for Retry-After
         self._closed = False

@@ -23,7 +23,7 @@ import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .protocol import APIError, invalid
 
@@ -32,7 +32,7 @@ AddressCheck = Callable[[str], bool]
 
 @dataclass(frozen=True)
 class MediaPolicy:
-    allowed_local_dir: Optional[str] = None
+    allowed_local_dir: str | None = None
     allow_remote: bool = False
     max_bytes: int = 20 * 1024 * 1024
     timeout_s: float = 10.0

@@ -10,7 +10,8 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields the server does not implement: refused when asking for something other than the default,
@@ -26,8 +27,8 @@ MAX_STOP_STRINGS = 16
 class APIError(Exception):
     """An error answered in the OpenAI shape, with its HTTP status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: Optional[str] = None,
-                 param: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = headers or {}
@@ -36,11 +37,11 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.code, self.param)
 
 
-def error_body(message: str, type: str, code: Optional[str] = None, param: Optional[str] = None) -> dict:
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "code": code, "param": param}}
 
 
-def invalid(message: str, param: Optional[str] = None, code: str = "invalid_value") -> APIError:
+def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
     return APIError(400, message, "invalid_request_error", code, param)
 
 
@@ -48,15 +49,15 @@ def invalid(message: str, param: Optional[str] = None, code: str = "invalid_valu
 class ChatRequest:
     """A checked chat-completions request."""
 
-    messages: List[dict]
+    messages: list[dict]
     """Hugging Face form: content is a list of {"type": "image"} and {"type": "text", "text": ...}."""
-    image_urls: List[str]
+    image_urls: list[str]
     """The image URLs of every image block, in order (resolved to bytes by media.py)."""
-    options: Dict[str, Any]
+    options: dict[str, Any]
     """Model.generate keyword options (max_tokens, sampling, stop, ...)."""
     stream: bool = False
     include_usage: bool = False
-    model: Optional[str] = None
+    model: str | None = None
 
 
 @dataclass
@@ -69,11 +70,11 @@ class Defaults:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
-    seed: Optional[int] = None
-    stop: Tuple[str, ...] = ()
-    system_prompt: Optional[str] = None
-    do_image_splitting: Optional[bool] = None
-    longest_edge: Optional[int] = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    system_prompt: str | None = None
+    do_image_splitting: bool | None = None
+    longest_edge: int | None = None
 
 
 def parse_json(raw: bytes) -> dict:
@@ -160,7 +161,7 @@ def parse_chat_request(body: dict, defaults: Defaults, max_images: int) -> ChatR
     return ChatRequest(messages, image_urls, options, stream, include_usage, model)
 
 
-def _stop(value, default: Sequence[str]) -> Tuple[str, ...]:
+def _stop(value, default: Sequence[str]) -> tuple[str, ...]:
     if value is None:
         return tuple(default)
     stops = [value] if isinstance(value, str) else value
@@ -170,11 +171,11 @@ def _stop(value, default: Sequence[str]) -> Tuple[str, ...]:
     return tuple(stops)
 
 
-def _messages(value, max_images: int) -> Tuple[List[dict], List[str]]:
+def _messages(value, max_images: int) -> tuple[list[dict], list[str]]:
     if not isinstance(value, list) or not value:
         raise invalid("messages must be a non-empty list", "messages")
-    messages: List[dict] = []
-    urls: List[str] = []
+    messages: list[dict] = []
+    urls: list[str] = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -191,7 +192,7 @@ def _messages(value, max_images: int) -> Tuple[List[dict], List[str]]:
             parts = content
         else:
             raise invalid(f"{where}.content must be a string or a list of content parts", f"{where}.content")
-        blocks: List[dict] = []
+        blocks: list[dict] = []
         for j, part in enumerate(parts):
             pwhere = f"{where}.content[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
@@ -257,7 +258,7 @@ class ChunkWriter:
     id: str = field(default_factory=completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def _chunk(self, delta: Optional[dict], finish: Optional[str] = None, usage_: Optional[dict] = None) -> bytes:
+    def _chunk(self, delta: dict | None, finish: str | None = None, usage_: dict | None = None) -> bytes:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                  "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
                                                         "finish_reason": finish}]}
