@@ -41,6 +41,7 @@
 #define MAP_ANONYMOUS MAP_ANON
 #endif
 #include "kernels.h"
+#include "model.h"
 
 #define CACHE_MAGIC "SVQUANT\0"
 #define CACHE_VERSION 1u /* bump when the layout or the quantizer changes: old files are then rebuilt */
@@ -231,9 +232,9 @@ static void fill_image(const plan *p, unsigned char *image) {
     memcpy(image, &p->header, sizeof p->header);
     memcpy(image + sizeof p->header, p->key, p->key_bytes);
     memcpy(image + p->header.table_offset, p->table, (size_t)p->n * sizeof *p->table);
-    fill_job job = {p, image, p->m->pool, 0};
+    fill_job job = {p, image, p->m->ctx.pool, 0};
     for (job.t = 0; job.t < p->n; job.t++)
-        sv_pool_run(p->m->pool, fill_task, &job, (p->targets[job.t]->rows + ROW_BLOCK - 1) / ROW_BLOCK);
+        sv_pool_run(p->m->ctx.pool, fill_task, &job, (p->targets[job.t]->rows + ROW_BLOCK - 1) / ROW_BLOCK);
     uint64_t sum = image_checksum(image, p->header.data_offset);
     memcpy(image + offsetof(cache_header, checksum), &sum, sizeof sum);
 }
@@ -388,7 +389,7 @@ static sv_status quantize(plan *p, const char *path) {
     }
     if (map) {
         copy_job job = {image, map, bytes};
-        sv_pool_run(m->pool, copy_task, &job, (int64_t)((bytes + COPY_CHUNK - 1) / COPY_CHUNK));
+        sv_pool_run(m->ctx.pool, copy_task, &job, (int64_t)((bytes + COPY_CHUNK - 1) / COPY_CHUNK));
         munmap(map, bytes);
     } else {
         fill_image(p, image);

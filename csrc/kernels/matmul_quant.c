@@ -156,10 +156,9 @@ static const sv_bf16_isa *bf16_kernels(int32_t precision, sv_isa_level level) {
     return precision == SV_PRECISION_BF16 ? sv_bf16_isa_for(level) : NULL;
 }
 
-void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
-                     const float *b) {
-    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), y, x,
-                 n, W, b);
+void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, float *y, const float *x, int64_t n,
+                     const sv_matrix *W, const float *b) {
+    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(precision, level), y, x, n, W, b);
 }
 
 /* ---- test hooks (declared in smolvision.h) ---- */
