@@ -50,9 +50,6 @@ typedef struct {
  * *a empty (safe to st_close). */
 sv_status st_open_dir(st_archive *a, const char *model_dir);
 
-/* Opens one .safetensors file. */
-sv_status st_open_file(st_archive *a, const char *path);
-
 /* Parses a whole safetensors file already in memory, bytes[0..size) (the
  * fuzz harness's entry; files go through the same header parser).  The
  * buffer is borrowed and must outlive the archive; name is for messages. */
