@@ -239,12 +239,6 @@ static void fill_image(const plan *p, unsigned char *image) {
     memcpy(image + offsetof(cache_header, checksum), &sum, sizeof sum);
 }
 
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Builds the cache file at path via a temporary file.  On failure nothing is left behind and *why
  * says what went wrong (errno text), for the caller's message. */
 static int write_cache(const plan *p, const char *path, char *why, size_t why_len) {
@@ -370,11 +364,11 @@ static sv_status quantize(plan *p, const char *path) {
         if (!map) {
             if (why[0]) say(p, "%s: %s; rebuilding it", path, why);
             say(p, "quantizing the text decoder of %s to %s (once): writing %s (%.0f MB)", m->dir, name, path, mb);
-            double start = now_seconds();
+            double start = sv_seconds();
             if (write_cache(p, path, why, sizeof why)) {
                 char again[256];
                 map = map_valid(p, path, again, sizeof again);
-                if (map) say(p, "quantized in %.1f s", now_seconds() - start);
+                if (map) say(p, "quantized in %.1f s", sv_seconds() - start);
                 else snprintf(why, sizeof why, "the file written does not read back (%s)", again);
             }
             if (!map) say(p, "%s; quantizing in memory for this load only", why);
