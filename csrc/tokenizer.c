@@ -23,6 +23,7 @@
 #include "json.h"
 #include "tokenizer.h"
 #include "unicode_tables.h"
+#include "utf8.h"
 
 #define MAX_TOKENIZER_BYTES (512u << 20)
 #define NO_ID (-1)
@@ -96,84 +97,6 @@ static int cp_to_byte(uint32_t cp) {
     for (int b = 0; b < 256; b++)
         if (!byte_is_printable(b) && 256 + shifted++ == (int)cp) return b;
     return -1;
-}
-
-static size_t utf8_put(uint32_t cp, char *out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-/* ---- UTF-8 validation as from_utf8_lossy sees it ---- */
-
-/* The character at s[0..n), n >= 1: its length if valid; 0 if s is a valid
- * but incomplete start of one; -k if invalid, the first k bytes being the
- * maximal invalid subpart that becomes one U+FFFD. */
-static int utf8_check(const unsigned char *s, size_t n) {
-    unsigned c = s[0], lo = 0x80, hi = 0xBF;
-    int need;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c == 0xE0) { need = 2; lo = 0xA0; }
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) need = 2;
-    else if (c == 0xED) { need = 2; hi = 0x9F; }
-    else if (c == 0xF0) { need = 3; lo = 0x90; }
-    else if (c >= 0xF1 && c <= 0xF3) need = 3;
-    else if (c == 0xF4) { need = 3; hi = 0x8F; }
-    else return -1;
-    for (int k = 1; k <= need; k++) {
-        if ((size_t)k >= n) return 0;
-        if (s[k] < lo || s[k] > hi) return -k;
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    return need + 1;
-}
-
-/* Writes s[0..n) to out with invalid sequences replaced by U+FFFD; out needs
- * room for 3n bytes.  When final is 0 an incomplete trailing character is
- * left unconsumed.  Returns the bytes written; *used gets the bytes consumed. */
-static size_t utf8_lossy(const unsigned char *s, size_t n, int final, char *out, size_t *used) {
-    size_t i = 0, o = 0;
-    while (i < n) {
-        int r = utf8_check(s + i, n - i);
-        if (r > 0) {
-            memcpy(out + o, s + i, (size_t)r);
-            o += (size_t)r;
-            i += (size_t)r;
-            continue;
-        }
-        if (r == 0 && !final) break;
-        memcpy(out + o, "\xEF\xBF\xBD", 3);
-        o += 3;
-        i += r == 0 ? n - i : (size_t)-r;
-    }
-    *used = i;
-    return o;
-}
-
-static int utf8_valid(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        if (s[i] < 0x80) { i++; continue; }
-        int r = utf8_check(s + i, n - i);
-        if (r <= 0) return 0;
-        i += (size_t)r;
-    }
-    return 1;
 }
 
 /* ---- hashing ---- */
@@ -362,7 +285,7 @@ static sv_status load_model(loader *L, const json_value *model) {
     byte_alphabet(t->byte_cp);
     for (int b = 0; b < 256; b++) {
         char ch[4];
-        t->byte_id[b] = vocab_lookup(t, ch, utf8_put(t->byte_cp[b], ch));
+        t->byte_id[b] = vocab_lookup(t, ch, sv_utf8_put(t->byte_cp[b], ch));
     }
     return SV_OK;
 }
@@ -746,7 +669,7 @@ static sv_status bpe_piece(const sv_tokenizer *t, encoder *e, const unsigned cha
     if (st != SV_OK) return st;
     if (t->ignore_merges) {
         size_t len = 0;
-        for (size_t i = 0; i < n; i++) len += utf8_put(t->byte_cp[w[i]], e->word + len);
+        for (size_t i = 0; i < n; i++) len += sv_utf8_put(t->byte_cp[w[i]], e->word + len);
         int32_t id = vocab_lookup(t, e->word, len);
         if (id >= 0) return emit(e, id);
     }
@@ -872,12 +795,12 @@ sv_status sv_tokenizer_encode(const sv_tokenizer *t, const char *text, size_t le
     if (!t) return sv_fail(SV_ERR_ARG, "sv_tokenizer_encode: no tokenizer");
     if (!text && len) return sv_fail(SV_ERR_ARG, "sv_tokenizer_encode: text is NULL");
     char *fixed = NULL;
-    if (!utf8_valid((const unsigned char *)text, len)) {
+    if (!sv_utf8_valid((const unsigned char *)text, len)) {
         if (len > SIZE_MAX / 3) return sv_fail(SV_ERR_ARG, "text too long");
         size_t used;
         fixed = malloc(3 * len);
         if (!fixed) return sv_fail(SV_ERR_NOMEM, "out of memory while encoding");
-        len = utf8_lossy((const unsigned char *)text, len, 1, fixed, &used);
+        len = sv_utf8_lossy((const unsigned char *)text, len, 1, fixed, &used);
         text = fixed;
     }
     encoder e = {0};
@@ -933,7 +856,7 @@ sv_status sv_tokenizer_decode(const sv_tokenizer *t, const int32_t *ids, size_t 
         memcpy(bytes + nb, t->pool + s.off, s.len);
         nb += s.len;
     }
-    size_t len = utf8_lossy(bytes, nb, 1, out, &used);
+    size_t len = sv_utf8_lossy(bytes, nb, 1, out, &used);
     free(bytes);
     out[len] = '\0';
     *text_out = out;
@@ -971,7 +894,7 @@ sv_status sv_detokenizer_create(const sv_tokenizer *t, int32_t skip_special, sv_
 
 /* Converts the held bytes, keeping an incomplete trailing character unless final. */
 static void detok_drain(sv_detokenizer *d, int final, const char **text_out, size_t *len_out) {
-    size_t used, len = utf8_lossy(d->in, d->n_in, final, d->out, &used);
+    size_t used, len = sv_utf8_lossy(d->in, d->n_in, final, d->out, &used);
     memmove(d->in, d->in + used, d->n_in - used);
     d->n_in -= used;
     d->out[len] = '\0';
