@@ -4,6 +4,9 @@
 
 #include "smolvision.h"
 
+#ifndef SV_VERSION
+#error "SV_VERSION is defined by CMakeLists.txt from pyproject.toml"
+#endif
 #ifndef SV_BLAS_NAME
 #define SV_BLAS_NAME "none"
 #endif
@@ -18,7 +21,7 @@
 #define SV_SANITIZE "off"
 #endif
 
-const char *sv_version(void) { return "0.1.0"; }
+const char *sv_version(void) { return SV_VERSION; }
 
 const char *sv_build_info(void) { return "blas=" SV_BLAS_NAME " sanitize=" SV_SANITIZE; }
 

@@ -1,5 +1,6 @@
 /* json.c - see json.h.  A recursive-descent parser writing into an arena. */
 #include "json.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -90,22 +91,6 @@ static int hex4(parser *p, unsigned *out) {
     return 0;
 }
 
-static size_t put_utf8(unsigned char *o, unsigned cp) {
-    if (cp < 0x80) { o[0] = (unsigned char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (unsigned char)(0xC0 | (cp >> 6)); o[1] = (unsigned char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (unsigned char)(0xE0 | (cp >> 12));
-        o[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (unsigned char)(0xF0 | (cp >> 18));
-    o[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* Parses a string starting at the opening quote.  Escapes only shrink or keep
  * the byte count (\uXXXX is 6 bytes -> at most 3; a surrogate pair is 12 -> 4),
  * so the raw span length bounds the output size. */
@@ -150,7 +135,7 @@ static int parse_string(parser *p, const char **out, size_t *out_len) {
             /* A lone surrogate cannot be UTF-8; use U+FFFD as Python's json
              * would produce an unencodable str anyway. */
             if (cp >= 0xD800 && cp <= 0xDFFF) cp = 0xFFFD;
-            n += put_utf8(o + n, cp);
+            n += sv_utf8_put(cp, (char *)o + n);
             break;
         }
         default: return fail(p, "bad escape '\\%c'", e);

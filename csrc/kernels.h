@@ -1,55 +1,119 @@
 /* kernels.h - the numeric building blocks the vision encoder and decoder are
- * written in.  Model code says what to compute; how (SIMD, BLAS, threads) is
- * decided here.  Activations are fp32; weights stay in their checkpoint
- * dtype (F32, F16 or BF16) and are widened on the fly. */
+ * written in.  Model code says what to compute; how (SIMD, BLAS, threads,
+ * BF16 or fp32 products) is decided here.  Activations are fp32; weights stay
+ * in their checkpoint dtype (F32, F16 or BF16) or quantized, and are widened
+ * on the fly.
+ *
+ * The ops taking an sv_ctx are the ones a forward pass is written in: they
+ * split their work over the context's pool and time themselves under their
+ * op class in its profile.  The plain ones below them compute one thread's
+ * share. */
 #ifndef SV_KERNELS_H
 #define SV_KERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
+#include "kernels/matrix.h"
+#include "profile.h"
+#include "smolvision.h"
 #include "threadpool.h"
 
-/* y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
-void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
-
-/* 1 if sv_matmul on this pool multiplies BF16 weights in BF16 (precision "bf16" on a CPU with
- * AVX512_BF16): callers holding fp32 operands of their own (attention) can then store them as BF16. */
-int sv_matmul_bf16(const sv_pool *pool);
-
-/* Multi-head attention in BF16 products (kernels/attention.c), only where sv_matmul_bf16(pool): per query
- * head h (KV head g = h / (heads / kv_heads)), out[:, h] = softmax(q[:, h] K_g^T * scale) V_g, where [:, h]
- * are columns [h * head_dim, (h + 1) * head_dim).  Query i sits at position keys - queries + i; causal: it
- * sees keys up to its own position, else all of them. */
-typedef struct {
-    int64_t queries, keys, heads, kv_heads, head_dim;
-    int causal;
-    float scale;
-} sv_attention_shape;
+/* ---- the context ops run in ---- */
 
 typedef struct {
-    const float *q;                                /* [queries, ldq] */
-    int64_t ldq;
-    float *out;                                    /* [queries, ldo] */
-    int64_t ldo;
-    const uint16_t *k;                             /* K_g: BF16 [keys, head_dim] at k + g * k_head_stride */
-    int64_t k_head_stride, ldk;                    /* ... with rows ldk apart */
-    const uint16_t *vt;                            /* V_g^T: BF16 [head_dim, keys] at vt + g * vt_head_stride */
-    int64_t vt_head_stride, ldvt;                  /* ... with rows ldvt apart */
-} sv_attention_operands;
+    sv_pool *pool;          /* the threads an op splits its work over */
+    sv_precision precision; /* how sv_matmul multiplies (smolvision.h) */
+    sv_profile *profile;    /* where ops record their time; NULL: nowhere */
+    int timed_as;           /* SV_OP_COUNT: each op under its own class; else every op under this sv_profile_op */
+} sv_ctx;
 
-/* Workspace bytes (64-byte aligned) sv_attention_bf16 needs for a shape; 0 when this pool does not multiply
- * in BF16 or the shape is beyond what the kernel handles: then use the fp32 path. */
-size_t sv_attention_bf16_bytes(const sv_pool *pool, const sv_attention_shape *shape);
-void sv_attention_bf16(sv_pool *pool, void *workspace, const sv_attention_shape *shape,
-                       const sv_attention_operands *operands);
+static inline sv_ctx sv_ctx_make(sv_pool *pool, sv_precision precision, sv_profile *profile) {
+    sv_ctx ctx = {pool, precision, profile, SV_OP_COUNT};
+    return ctx;
+}
 
-/* The vision tower's form: fp32 q, k, v, out [n, ld], every token seeing every token, heads = kv_heads;
- * workspace of sv_self_attention_bf16_bytes() (0: use the fp32 path). */
-size_t sv_self_attention_bf16_bytes(const sv_pool *pool, int64_t n, int64_t heads, int64_t head_dim);
-void sv_self_attention_bf16(sv_pool *pool, void *workspace, float *out, const float *q, const float *k,
-                            const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale);
+/* How the ops below time themselves: t = sv_op_begin(ctx); ...; sv_op_end(ctx, class, t). */
+static inline double sv_op_begin(const sv_ctx *ctx) { return sv_profile_op_begin(ctx->profile); }
+static inline void sv_op_end(const sv_ctx *ctx, sv_profile_op op, double since) {
+    sv_profile_op_end(ctx->profile, ctx->timed_as == SV_OP_COUNT ? op : (sv_profile_op)ctx->timed_as, since);
+}
+
+/* ---- ops (timed class in brackets; the unnamed ones count as the phase's "other") ---- */
+
+/* [matmul] y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
+void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
+
+/* 1 if sv_matmul in this context multiplies weights of this dtype in BF16 products (precision "bf16" on
+ * a CPU with AVX512_BF16, for BF16 weights and for quantized ones, whose prompts run the BF16 GEMM).
+ * Attention next to such products runs in BF16 too. */
+int sv_matmul_in_bf16(const sv_ctx *ctx, st_dtype weights);
+
+/* [norm] y = (x - mean) / sqrt(var + eps) * w + b per row: x, y [n, dim]; y may alias x. */
+void sv_layernorm_rows(const sv_ctx *ctx, float *y, const float *x, const float *w, const float *b, int64_t n,
+                       int64_t dim, float eps);
+/* [norm] y = x / sqrt(mean(x^2) + eps) * w per row: x, y [n, dim]; y may alias x. */
+void sv_rmsnorm_rows(const sv_ctx *ctx, float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps);
+/* [activation] x = gelu_tanh(x): x[n, dim]. */
+void sv_gelu_rows(const sv_ctx *ctx, float *x, int64_t n, int64_t dim);
+/* [activation] gate = silu(gate) * up: gate, up [n, dim]. */
+void sv_silu_mul_rows(const sv_ctx *ctx, float *gate, const float *up, int64_t n, int64_t dim);
+/* y += x: x, y [n, dim]. */
+void sv_add_rows(const sv_ctx *ctx, float *y, const float *x, int64_t n, int64_t dim);
+/* Rotates pairs (i, i + head_dim / 2) of each head of x[n, heads * head_dim] by the angles in cos, sin
+ * [n, head_dim / 2] (transformers' rotate_half convention). */
+void sv_rope_rows(const sv_ctx *ctx, float *x, int64_t n, int64_t heads, int64_t head_dim, const float *cos,
+                  const float *sin);
+
+/* ---- attention (kernels/attention.c, kernels/kv_cache.c) ----
+ *
+ * Multi-head attention: per query head h (KV head g = h / (heads / kv_heads)),
+ * out[:, h] = softmax(q[:, h] K_g^T / sqrt(head_dim)) V_g, where [:, h] are the columns
+ * [h * head_dim, (h + 1) * head_dim) of rows heads * head_dim (or kv_heads * head_dim) wide.
+ * Each form runs in BF16 products (q, k, v and the probabilities rounded to BF16, as transformers' BF16
+ * run keeps them) where its context's matmuls with the given weights do (sv_matmul_in_bf16), else fp32. */
+
+/* [attention] Self-attention of a group of n tokens, every token seeing every token (the vision tower's
+ * tiles): q, k, v, out [n, heads * head_dim], heads = kv_heads.  The workspace is made for one shape. */
+typedef struct sv_self_attention sv_self_attention;
+sv_self_attention *sv_self_attention_new(const sv_ctx *ctx, st_dtype weights, int64_t n, int64_t heads,
+                                         int64_t head_dim); /* NULL: out of memory */
+void sv_self_attention_free(sv_self_attention *a);
+void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const float *q, const float *k,
+                       const float *v);
+
+/* A KV cache of `capacity` positions per layer: K as rows [position, head_dim] and V transposed
+ * [head_dim, position] per (layer, KV head), the layouts attention reads contiguously; BF16 where the
+ * weights' products are (half the memory, and half the bytes a decoded token reads), else fp32. */
+typedef struct {
+    int64_t layers, kv_heads, head_dim, capacity;
+    int bf16;  /* k and vt hold BF16 (uint16_t), else float */
+    void *k;   /* [layers, kv_heads, capacity, head_dim] */
+    void *vt;  /* [layers, kv_heads, head_dim, capacity] */
+} sv_kv_cache;
+
+/* 0 and an empty cache if out of memory. */
+int sv_kv_cache_init(sv_kv_cache *c, const sv_ctx *ctx, st_dtype weights, int64_t layers, int64_t kv_heads,
+                     int64_t head_dim, int64_t capacity);
+void sv_kv_cache_free(sv_kv_cache *c);
+int64_t sv_kv_cache_bytes(const sv_kv_cache *c);
+/* Stores the keys and values k, v [n, kv_heads * head_dim] of positions pos0 .. pos0 + n - 1 in a layer. */
+void sv_kv_cache_store(const sv_ctx *ctx, sv_kv_cache *c, int64_t layer, int64_t pos0, const float *k,
+                       const float *v, int64_t n);
+
+/* [attention] Causal attention of n <= max_queries query rows q[n, heads * head_dim] at positions
+ * pos0 .. pos0 + n - 1 against a cache's layer: query i sees positions 0 .. pos0 + i (all stored).
+ * One row (decode) runs dot products per head; more run as a chunk (GEMMs over each KV head's group).
+ * The workspace is made for a cache and a largest chunk. */
+typedef struct sv_cached_attention sv_cached_attention;
+sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cache *c, int64_t heads,
+                                             int64_t max_queries); /* NULL: out of memory */
+void sv_cached_attention_free(sv_cached_attention *a);
+int64_t sv_cached_attention_bytes(const sv_cached_attention *a);
+void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *c, int64_t layer, float *out,
+                         const float *q, int64_t n, int64_t pos0);
+
+/* ---- single-thread kernels ---- */
 
 /* dst[n] = x[n] rounded to BF16, nearest even. */
 void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);

@@ -401,10 +401,11 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
     sv_model *m = calloc(1, sizeof *m);
     if (!m) return sv_fail(SV_ERR_NOMEM, "out of memory");
     m->dir = strdup(dir);
-    m->profile = calloc(1, sizeof *m->profile);
-    if (!m->dir || !m->profile) {
+    sv_profile *profile = calloc(1, sizeof *profile);
+    m->ctx = sv_ctx_make(NULL, (sv_precision)o.precision, profile);
+    if (!m->dir || !profile) {
         free(m->dir);
-        free(m->profile);
+        free(profile);
         free(m);
         return sv_fail(SV_ERR_NOMEM, "out of memory");
     }
@@ -432,12 +433,11 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
     }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = n_threads > 0 ? n_threads : (cores > 0 ? (int)cores : 1);
-    m->pool = sv_pool_create(m->n_threads);
-    if (!m->pool) {
+    m->ctx.pool = sv_pool_create(m->n_threads);
+    if (!m->ctx.pool) {
         sv_model_free(m);
         return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", m->n_threads);
     }
-    sv_pool_set_precision(m->pool, (sv_precision)o.precision);
     s = sv_quant_apply(m, o.quant, o.quant_cache_path, o.on_log, o.log_user);
     if (s != SV_OK) {
         sv_model_free(m);
@@ -452,20 +452,20 @@ void sv_model_free(sv_model *m) {
     sv_decoder_free(m->decoder);
     for (size_t i = 0; i < m->n_vectors; i++) free(m->vectors[i]);
     free(m->vectors);
-    sv_pool_free(m->pool);
+    sv_pool_free(m->ctx.pool);
     if (m->qmap) munmap(m->qmap, m->qmap_bytes);
     sv_tokenizer_free(m->tokenizer);
     free(m->vision.layers);
     free(m->text.layers);
     st_close(&m->st);
     free(m->dir);
-    free(m->profile);
+    free(m->ctx.profile);
     free(m);
 }
 
 const sv_config *sv_model_config(const sv_model *m) { return &m->cfg; }
 
-int32_t sv_model_precision(const sv_model *m) { return sv_pool_precision(m->pool); }
+int32_t sv_model_precision(const sv_model *m) { return m->ctx.precision; }
 
 int32_t sv_model_quant(const sv_model *m) { return m->quant; }
 

@@ -4,19 +4,9 @@
 #ifndef SV_MODEL_H
 #define SV_MODEL_H
 
+#include "kernels.h"
 #include "safetensors.h"
 #include "smolvision.h"
-#include "threadpool.h"
-
-/* A weight matrix W[rows, cols], row-major, in the checkpoint's dtype
- * (ST_F32, ST_F16 or ST_BF16), pointing into the mapping; or quantized
- * (ST_Q8, ST_Q4: codes then block scales in one region, laid out as quant.h
- * says, pointing into the quantization cache). */
-typedef struct {
-    const void *data;
-    st_dtype dtype;
-    int64_t rows, cols;
-} sv_matrix;
 
 typedef struct {
     const float *ln1_w, *ln1_b;          /* [hidden] */
@@ -66,17 +56,21 @@ struct sv_model {
     float **vectors;          /* owned fp32 copies of all 1-D weights (norms, biases) */
     size_t n_vectors;
     int n_threads;
-    sv_pool *pool;
+    sv_ctx ctx;               /* what the forward passes run in: the pool (owned), the precision, the profile */
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
     struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
     int32_t quant;            /* load option quant (sv_quant) */
     void *qmap;               /* the region holding the quantized weights (quant_cache.c), for munmap */
     size_t qmap_bytes;
-    struct sv_profile *profile; /* owned; a pointer so that code holding a const model can still time itself */
 };
 
 /* Parses config.json text into cfg, checking every size for sanity before
  * anything is allocated.  path is only used in messages. */
 sv_status sv_parse_config(const char *json_text, size_t len, const char *path, sv_config *cfg);
+
+/* Load option quant (quant_cache.c): quantizes the text decoder's linear weights of a loaded model
+ * (its pool running) to quant, through the cache file at cache_path (NULL: in memory), and points
+ * the model's matrices at them.  SV_QUANT_NONE does nothing. */
+sv_status sv_quant_apply(sv_model *m, int32_t quant, const char *cache_path, sv_log_fn log, void *log_user);
 
 #endif

@@ -13,6 +13,7 @@
 #include "error.h"
 #include "tokenizer.h"
 #include "unicode_tables.h"
+#include "utf8.h"
 
 static const char PATTERN_GPT2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 static const char PATTERN_LLAMA3[] =

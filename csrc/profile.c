@@ -25,15 +25,15 @@ void sv_profile_phase_end(sv_profile *p) {
 
 void sv_profile_enable(sv_model *m, int32_t on) {
     if (!m) return;
-    memset(m->profile, 0, sizeof *m->profile);
-    m->profile->enabled = on != 0;
+    memset(m->ctx.profile, 0, sizeof *m->ctx.profile);
+    m->ctx.profile->enabled = on != 0;
 }
 
-int32_t sv_profile_enabled(const sv_model *m) { return m && m->profile->enabled; }
+int32_t sv_profile_enabled(const sv_model *m) { return m && m->ctx.profile->enabled; }
 
 void sv_profile_read(const sv_model *m, double *seconds, double *totals, int64_t *calls) {
     if (!m) return;
-    const sv_profile *p = m->profile;
+    const sv_profile *p = m->ctx.profile;
     for (int ph = 0; ph < SV_PHASE_COUNT; ph++) {
         for (int op = 0; op < SV_OP_COUNT; op++) seconds[ph * SV_OP_COUNT + op] = p->seconds[ph][op];
         totals[ph] = p->total[ph];

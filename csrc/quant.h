@@ -32,7 +32,7 @@
 
 #include <stdint.h>
 
-#include "model.h"
+#include "kernels/matrix.h"
 
 #define SV_QBLOCK 32
 #define SV_QGROUP 16 /* blocks per interleaved group */
@@ -87,10 +87,5 @@ static inline int64_t sv_q_position(int64_t nb, int64_t e, int64_t *chunk) {
 /* One activation row x[k]: codes xq[nb * 32] in the group order (zero-padded), scales xd[nb] and the
  * blocks' code sums xs[nb]; x ~ xd[b] * q in block b. */
 void sv_q_quantize_activations(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k);
-
-/* Load option quant (quant_cache.c): quantizes the text decoder's linear weights of a loaded model
- * (its pool running) to quant, through the cache file at cache_path (NULL: in memory), and points
- * the model's matrices at them.  SV_QUANT_NONE does nothing. */
-sv_status sv_quant_apply(sv_model *m, int32_t quant, const char *cache_path, sv_log_fn log, void *log_user);
 
 #endif

@@ -41,6 +41,7 @@
 #define MAP_ANONYMOUS MAP_ANON
 #endif
 #include "kernels.h"
+#include "model.h"
 
 #define CACHE_MAGIC "SVQUANT\0"
 #define CACHE_VERSION 1u /* bump when the layout or the quantizer changes: old files are then rebuilt */
@@ -231,17 +232,11 @@ static void fill_image(const plan *p, unsigned char *image) {
     memcpy(image, &p->header, sizeof p->header);
     memcpy(image + sizeof p->header, p->key, p->key_bytes);
     memcpy(image + p->header.table_offset, p->table, (size_t)p->n * sizeof *p->table);
-    fill_job job = {p, image, p->m->pool, 0};
+    fill_job job = {p, image, p->m->ctx.pool, 0};
     for (job.t = 0; job.t < p->n; job.t++)
-        sv_pool_run(p->m->pool, fill_task, &job, (p->targets[job.t]->rows + ROW_BLOCK - 1) / ROW_BLOCK);
+        sv_pool_run(p->m->ctx.pool, fill_task, &job, (p->targets[job.t]->rows + ROW_BLOCK - 1) / ROW_BLOCK);
     uint64_t sum = image_checksum(image, p->header.data_offset);
     memcpy(image + offsetof(cache_header, checksum), &sum, sizeof sum);
-}
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* Builds the cache file at path via a temporary file.  On failure nothing is left behind and *why
@@ -369,11 +364,11 @@ static sv_status quantize(plan *p, const char *path) {
         if (!map) {
             if (why[0]) say(p, "%s: %s; rebuilding it", path, why);
             say(p, "quantizing the text decoder of %s to %s (once): writing %s (%.0f MB)", m->dir, name, path, mb);
-            double start = now_seconds();
+            double start = sv_seconds();
             if (write_cache(p, path, why, sizeof why)) {
                 char again[256];
                 map = map_valid(p, path, again, sizeof again);
-                if (map) say(p, "quantized in %.1f s", now_seconds() - start);
+                if (map) say(p, "quantized in %.1f s", sv_seconds() - start);
                 else snprintf(why, sizeof why, "the file written does not read back (%s)", again);
             }
             if (!map) say(p, "%s; quantizing in memory for this load only", why);
@@ -388,7 +383,7 @@ static sv_status quantize(plan *p, const char *path) {
     }
     if (map) {
         copy_job job = {image, map, bytes};
-        sv_pool_run(m->pool, copy_task, &job, (int64_t)((bytes + COPY_CHUNK - 1) / COPY_CHUNK));
+        sv_pool_run(m->ctx.pool, copy_task, &job, (int64_t)((bytes + COPY_CHUNK - 1) / COPY_CHUNK));
         munmap(map, bytes);
     } else {
         fill_image(p, image);

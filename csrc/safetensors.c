@@ -234,16 +234,6 @@ static sv_status finish(st_archive *a) {
     return SV_OK;
 }
 
-sv_status st_open_file(st_archive *a, const char *path) {
-    memset(a, 0, sizeof *a);
-    int fi;
-    sv_status s = map_file(a, path, &fi);
-    if (s == SV_OK) s = read_header(a, fi);
-    if (s == SV_OK) s = finish(a);
-    if (s != SV_OK) st_close(a);
-    return s;
-}
-
 sv_status st_open_memory(st_archive *a, const void *bytes, size_t size, const char *name) {
     memset(a, 0, sizeof *a);
     a->files = malloc(sizeof *a->files);

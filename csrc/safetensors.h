@@ -11,11 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/matrix.h" /* st_dtype */
 #include "smolvision.h"
-
-/* ST_Q8 and ST_Q4 never occur in a file: they are the engine's quantized weight formats (quant.h),
- * here so one sv_matrix type carries every weight the matmul driver takes. */
-typedef enum { ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL, ST_Q8, ST_Q4 } st_dtype;
 
 #define ST_MAX_DIMS 8
 #define ST_MAX_HEADER_BYTES (100u << 20) /* the format's own limit */
@@ -52,9 +49,6 @@ typedef struct {
  * model_dir/model.safetensors.  On failure sets the last error and leaves
  * *a empty (safe to st_close). */
 sv_status st_open_dir(st_archive *a, const char *model_dir);
-
-/* Opens one .safetensors file. */
-sv_status st_open_file(st_archive *a, const char *path);
 
 /* Parses a whole safetensors file already in memory, bytes[0..size) (the
  * fuzz harness's entry; files go through the same header parser).  The

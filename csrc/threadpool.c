@@ -44,7 +44,6 @@ struct sv_pool {
     int64_t n;
     void *shared;              /* sv_pool_shared's buffer */
     size_t shared_bytes;
-    sv_precision precision;
 };
 
 typedef struct {
@@ -193,7 +192,3 @@ void *sv_pool_shared(sv_pool *p, size_t bytes) {
     p->shared_bytes = bytes;
     return buf;
 }
-
-void sv_pool_set_precision(sv_pool *p, sv_precision precision) { p->precision = precision; }
-
-sv_precision sv_pool_precision(const sv_pool *p) { return p->precision; }

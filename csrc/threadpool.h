@@ -5,9 +5,7 @@
  * takes a chunk too, so a pool of 1 thread runs everything inline.
  *
  * Each thread also owns a scratch buffer allocated with the pool, so kernels
- * (e.g. widening a weight panel for BLAS) need no allocation per call.  The
- * pool also carries the owning model's matmul precision, so sv_matmul's
- * callers need not pass it. */
+ * (e.g. widening a weight panel for BLAS) need no allocation per call. */
 #ifndef SV_THREADPOOL_H
 #define SV_THREADPOOL_H
 
@@ -35,9 +33,5 @@ void sv_pool_run(sv_pool *pool, sv_task_fn fn, void *arg, int64_t n);
  * and every thread may read during it (e.g. activations rounded to BF16 once per matmul).  Grown on
  * demand, never shrunk, freed with the pool; NULL if it cannot grow.  Call it only outside tasks. */
 void *sv_pool_shared(sv_pool *pool, size_t bytes);
-
-/* The matmul precision of the model owning the pool (sv_precision; SV_PRECISION_FP32 when created). */
-void sv_pool_set_precision(sv_pool *pool, sv_precision precision);
-sv_precision sv_pool_precision(const sv_pool *pool);
 
 #endif

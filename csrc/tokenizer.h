@@ -58,19 +58,6 @@ sv_status sv_pretok_parse(const json_value *v, const char *path, sv_pretokenizer
 sv_status sv_pretok_run(const sv_pretokenizer *p, const char *text, size_t len, sv_pretok_scratch *s);
 void sv_pretok_scratch_free(sv_pretok_scratch *s);
 
-/* Decodes one UTF-8 character of valid text at s[0..n), n >= 1; *cp gets it. */
-static inline size_t sv_utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
-    unsigned char c = s[0];
-    if (c < 0x80 || n < 2) { *cp = c; return 1; }
-    if (c < 0xE0) { *cp = ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F); return 2; }
-    if (c < 0xF0 || n < 4) {
-        *cp = ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (n > 2 ? (s[2] & 0x3F) : 0);
-        return n < 3 ? n : 3;
-    }
-    *cp = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) | ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-    return 4;
-}
-
 /* sv_tokenizer_load on tokenizer.json text already in memory, text[0..len)
  * (the file loader and the fuzz harness share it); path is for messages. */
 sv_status sv_tokenizer_load_json(const char *text, size_t len, const char *path, sv_tokenizer **out);

@@ -9,9 +9,7 @@
  * token) and the bias-free connector projection into the text hidden size.
  *
  * All tiles of a pass go through every weight matmul as one batch of rows
- * (x is [tiles*patches, hidden]); attention runs per tile, in BF16 products
- * as sv_self_attention_bf16 (kernels/attention.c) where the matmuls are BF16, else
- * per head as two fp32 sv_matmul products on head-major copies of q, k, v.
+ * (x is [tiles*patches, hidden]); attention runs per tile (kernels/attention.c).
  * Activations live in scratch
  * allocated once per call and freed before it returns (nothing is held
  * between calls); a call with more tiles than one pass takes (PASS_MAX_TILES,
@@ -23,7 +21,6 @@
 
 #include "error.h"
 #include "kernels.h"
-#include "profile.h"
 #include "model.h"
 
 /* No real batch of images comes near this; beyond it the count is a caller bug. */
@@ -52,12 +49,7 @@ typedef struct {
     float *x;       /* [rows, hidden] residual stream; later the pixel-shuffled tokens */
     float *t;       /* [rows, hidden] normed input, attention output, MLP output */
     float *wide;    /* [rows, wide]: gathered patches, or q | k | v, or the MLP hidden */
-    /* one tile's attention, heads side by side: */
-    float *qh, *kh; /* [heads, patches, head_dim] each; qh pre-scaled by 1/sqrt(head_dim) */
-    float *vt;      /* [heads, head_dim, patches] */
-    float *probs;   /* [patches, patches] one head's scores, then probabilities */
-    float *outt;    /* [hidden, patches] the attention output, transposed */
-    void *attn;     /* sv_self_attention_bf16's workspace when the matmuls run in BF16, else NULL */
+    sv_self_attention *attention; /* one tile's workspace */
 } vision_scratch;
 
 static vision_shape shape_of(const sv_config *c) {
@@ -90,151 +82,30 @@ static void scratch_free(vision_scratch *sc) {
     free(sc->x);
     free(sc->t);
     free(sc->wide);
-    free(sc->qh);
-    free(sc->kh);
-    free(sc->vt);
-    free(sc->probs);
-    free(sc->outt);
-    free(sc->attn);
+    sv_self_attention_free(sc->attention);
     memset(sc, 0, sizeof *sc);
 }
 
 /* Allocates activations for passes of `tiles` tiles. */
-static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles, const sv_pool *pool) {
-    size_t rows, n_x, n_wide, n_tile, n_probs;
+static sv_status scratch_alloc(vision_scratch *sc, const vision_shape *s, int64_t tiles, const sv_model *m) {
+    size_t rows, n_x, n_wide;
     memset(sc, 0, sizeof *sc);
     if (!mul_size((size_t)tiles, (size_t)s->patches, &rows) || !mul_size(rows, (size_t)s->hidden, &n_x) ||
-        !mul_size(rows, (size_t)s->wide, &n_wide) || !mul_size((size_t)s->patches, (size_t)s->hidden, &n_tile) ||
-        !mul_size((size_t)s->patches, (size_t)s->patches, &n_probs) || n_wide > SIZE_MAX / sizeof(float) ||
-        n_x > SIZE_MAX / sizeof(float) || n_probs > SIZE_MAX / sizeof(float))
+        !mul_size(rows, (size_t)s->wide, &n_wide) || n_wide > SIZE_MAX / sizeof(float) ||
+        n_x > SIZE_MAX / sizeof(float))
         return sv_fail(SV_ERR_NOMEM, "vision encoder: activations for %lld tiles overflow the address space",
                        (long long)tiles);
     sc->x = malloc(n_x * sizeof(float));
     sc->t = malloc(n_x * sizeof(float));
     sc->wide = malloc(n_wide * sizeof(float));
-    sc->qh = malloc(n_tile * sizeof(float));
-    sc->kh = malloc(n_tile * sizeof(float));
-    sc->vt = malloc(n_tile * sizeof(float));
-    sc->outt = malloc(n_tile * sizeof(float));
-    sc->probs = malloc(n_probs * sizeof(float));
-    size_t attn_bytes = sv_self_attention_bf16_bytes(pool, s->patches, s->heads, s->head_dim);
-    if (attn_bytes && posix_memalign(&sc->attn, 64, attn_bytes) != 0) sc->attn = NULL;
-    if (!sc->x || !sc->t || !sc->wide || !sc->qh || !sc->kh || !sc->vt || !sc->outt || !sc->probs ||
-        (attn_bytes && !sc->attn)) {
+    /* Attention in BF16 only where the weights' products are (BF16 weights): "bf16" with F32 weights is fp32. */
+    sc->attention = sv_self_attention_new(&m->ctx, m->vision.layers[0].q.dtype, s->patches, s->heads, s->head_dim);
+    if (!sc->x || !sc->t || !sc->wide || !sc->attention) {
         scratch_free(sc);
         return sv_fail(SV_ERR_NOMEM, "vision encoder: out of memory for the activations of %lld tiles",
                        (long long)tiles);
     }
     return SV_OK;
-}
-
-/* ---- row-parallel elementwise work over the pool ---- */
-
-typedef struct {
-    float *y;
-    const float *x, *w, *b;
-    int64_t dim;
-    float eps;
-} rows_job;
-
-static void layernorm_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const rows_job *j = arg;
-    sv_layernorm(j->y + begin * j->dim, j->x + begin * j->dim, j->w, j->b, end - begin, j->dim, j->eps);
-}
-
-static void gelu_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const rows_job *j = arg;
-    sv_gelu_tanh(j->y + begin * j->dim, (end - begin) * j->dim);
-}
-
-static void add_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const rows_job *j = arg;
-    sv_add(j->y + begin * j->dim, j->x + begin * j->dim, (end - begin) * j->dim);
-}
-
-/* y = layernorm(x) * w + b per row: x, y [rows, dim]. */
-static void layernorm_rows(sv_pool *pool, float *y, const float *x, const float *w, const float *b, int64_t rows,
-                           int64_t dim, float eps) {
-    rows_job j = {y, x, w, b, dim, eps};
-    sv_pool_run(pool, layernorm_task, &j, rows);
-}
-
-/* x = gelu_tanh(x): x[rows, dim]. */
-static void gelu_rows(sv_pool *pool, float *x, int64_t rows, int64_t dim) {
-    rows_job j = {x, NULL, NULL, NULL, dim, 0};
-    sv_pool_run(pool, gelu_task, &j, rows);
-}
-
-/* y += x: x, y [rows, dim]. */
-static void add_rows(sv_pool *pool, float *y, const float *x, int64_t rows, int64_t dim) {
-    rows_job j = {y, x, NULL, NULL, dim, 0};
-    sv_pool_run(pool, add_task, &j, rows);
-}
-
-/* ---- attention ---- */
-
-typedef struct {
-    const vision_shape *s;
-    const float *q, *k, *v; /* one tile's [patches, hidden] each */
-    vision_scratch *sc;
-    float *out;             /* one tile's [patches, hidden] */
-    float scale;
-} heads_job;
-
-/* Patch rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
-static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const heads_job *j = arg;
-    int64_t P = j->s->patches, H = j->s->hidden, hd = j->s->head_dim;
-    for (int64_t i = begin; i < end; i++)
-        for (int64_t h = 0; h < j->s->heads; h++) {
-            const float *q = j->q + i * H + h * hd, *k = j->k + i * H + h * hd, *v = j->v + i * H + h * hd;
-            float *qh = j->sc->qh + (h * P + i) * hd, *kh = j->sc->kh + (h * P + i) * hd;
-            float *vt = j->sc->vt + h * hd * P + i;
-            for (int64_t d = 0; d < hd; d++) {
-                qh[d] = q[d] * j->scale;
-                vt[d * P] = v[d];
-            }
-            memcpy(kh, k, (size_t)hd * sizeof *kh);
-        }
-}
-
-/* Patch rows [begin, end) of out from the transposed outt. */
-static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const heads_job *j = arg;
-    int64_t P = j->s->patches, H = j->s->hidden;
-    for (int64_t i = begin; i < end; i++)
-        for (int64_t c = 0; c < H; c++) j->out[i * H + c] = j->sc->outt[c * P + i];
-}
-
-static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const heads_job *j = arg;
-    int64_t P = j->s->patches;
-    for (int64_t i = begin; i < end; i++) sv_softmax(j->sc->probs + i * P, P);
-}
-
-/* out = multi-head self-attention of one tile: q, k, v, out [patches, hidden].
- * Every patch attends to every patch of its tile (bidirectional, no mask):
- * per head, probs = softmax(q k^T / sqrt(head_dim)) and out = probs v.
- * bf16: sv_self_attention_bf16.  Else, per head in fp32, computed as out^T = v^T probs^T so both
- * products are sv_matmul's y = x W^T. */
-static void attention(sv_pool *pool, const vision_shape *s, vision_scratch *sc, int bf16, float *out,
-                      const float *q, const float *k, const float *v) {
-    int64_t P = s->patches, hd = s->head_dim;
-    float scale = (float)(1.0 / sqrt((double)hd));
-    if (bf16 && sc->attn) {
-        sv_self_attention_bf16(pool, sc->attn, out, q, k, v, s->hidden, P, s->heads, hd, scale);
-        return;
-    }
-    heads_job j = {s, q, k, v, sc, out, scale};
-    sv_matrix probs = {sc->probs, ST_F32, P, P};
-    sv_pool_run(pool, split_heads_task, &j, P);
-    for (int64_t h = 0; h < s->heads; h++) {
-        sv_matrix keys = {sc->kh + h * P * hd, ST_F32, P, hd};
-        sv_matmul(pool, sc->probs, sc->qh + h * P * hd, P, &keys, NULL);  /* [queries, keys] */
-        sv_pool_run(pool, softmax_task, &j, P);
-        sv_matmul(pool, sc->outt + h * hd * P, sc->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
-    }
-    sv_pool_run(pool, merge_heads_task, &j, P);
 }
 
 /* ---- the stages of one pass ---- */
@@ -260,9 +131,7 @@ static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, 
     const vision_weights *w = &m->vision;
     int64_t P = s->patches;
     gather_patches(sc->wide, pixels, tiles, m->cfg.image_size, s->side, m->cfg.patch_size);
-    double t0 = sv_profile_now(m->profile);
-    sv_matmul(m->pool, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
-    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
+    sv_matmul(&m->ctx, sc->x, sc->wide, tiles * P, &w->patch, w->patch_b);
     /* Position ids: transformers buckets fractional patch coordinates over a
      * patch mask; for a full tile that gives patch i position i (checked by
      * tests/test_vision.py for the fixture and SmolVLM grids; for some other
@@ -271,50 +140,30 @@ static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, 
      * always full here: padding only ever makes whole all-zero tiles, which
      * sv_encode_images refuses. */
     for (int64_t i = 0; i < P; i++) sv_matrix_row(sc->t + i * s->hidden, &w->pos, i);
-    for (int64_t t = 0; t < tiles; t++) add_rows(m->pool, sc->x + t * P * s->hidden, sc->t, P, s->hidden);
+    for (int64_t t = 0; t < tiles; t++) sv_add_rows(&m->ctx, sc->x + t * P * s->hidden, sc->t, P, s->hidden);
 }
 
 /* One pre-LN encoder layer on x[rows, hidden]. */
 static void encoder_layer(const sv_model *m, const vision_shape *s, const vision_layer *l, vision_scratch *sc,
                           int64_t tiles) {
-    int64_t rows = tiles * s->patches, H = s->hidden;
+    const sv_ctx *ctx = &m->ctx;
+    int64_t rows = tiles * s->patches, H = s->hidden, tile = s->patches * H;
     float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
-    sv_profile *prof = m->profile;
-    /* Attention in BF16 only where the weights' products are (BF16 weights): "bf16" with F32 weights is fp32. */
-    int bf16 = sv_matmul_bf16(m->pool) && l->q.dtype == ST_BF16;
-    double t0 = sv_profile_now(prof);
-    layernorm_rows(m->pool, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
-    sv_profile_add(prof, SV_OP_NORM, t0);
-    t0 = sv_profile_now(prof);
-    sv_matmul(m->pool, q, sc->t, rows, &l->q, l->q_b);
-    sv_matmul(m->pool, k, sc->t, rows, &l->k, l->k_b);
-    sv_matmul(m->pool, v, sc->t, rows, &l->v, l->v_b);
-    sv_profile_add(prof, SV_OP_MATMUL, t0);
-    t0 = sv_profile_now(prof);
-    for (int64_t t = 0; t < tiles; t++) {
-        int64_t at = t * s->patches * H;
-        attention(m->pool, s, sc, bf16, sc->t + at, q + at, k + at, v + at);
-    }
-    sv_profile_add(prof, SV_OP_ATTENTION, t0);
-    t0 = sv_profile_now(prof);
-    sv_matmul(m->pool, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
-    sv_profile_add(prof, SV_OP_MATMUL, t0);
-    add_rows(m->pool, sc->x, q, rows, H);
+    sv_layernorm_rows(ctx, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
+    sv_matmul(ctx, q, sc->t, rows, &l->q, l->q_b);
+    sv_matmul(ctx, k, sc->t, rows, &l->k, l->k_b);
+    sv_matmul(ctx, v, sc->t, rows, &l->v, l->v_b);
+    for (int64_t t = 0; t < tiles; t++)
+        sv_attend_self(ctx, sc->attention, sc->t + t * tile, q + t * tile, k + t * tile, v + t * tile);
+    sv_matmul(ctx, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
+    sv_add_rows(ctx, sc->x, q, rows, H);
 
     float *hid = sc->wide; /* q, k, v are dead */
-    t0 = sv_profile_now(prof);
-    layernorm_rows(m->pool, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
-    sv_profile_add(prof, SV_OP_NORM, t0);
-    t0 = sv_profile_now(prof);
-    sv_matmul(m->pool, hid, sc->t, rows, &l->fc1, l->fc1_b);
-    sv_profile_add(prof, SV_OP_MATMUL, t0);
-    t0 = sv_profile_now(prof);
-    gelu_rows(m->pool, hid, rows, s->inter);
-    sv_profile_add(prof, SV_OP_ACTIVATION, t0);
-    t0 = sv_profile_now(prof);
-    sv_matmul(m->pool, sc->t, hid, rows, &l->fc2, l->fc2_b);
-    sv_profile_add(prof, SV_OP_MATMUL, t0);
-    add_rows(m->pool, sc->x, sc->t, rows, H);
+    sv_layernorm_rows(ctx, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
+    sv_matmul(ctx, hid, sc->t, rows, &l->fc1, l->fc1_b);
+    sv_gelu_rows(ctx, hid, rows, s->inter);
+    sv_matmul(ctx, sc->t, hid, rows, &l->fc2, l->fc2_b);
+    sv_add_rows(ctx, sc->x, sc->t, rows, H);
 }
 
 /* Idefics3Connector.pixel_shuffle, per tile: out[tiles*seq_len, hidden*scale^2] from
@@ -343,13 +192,9 @@ static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch
     int64_t rows = tiles * s->patches;
     embed(m, s, sc, pixels, tiles);
     for (int i = 0; i < m->cfg.vision_layers; i++) encoder_layer(m, s, &w->layers[i], sc, tiles);
-    double t0 = sv_profile_now(m->profile);
-    layernorm_rows(m->pool, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
-    sv_profile_add(m->profile, SV_OP_NORM, t0);
+    sv_layernorm_rows(&m->ctx, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
     pixel_shuffle(sc->x, sc->t, s, tiles);
-    t0 = sv_profile_now(m->profile);
-    sv_matmul(m->pool, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
-    sv_profile_add(m->profile, SV_OP_MATMUL, t0);
+    sv_matmul(&m->ctx, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
 }
 
 /* 1 if tile[n] is all zeros (+0.0 or -0.0). */
@@ -382,14 +227,14 @@ sv_status sv_encode_images(sv_model *m, const float *pixel_values, int32_t n_til
     int64_t per_pass = (n_tiles + passes - 1) / passes; /* equal passes rather than a full one and a remnant */
 
     vision_scratch sc;
-    sv_status st = scratch_alloc(&sc, &s, per_pass, m->pool);
+    sv_status st = scratch_alloc(&sc, &s, per_pass, m);
     if (st) return st;
-    sv_profile_phase_begin(m->profile, SV_PHASE_VISION);
+    sv_profile_phase_begin(m->ctx.profile, SV_PHASE_VISION);
     for (int64_t first = 0; first < n_tiles; first += per_pass) {
         int64_t tiles = n_tiles - first < per_pass ? n_tiles - first : per_pass;
         encode_pass(m, &s, &sc, pixel_values + first * tile_floats, tiles, out + first * s.seq_len * s.text_hidden);
     }
-    sv_profile_phase_end(m->profile);
+    sv_profile_phase_end(m->ctx.profile);
     scratch_free(&sc);
     return SV_OK;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh [SECONDS] [TARGET...] - builds the libFuzzer harnesses with clang
-# (ASan + UBSan) and runs each for SECONDS (default 60), one after another,
+# (ASan + UBSan; CMake option SMOLVISION_FUZZ) and runs each for SECONDS (default 60), one after another,
 # then prints executions/second and corpus size per target.
 #
 # Corpora live in fuzz/corpus/<target>/ (git-ignored), seeded by
@@ -13,32 +13,16 @@ SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(json safetensors config tokenize tokenizer_load detokenize)
-CC=${CC:-clang}
 OUT=fuzz/build
-mkdir -p "$OUT"
-FLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-       -D_POSIX_C_SOURCE=200809L -std=c11 -Icsrc -Ifuzz)
-
-# The engine once, as objects instrumented for coverage (no main).
-# Rebuilt when a source changed, appeared or went away.
-LIB="$OUT/libsv_fuzz.a"
-SOURCES=$(ls csrc/*.c csrc/kernels/*.c 2>/dev/null)
-if [ ! -f "$LIB" ] || [ -n "$(find csrc -name '*.[ch]' -newer "$LIB")" ] || \
-   [ "$SOURCES" != "$(cat "$OUT/sources.txt" 2>/dev/null)" ]; then
-  rm -f "$OUT"/*.o "$LIB"
-  for src in $SOURCES; do
-    obj="$OUT/$(echo "$src" | tr / _).o"
-    nice "$CC" "${FLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj"
-  done
-  ar rcs "$LIB" "$OUT"/*.o
-  echo "$SOURCES" >"$OUT/sources.txt"
-fi
+# CMake's fuzz_<target> targets: the harnesses on the library's own source list and kernel flags,
+# instrumented for coverage (the compiler is fixed when fuzz/build is first configured).
+CC=${CC:-clang} cmake -S . -B "$OUT" -DSMOLVISION_FUZZ=ON -DSMOLVISION_PYTHON=OFF -DSMOLVISION_BLAS=none >/dev/null
+nice cmake --build "$OUT" -j "$(nproc 2>/dev/null || echo 2)" --target "${TARGETS[@]/#/fuzz_}" >/dev/null
 
 python3 fuzz/make_seeds.py fuzz/corpus
 printf '%-16s %8s %10s %8s %s\n' target seconds execs/s corpus result
 for t in "${TARGETS[@]}"; do
   bin="$OUT/fuzz_$t"
-  "$CC" "${FLAGS[@]}" -fsanitize=fuzzer "fuzz/fuzz_$t.c" "$LIB" -lm -lpthread -o "$bin"
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log="$OUT/fuzz_$t.log"
   dict=()

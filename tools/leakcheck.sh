@@ -1,30 +1,15 @@
 #!/usr/bin/env bash
-# tools/leakcheck.sh [MODEL_DIR...] - builds tools/leakcheck.c against the
-# engine with AddressSanitizer + LeakSanitizer + UBSan and runs it.  Without
+# tools/leakcheck.sh [MODEL_DIR...] - builds CMake's leakcheck target
+# (tools/leakcheck.c on the library's own sources and kernel flags, every ISA's
+# kernels included) with AddressSanitizer + LeakSanitizer + UBSan and runs it.  Without
 # arguments it writes the tiny test models (tests/modelgen.py) and some broken
 # copies of them (to exercise the cleanup of failed loads) into a temp dir.
 # Exit status is non-zero on any leak or sanitizer error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CC=${CC:-gcc}
 OUT=${LEAKCHECK_BUILD:-build-leakcheck}
-mkdir -p "$OUT"
-FLAGS=(-std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-       -D_POSIX_C_SOURCE=200809L -Icsrc)
-srcs=(tools/leakcheck.c csrc/*.c csrc/kernels/*.c)
-# The SIMD kernels as CMake builds them (dispatch.c picks them only on CPUs that have them).
-if [ "$(uname -m)" = x86_64 ]; then
-  FLAGS+=(-DSV_X86_KERNELS)
-  objs=()
-  for f in csrc/kernels/*_avx2.c csrc/kernels/*_avx512.c; do
-    isa=(-mavx2 -mfma -mf16c)
-    case "$f" in *_avx512.c) isa+=(-mavx512f -mavx512bw -mavx512vl) ;; esac
-    "$CC" "${FLAGS[@]}" "${isa[@]}" -c "$f" -o "$OUT/$(basename "$f" .c).o"
-    objs+=("$OUT/$(basename "$f" .c).o")
-  done
-  srcs=(tools/leakcheck.c csrc/*.c $(ls csrc/kernels/*.c | grep -v '_avx') "${objs[@]}")
-fi
-"$CC" "${FLAGS[@]}" "${srcs[@]}" -lm -lpthread -o "$OUT/leakcheck"
+cmake -S . -B "$OUT" -DSMOLVISION_TOOLS=ON -DSMOLVISION_PYTHON=OFF -DSMOLVISION_BLAS=none >/dev/null
+cmake --build "$OUT" --target leakcheck -j "$(nproc 2>/dev/null || echo 2)" >/dev/null
 dirs=("$@")
 if [ ${#dirs[@]} -eq 0 ]; then
   tmp=$(mktemp -d)

@@ -1,14 +1,20 @@
-/* attention.c - multi-head attention in BF16 products on the GEMM kernels of
- * isa.h: the vision tower's (every patch sees every patch of its tile) and a
- * prompt chunk's against the decoder's KV cache (causal, grouped KV heads).
+/* attention.c - multi-head attention, the two forms of kernels.h: a group of
+ * tokens attending to itself (the vision tower's tiles) and query rows
+ * attending causally to a KV cache (the decoder).  Each picks its way here:
  *
- * Per head, probs = softmax(q k^T * scale) and out = probs v.  As two
- * sv_matmul calls per head, each call re-rounded its input, re-packed K (or
- * the whole probability matrix) into panels and left a transpose to put the
- * heads back together; the vision tower's attention ran at half the GEMM's
- * speed.  Here the operands are rounded and packed once per call:
+ *   fused BF16 (where the context's matmuls run in BF16 and the shape fits the
+ *       per-thread scratch): both products on the BF16 GEMM kernels of isa.h,
+ *       with the operands rounded and packed once per call (below);
+ *   fp32: per head (self) or per KV head's group of query heads (cache), two
+ *       sv_matmul products on gathered copies, scores = Q K^T and out = P V;
+ *   one cached row (decode): dot products per head against the cache.
  *
- *   1. (vision only) split, over tokens: k and v^T rounded to BF16, per head;
+ * The fused path.  As two sv_matmul calls per head, each call re-rounded its
+ * input, re-packed K (or the whole probability matrix) into panels and left a
+ * transpose to put the heads back together; the vision tower's attention ran
+ * at half the GEMM's speed.  Here the operands are rounded and packed once:
+ *
+ *   1. (self only) split, over tokens: k and v^T rounded to BF16, per head;
  *   2. prepare, over heads x panels: q * scale rounded to BF16, and K and V^T
  *      (BF16 already: the split's, or the decoder's cache) into panels;
  *   3. attend, over heads x query blocks: the scores of a block of queries
@@ -18,12 +24,34 @@
  * The roundings are the ones precision "bf16" makes everywhere (and
  * transformers' BF16 run keeps these tensors in BF16): q, k, v and the
  * probabilities; scores, softmax and sums stay fp32. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../error.h"
 #include "../kernels.h"
 #include "isa.h"
+
+/* ---- the fused BF16 core ---- */
+
+/* Per query head h (KV head g = h / (heads / kv_heads)), out[:, h] = softmax(q[:, h] K_g^T * scale) V_g.
+ * Query i sits at position keys - queries + i; causal: it sees keys up to its own position, else all. */
+typedef struct {
+    int64_t queries, keys, heads, kv_heads, head_dim;
+    int causal;
+    float scale;
+} attn_shape;
+
+typedef struct {
+    const float *q;                                /* [queries, ldq] */
+    int64_t ldq;
+    float *out;                                    /* [queries, ldo] */
+    int64_t ldo;
+    const uint16_t *k;                             /* K_g: BF16 [keys, head_dim] at k + g * k_head_stride */
+    int64_t k_head_stride, ldk;                    /* ... with rows ldk apart */
+    const uint16_t *vt;                            /* V_g^T: BF16 [head_dim, keys] at vt + g * vt_head_stride */
+    int64_t vt_head_stride, ldvt;                  /* ... with rows ldvt apart */
+} attn_operands;
 
 enum { QUERY_BLOCK = 32 }; /* queries per attend item: their scores and probabilities stay in L2 */
 
@@ -39,7 +67,7 @@ typedef struct {
     size_t q16, kp, vp, total; /* byte offsets into the workspace, and its size */
 } layout;
 
-static layout layout_of(const sv_bf16_isa *bf, const sv_attention_shape *a) {
+static layout layout_of(const sv_bf16_isa *bf, const attn_shape *a) {
     layout l = {bf->panel_width, round_even(a->head_dim), 0, 0, 0, 0, 0, 0, 0, 0};
     l.k_panels = (a->keys + l.width - 1) / l.width;
     l.v_panels = (a->head_dim + l.width - 1) / l.width;
@@ -55,15 +83,15 @@ static layout layout_of(const sv_bf16_isa *bf, const sv_attention_shape *a) {
 
 /* Per-thread scratch of attend: scores [QUERY_BLOCK, k_panels * width] fp32, probabilities
  * [QUERY_BLOCK, keys rounded up to even] BF16. */
-static size_t attend_scratch(const layout *l, const sv_attention_shape *a) {
+static size_t attend_scratch(const layout *l, const attn_shape *a) {
     return (size_t)(QUERY_BLOCK * l->k_panels * l->width) * 4 + (size_t)(QUERY_BLOCK * round_even(a->keys)) * 2;
 }
 
 typedef struct {
     const sv_bf16_isa *bf;
     sv_pool *pool;
-    const sv_attention_shape *a;
-    const sv_attention_operands *o;
+    const attn_shape *a;
+    const attn_operands *o;
     layout l;
     unsigned char *ws;
 } attn_job;
@@ -82,8 +110,8 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
  * K panels and V^T panels. */
 static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
     const attn_job *j = arg;
-    const sv_attention_shape *a = j->a;
-    const sv_attention_operands *o = j->o;
+    const attn_shape *a = j->a;
+    const attn_operands *o = j->o;
     const layout *l = &j->l;
     int64_t per_kv_head = l->k_panels + l->v_panels, hd = a->head_dim;
     float *scaled = sv_pool_scratch(j->pool, thread);
@@ -111,8 +139,8 @@ static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
 /* Items are (head, block of QUERY_BLOCK queries). */
 static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
     const attn_job *j = arg;
-    const sv_attention_shape *a = j->a;
-    const sv_attention_operands *o = j->o;
+    const attn_shape *a = j->a;
+    const attn_operands *o = j->o;
     const layout *l = &j->l;
     int64_t blocks = (a->queries + QUERY_BLOCK - 1) / QUERY_BLOCK, lds = l->k_panels * l->width;
     int64_t group = a->heads / a->kv_heads, first = a->keys - a->queries; /* query i's position: first + i */
@@ -141,18 +169,14 @@ static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
     }
 }
 
-/* The BF16 kernels, or NULL (then the caller's fp32 path runs). */
-static const sv_bf16_isa *kernels(const sv_pool *pool) {
-    return sv_matmul_bf16(pool) ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
-}
-
-static int shape_ok(const sv_attention_shape *a) {
+static int shape_ok(const attn_shape *a) {
     return a->queries >= 1 && a->keys >= a->queries && a->heads >= 1 && a->kv_heads >= 1 &&
            a->heads % a->kv_heads == 0 && a->head_dim >= 1;
 }
 
-size_t sv_attention_bf16_bytes(const sv_pool *pool, const sv_attention_shape *a) {
-    const sv_bf16_isa *bf = kernels(pool);
+/* Workspace bytes (64-byte aligned) of the fused path for a shape; 0 without BF16 kernels or where the
+ * shape is beyond what the per-thread scratch holds: then the fp32 path runs. */
+static size_t fused_bytes(const sv_bf16_isa *bf, const attn_shape *a) {
     if (!bf || !shape_ok(a)) return 0;
     layout l = layout_of(bf, a);
     size_t row = (size_t)l.ldq * 4; /* prepare's scaled query row */
@@ -160,14 +184,18 @@ size_t sv_attention_bf16_bytes(const sv_pool *pool, const sv_attention_shape *a)
     return l.total;
 }
 
-void sv_attention_bf16(sv_pool *pool, void *workspace, const sv_attention_shape *a, const sv_attention_operands *o) {
-    const sv_bf16_isa *bf = kernels(pool);
+static void fused(sv_pool *pool, const sv_bf16_isa *bf, void *workspace, const attn_shape *a, const attn_operands *o) {
     attn_job j = {bf, pool, a, o, layout_of(bf, a), workspace};
     sv_pool_run(pool, prepare_task, &j, a->heads + a->kv_heads * (j.l.k_panels + j.l.v_panels));
     sv_pool_run(pool, attend_task, &j, a->heads * ((a->queries + QUERY_BLOCK - 1) / QUERY_BLOCK));
 }
 
-/* ---- self-attention of fp32 q, k, v (the vision tower) ---- */
+/* The BF16 kernels attention next to products with these weights runs on, or NULL (fp32). */
+static const sv_bf16_isa *bf16_kernels(const sv_ctx *ctx, st_dtype weights) {
+    return sv_matmul_in_bf16(ctx, weights) ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
+}
+
+/* ---- self-attention, fused: fp32 q, k, v [n, ld] split into BF16 per head first ---- */
 
 /* After the core's workspace: k16 [heads, n, head_dim] and vt16 [heads, head_dim, n]. */
 static size_t self_staging(int64_t n, int64_t heads, int64_t hd) { return align64((size_t)(heads * n * hd) * 2); }
@@ -193,25 +221,302 @@ static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
         }
 }
 
-size_t sv_self_attention_bf16_bytes(const sv_pool *pool, int64_t n, int64_t heads, int64_t head_dim) {
-    sv_attention_shape a = {n, n, heads, heads, head_dim, 0, 1.0f};
-    size_t core = sv_attention_bf16_bytes(pool, &a);
+static size_t self_fused_bytes(const sv_bf16_isa *bf, int64_t n, int64_t heads, int64_t head_dim) {
+    attn_shape a = {n, n, heads, heads, head_dim, 0, 1.0f};
+    size_t core = fused_bytes(bf, &a);
     if (!core || (size_t)head_dim * 2 > SV_POOL_SCRATCH_BYTES) return 0;
     return align64(core) + 2 * self_staging(n, heads, head_dim);
 }
 
-void sv_self_attention_bf16(sv_pool *pool, void *workspace, float *out, const float *q, const float *k,
-                            const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim, float scale) {
-    sv_attention_shape a = {n, n, heads, heads, head_dim, 0, scale};
-    unsigned char *staging = (unsigned char *)workspace + align64(sv_attention_bf16_bytes(pool, &a));
-    split_job s = {kernels(pool), pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
+static void self_fused(sv_pool *pool, const sv_bf16_isa *bf, void *workspace, float *out, const float *q,
+                       const float *k, const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim,
+                       float scale) {
+    attn_shape a = {n, n, heads, heads, head_dim, 0, scale};
+    unsigned char *staging = (unsigned char *)workspace + align64(fused_bytes(bf, &a));
+    split_job s = {bf, pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
                    (uint16_t *)(staging + self_staging(n, heads, head_dim))};
     sv_pool_run(pool, split_task, &s, n);
-    sv_attention_operands o = {q, ld, out, ld, s.k16, n * head_dim, head_dim, s.vt16, head_dim * n, n};
-    sv_attention_bf16(pool, workspace, &a, &o);
+    attn_operands o = {q, ld, out, ld, s.k16, n * head_dim, head_dim, s.vt16, head_dim * n, n};
+    fused(pool, bf, workspace, &a, &o);
 }
 
-/* ---- test hook (declared in smolvision.h) ---- */
+/* ---- self-attention ---- */
+
+struct sv_self_attention {
+    int64_t n, heads, head_dim;
+    float scale;
+    const sv_bf16_isa *bf; /* the fused path's kernels; NULL: fp32 */
+    void *fused;           /* its workspace */
+    /* fp32, heads side by side: */
+    float *qh, *kh;        /* [heads, n, head_dim] each; qh pre-scaled */
+    float *vt;             /* [heads, head_dim, n] */
+    float *probs;          /* [n, n] one head's scores, then probabilities */
+    float *outt;           /* [heads * head_dim, n] the output, transposed */
+};
+
+sv_self_attention *sv_self_attention_new(const sv_ctx *ctx, st_dtype weights, int64_t n, int64_t heads,
+                                         int64_t head_dim) {
+    sv_self_attention *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->n = n;
+    a->heads = heads;
+    a->head_dim = head_dim;
+    a->scale = (float)(1.0 / sqrt((double)head_dim));
+    a->bf = bf16_kernels(ctx, weights);
+    size_t bytes = self_fused_bytes(a->bf, n, heads, head_dim);
+    if (bytes) {
+        if (posix_memalign(&a->fused, 64, bytes) != 0) a->fused = NULL;
+        if (a->fused) return a;
+    } else {
+        a->bf = NULL;
+        size_t tile = (size_t)(n * heads * head_dim) * sizeof(float);
+        a->qh = malloc(tile);
+        a->kh = malloc(tile);
+        a->vt = malloc(tile);
+        a->outt = malloc(tile);
+        a->probs = malloc((size_t)(n * n) * sizeof(float));
+        if (a->qh && a->kh && a->vt && a->outt && a->probs) return a;
+    }
+    sv_self_attention_free(a);
+    return NULL;
+}
+
+void sv_self_attention_free(sv_self_attention *a) {
+    if (!a) return;
+    free(a->fused);
+    free(a->qh);
+    free(a->kh);
+    free(a->vt);
+    free(a->probs);
+    free(a->outt);
+    free(a);
+}
+
+typedef struct {
+    sv_self_attention *a;
+    const float *q, *k, *v; /* [n, heads * head_dim] each */
+    float *out;
+} heads_job;
+
+/* Token rows [begin, end) of q, k, v into the head-major qh (scaled), kh and vt. */
+static void split_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    const sv_self_attention *a = j->a;
+    int64_t P = a->n, hd = a->head_dim, H = a->heads * hd;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t h = 0; h < a->heads; h++) {
+            const float *q = j->q + i * H + h * hd, *k = j->k + i * H + h * hd, *v = j->v + i * H + h * hd;
+            float *qh = a->qh + (h * P + i) * hd, *kh = a->kh + (h * P + i) * hd;
+            float *vt = a->vt + h * hd * P + i;
+            for (int64_t d = 0; d < hd; d++) {
+                qh[d] = q[d] * a->scale;
+                vt[d * P] = v[d];
+            }
+            memcpy(kh, k, (size_t)hd * sizeof *kh);
+        }
+}
+
+/* Token rows [begin, end) of out from the transposed outt. */
+static void merge_heads_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->a->n, H = j->a->heads * j->a->head_dim;
+    for (int64_t i = begin; i < end; i++)
+        for (int64_t c = 0; c < H; c++) j->out[i * H + c] = j->a->outt[c * P + i];
+}
+
+static void softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const heads_job *j = arg;
+    int64_t P = j->a->n;
+    for (int64_t i = begin; i < end; i++) sv_softmax(j->a->probs + i * P, P);
+}
+
+/* fp32: per head, probs = softmax(q k^T * scale) and out^T = v^T probs^T, so that both products are
+ * sv_matmul's y = x W^T. */
+void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const float *q, const float *k,
+                       const float *v) {
+    double t = sv_op_begin(ctx);
+    int64_t P = a->n, hd = a->head_dim, ld = a->heads * hd;
+    if (a->bf) {
+        self_fused(ctx->pool, a->bf, a->fused, out, q, k, v, ld, P, a->heads, hd, a->scale);
+    } else {
+        heads_job j = {a, q, k, v, out};
+        sv_matrix probs = {a->probs, ST_F32, P, P};
+        sv_pool_run(ctx->pool, split_heads_task, &j, P);
+        for (int64_t h = 0; h < a->heads; h++) {
+            sv_matrix keys = {a->kh + h * P * hd, ST_F32, P, hd};
+            sv_matmul(ctx, a->probs, a->qh + h * P * hd, P, &keys, NULL);           /* [queries, keys] */
+            sv_pool_run(ctx->pool, softmax_task, &j, P);
+            sv_matmul(ctx, a->outt + h * hd * P, a->vt + h * hd * P, hd, &probs, NULL); /* [head_dim, queries] */
+        }
+        sv_pool_run(ctx->pool, merge_heads_task, &j, P);
+    }
+    sv_op_end(ctx, SV_OP_ATTENTION, t);
+}
+
+/* ---- attention against a KV cache ---- */
+
+struct sv_cached_attention {
+    int64_t heads, max_queries;
+    float scale;
+    const sv_bf16_isa *bf; /* the fused path's kernels (BF16 cache); NULL: chunks run in fp32 */
+    void *fused;           /* its workspace */
+    float *scores;         /* [threads, capacity]: one decoded query's attention row per thread */
+    /* fp32 chunks, one KV head's group of query heads at a time: */
+    float *group_q;        /* [group * max_queries, head_dim]: the queries of one KV head's group */
+    float *group_scores;   /* room for [group * max_queries, capacity], used as [group * n, keys] */
+    float *group_out;      /* [group * max_queries, head_dim] */
+    void *v_keys;          /* room for [head_dim, capacity]: V^T of the keys so far, used as [head_dim, keys] */
+    int64_t bytes;
+};
+
+sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cache *c, int64_t heads,
+                                             int64_t max_queries) {
+    sv_cached_attention *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    int64_t hd = c->head_dim, cap = c->capacity, threads = sv_pool_threads(ctx->pool);
+    a->heads = heads;
+    a->max_queries = max_queries;
+    a->scale = 1.0f / sqrtf((float)hd);
+    attn_shape widest = {max_queries, cap, heads, c->kv_heads, hd, 1, 1.0f};
+    const sv_bf16_isa *bf = c->bf16 ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
+    size_t fused_size = fused_bytes(bf, &widest);
+    int64_t group_rows = fused_size ? 0 : max_queries * (heads / c->kv_heads), vk = fused_size ? 0 : hd * cap;
+    size_t kv_bytes = c->bf16 ? sizeof(uint16_t) : sizeof(float);
+    a->scores = malloc((size_t)(threads * cap) * sizeof(float));
+    int ok = a->scores != NULL;
+    if (fused_size) {
+        a->bf = bf;
+        ok = ok && posix_memalign(&a->fused, 64, fused_size) == 0;
+        if (!ok) a->fused = NULL;
+    } else {
+        a->group_q = malloc((size_t)(group_rows * hd) * sizeof(float));
+        a->group_scores = malloc((size_t)(group_rows * cap) * sizeof(float));
+        a->group_out = malloc((size_t)(group_rows * hd) * sizeof(float));
+        a->v_keys = malloc((size_t)vk * kv_bytes);
+        ok = ok && a->group_q && a->group_scores && a->group_out && a->v_keys;
+    }
+    if (!ok) {
+        sv_cached_attention_free(a);
+        return NULL;
+    }
+    a->bytes = (int64_t)fused_size + (threads * cap + group_rows * (2 * hd + cap)) * (int64_t)sizeof(float) +
+               vk * (int64_t)kv_bytes;
+    return a;
+}
+
+void sv_cached_attention_free(sv_cached_attention *a) {
+    if (!a) return;
+    free(a->fused);
+    free(a->scores);
+    free(a->group_q);
+    free(a->group_scores);
+    free(a->group_out);
+    free(a->v_keys);
+    free(a);
+}
+
+int64_t sv_cached_attention_bytes(const sv_cached_attention *a) { return a->bytes; }
+
+typedef struct {
+    sv_cached_attention *a;
+    const sv_kv_cache *c;
+    int64_t layer, n, pos0;
+    float *out;
+    const float *q;
+} cached_job;
+
+/* The cache offset of (layer, KV head): K rows at k + base, V^T rows at vt + base (both regions are
+ * capacity * head_dim values). */
+static int64_t cache_base(const sv_kv_cache *c, int64_t layer, int64_t kv_head) {
+    return (layer * c->kv_heads + kv_head) * c->capacity * c->head_dim;
+}
+
+/* One row at pos0, one item per query head: softmax(q K^T / sqrt(hd)) V over the cached positions
+ * 0..pos0. */
+static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const cached_job *j = arg;
+    const sv_kv_cache *c = j->c;
+    int64_t hd = c->head_dim, cap = c->capacity, keys = j->pos0 + 1, group = j->a->heads / c->kv_heads;
+    float *scores = j->a->scores + (int64_t)thread * cap;
+    for (int64_t h = begin; h < end; h++) {
+        int64_t base = cache_base(c, j->layer, h / group);
+        const float *q = j->q + h * hd;
+        if (c->bf16) {
+            const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
+            sv_dot_rows_bf16(scores, q, K, keys, hd, hd, j->a->scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows_bf16(j->out + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        } else {
+            const float *K = (const float *)c->k + base, *Vt = (const float *)c->vt + base;
+            sv_dot_rows(scores, q, K, keys, hd, hd, j->a->scale);
+            sv_softmax(scores, keys);
+            sv_dot_rows(j->out + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+        }
+    }
+}
+
+/* fp32 chunk, softmax step: row r of group_scores [group * n, keys] is query row r % n, which sees keys
+ * 0..pos0 + r % n (causal); the rest is 0. */
+static void causal_softmax_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const cached_job *j = arg;
+    int64_t keys = j->pos0 + j->n;
+    for (int64_t r = begin; r < end; r++) {
+        float *row = j->a->group_scores + r * keys;
+        int64_t seen = j->pos0 + r % j->n + 1;
+        for (int64_t p = 0; p < seen; p++) row[p] *= j->a->scale;
+        sv_softmax(row, seen);
+        memset(row + seen, 0, (size_t)(keys - seen) * sizeof *row);
+    }
+}
+
+/* fp32 chunk: for each KV head, its group's queries at once as scores = Q K^T and out = P V, two
+ * matmuls over the keys 0..pos0+n. */
+static void chunk_fp32(const sv_ctx *ctx, const cached_job *j) {
+    const sv_kv_cache *c = j->c;
+    sv_cached_attention *a = j->a;
+    int64_t hd = c->head_dim, qd = a->heads * hd, cap = c->capacity, n = j->n;
+    int64_t group = a->heads / c->kv_heads, keys = j->pos0 + n, rows = group * n;
+    size_t head_bytes = (size_t)hd * sizeof(float), kv_bytes = c->bf16 ? sizeof(uint16_t) : sizeof(float);
+    st_dtype kv_dtype = c->bf16 ? ST_BF16 : ST_F32;
+    for (int64_t kvh = 0; kvh < c->kv_heads; kvh++) {
+        int64_t base = cache_base(c, j->layer, kvh);
+        for (int64_t g = 0; g < group; g++)
+            for (int64_t i = 0; i < n; i++)
+                memcpy(a->group_q + (g * n + i) * hd, j->q + i * qd + (kvh * group + g) * hd, head_bytes);
+        sv_matrix K = {(const char *)c->k + base * kv_bytes, kv_dtype, keys, hd};
+        sv_matmul(ctx, a->group_scores, a->group_q, rows, &K, NULL);
+        sv_pool_run(ctx->pool, causal_softmax_task, (void *)j, rows);
+        for (int64_t k = 0; k < hd; k++)
+            memcpy((char *)a->v_keys + k * keys * kv_bytes, (const char *)c->vt + (base + k * cap) * kv_bytes,
+                   (size_t)keys * kv_bytes);
+        sv_matrix Vt = {a->v_keys, kv_dtype, hd, keys};
+        sv_matmul(ctx, a->group_out, a->group_scores, rows, &Vt, NULL);
+        for (int64_t g = 0; g < group; g++)
+            for (int64_t i = 0; i < n; i++)
+                memcpy(j->out + i * qd + (kvh * group + g) * hd, a->group_out + (g * n + i) * hd, head_bytes);
+    }
+}
+
+void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *c, int64_t layer, float *out,
+                         const float *q, int64_t n, int64_t pos0) {
+    double t = sv_op_begin(ctx);
+    cached_job j = {a, c, layer, n, pos0, out, q};
+    if (n == 1) {
+        sv_pool_run(ctx->pool, row_task, &j, a->heads);
+    } else if (a->bf) {
+        int64_t hd = c->head_dim, qd = a->heads * hd, cap = c->capacity;
+        attn_shape shape = {n, pos0 + n, a->heads, c->kv_heads, hd, 1, a->scale};
+        const uint16_t *k = (const uint16_t *)c->k + cache_base(c, layer, 0);
+        const uint16_t *vt = (const uint16_t *)c->vt + cache_base(c, layer, 0);
+        attn_operands o = {q, qd, out, qd, k, cap * hd, hd, vt, cap * hd, cap};
+        fused(ctx->pool, a->bf, a->fused, &shape, &o);
+    } else {
+        chunk_fp32(ctx, &j);
+    }
+    sv_op_end(ctx, SV_OP_ATTENTION, t);
+}
+
+/* ---- test hooks (declared in smolvision.h) ---- */
 
 sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v, float *out, int64_t n,
                                   int64_t heads, int64_t head_dim, float scale, int32_t threads) {
@@ -221,13 +526,14 @@ sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v
                        (long long)n, (long long)heads, (long long)head_dim, threads);
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
-    sv_pool_set_precision(pool, SV_PRECISION_BF16);
+    sv_ctx ctx = sv_ctx_make(pool, SV_PRECISION_BF16, NULL);
+    const sv_bf16_isa *bf = bf16_kernels(&ctx, ST_BF16);
     sv_status s = SV_OK;
-    size_t bytes = sv_self_attention_bf16_bytes(pool, n, heads, head_dim);
+    size_t bytes = self_fused_bytes(bf, n, heads, head_dim);
     void *workspace = NULL;
     if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build has no BF16 kernels (or the shapes are too big)");
     else if (posix_memalign(&workspace, 64, bytes) != 0) s = sv_fail(SV_ERR_NOMEM, "out of memory");
-    if (s == SV_OK) sv_self_attention_bf16(pool, workspace, out, q, k, v, heads * head_dim, n, heads, head_dim, scale);
+    if (s == SV_OK) self_fused(pool, bf, workspace, out, q, k, v, heads * head_dim, n, heads, head_dim, scale);
     free(workspace);
     sv_pool_free(pool);
     return s;
@@ -236,16 +542,17 @@ sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v
 sv_status sv_debug_attention_bf16_kv(const float *q, const float *k, const float *v, float *out, int64_t queries,
                                      int64_t keys, int64_t heads, int64_t kv_heads, int64_t head_dim, int32_t causal,
                                      float scale, int32_t threads) {
-    sv_attention_shape a = {queries, keys, heads, kv_heads, head_dim, causal != 0, scale};
+    attn_shape a = {queries, keys, heads, kv_heads, head_dim, causal != 0, scale};
     if (!q || !k || !v || !out || !shape_ok(&a) || threads < 1 || keys > INT32_MAX || heads * head_dim > INT32_MAX)
         return sv_fail(SV_ERR_ARG, "bad attention arguments queries=%lld keys=%lld heads=%lld kv_heads=%lld "
                                    "head_dim=%lld threads=%d", (long long)queries, (long long)keys, (long long)heads,
                        (long long)kv_heads, (long long)head_dim, threads);
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
-    sv_pool_set_precision(pool, SV_PRECISION_BF16);
+    sv_ctx ctx = sv_ctx_make(pool, SV_PRECISION_BF16, NULL);
+    const sv_bf16_isa *bf = bf16_kernels(&ctx, ST_BF16);
     sv_status s = SV_OK;
-    size_t bytes = sv_attention_bf16_bytes(pool, &a);
+    size_t bytes = fused_bytes(bf, &a);
     /* The decoder cache's layouts: K [kv_heads, keys, head_dim], V^T [kv_heads, head_dim, ldvt] with rows
      * longer than keys (its capacity). */
     int64_t ldvt = keys + 5, kvd = kv_heads * head_dim;
@@ -260,9 +567,9 @@ sv_status sv_debug_attention_bf16_kv(const float *q, const float *k, const float
                 for (int64_t d = 0; d < head_dim; d++)
                     sv_to_bf16(vt16 + (g * head_dim + d) * ldvt + p, v + p * kvd + g * head_dim + d, 1);
             }
-        sv_attention_operands o = {q, heads * head_dim, out, heads * head_dim, k16, keys * head_dim, head_dim,
+        attn_operands o = {q, heads * head_dim, out, heads * head_dim, k16, keys * head_dim, head_dim,
                                    vt16, head_dim * ldvt, ldvt};
-        sv_attention_bf16(pool, workspace, &a, &o);
+        fused(pool, bf, workspace, &a, &o);
     }
     free(workspace);
     free(k16);

@@ -1,7 +1,8 @@
-/* dispatch.c - which matmul kernels this CPU can run.
+/* dispatch.c - which kernels this CPU can run.
  *
- * The library is built for the baseline ISA; only matmul_avx2.c and
- * matmul_avx512.c are compiled with extra target flags.  Their tables are
+ * The library is built for the baseline ISA; only the per-ISA kernel files
+ * (*_avx2.c, *_avx512.c, matmul_avx512bf16.c, quant_avx512vnni.c: the list is
+ * in CMakeLists.txt) are compiled with extra target flags.  Their tables are
  * handed out only after cpuid says the CPU has the instructions and xgetbv
  * says the OS saves the wider registers.  On aarch64 NEON is baseline: its
  * level is always there, and the small kernels are the portable ones

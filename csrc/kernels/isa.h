@@ -10,8 +10,8 @@
 
 #include <stdint.h>
 
-#include "../model.h"
 #include "../threadpool.h"
+#include "matrix.h"
 
 /* x86-64 climbs portable < avx2 < avx512 < avx512bf16; aarch64 has portable < neon. */
 typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_NEON, SV_ISA_COUNT } sv_isa_level;
@@ -126,7 +126,7 @@ const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level);
  * and the CPU has AVX512_VNNI, else AVX2 from level AVX2 up, else portable; NULL above what the CPU runs. */
 const sv_quant_isa *sv_quant_isa_for(sv_isa_level level);
 /* sv_matmul for W quantized (ST_Q8, ST_Q4) with the kernels of a level (matmul_quant.c). */
-void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
+void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
                      const float *b);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);

@@ -16,7 +16,7 @@
  * Every path computes the same fp32 sums in a different order, so results
  * agree to fp32 rounding.
  *
- * Precision "bf16" (the pool's, set from the model's load options) with BF16
+ * Precision "bf16" (the context's, set from the model's load options) with BF16
  * weights on a CPU with AVX512_BF16: the activations are rounded to BF16 once
  * per matmul into the pool's shared buffer, in parallel, and the BF16 x BF16
  * kernels (isa.h: sv_bf16_isa) run the same dot / packed-GEMM split; anything
@@ -207,16 +207,20 @@ static const sv_bf16_isa *bf16_kernels(sv_precision precision, sv_isa_level leve
     return precision == SV_PRECISION_BF16 ? sv_bf16_isa_for(level) : NULL;
 }
 
-void sv_matmul(sv_pool *pool, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
+void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
+    double t = sv_op_begin(ctx);
     sv_isa_level level = sv_isa_selected();
-    if (sv_dtype_is_quant(W->dtype)) {
-        sv_matmul_quant(pool, level, y, x, n, W, b); /* load option quant: matmul_quant.c */
-        return;
-    }
-    matmul(pool, sv_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), BLAS_FALLBACK, y, x, n, W, b);
+    if (sv_dtype_is_quant(W->dtype))
+        sv_matmul_quant(ctx->pool, ctx->precision, level, y, x, n, W, b); /* load option quant: matmul_quant.c */
+    else
+        matmul(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level), BLAS_FALLBACK, y, x, n, W, b);
+    sv_op_end(ctx, SV_OP_MATMUL, t);
 }
 
-int sv_matmul_bf16(const sv_pool *pool) { return bf16_kernels(sv_pool_precision(pool), sv_isa_selected()) != NULL; }
+int sv_matmul_in_bf16(const sv_ctx *ctx, st_dtype weights) {
+    return (weights == ST_BF16 || sv_dtype_is_quant(weights)) &&
+           bf16_kernels(ctx->precision, sv_isa_selected()) != NULL;
+}
 
 void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
     const sv_bf16_isa *bf16 = sv_bf16_isa_for(sv_isa_selected());

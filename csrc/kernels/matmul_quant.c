@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <string.h>
-#include <time.h>
 
 #include "../error.h"
 #include "../kernels.h"
@@ -156,10 +155,9 @@ static const sv_bf16_isa *bf16_kernels(int32_t precision, sv_isa_level level) {
     return precision == SV_PRECISION_BF16 ? sv_bf16_isa_for(level) : NULL;
 }
 
-void sv_matmul_quant(sv_pool *pool, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
-                     const float *b) {
-    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(sv_pool_precision(pool), level), y, x,
-                 n, W, b);
+void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, float *y, const float *x, int64_t n,
+                     const sv_matrix *W, const float *b) {
+    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(precision, level), y, x, n, W, b);
 }
 
 /* ---- test hooks (declared in smolvision.h) ---- */
@@ -200,12 +198,6 @@ sv_status sv_debug_quantize(int32_t quant, const float *w, int64_t rows, int64_t
     return SV_OK;
 }
 
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, int32_t precision, const float *x, int64_t n,
                                 const float *w, int64_t rows, int64_t cols, const float *b, float *y,
                                 int32_t threads, int32_t repeat, double *seconds) {
@@ -234,9 +226,9 @@ sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, int32_t pre
         return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     }
     if (seconds) matmul_quant(pool, isa, q, bf16, y, x, n, &W, b); /* warm-up */
-    double start = now_seconds();
+    double start = sv_seconds();
     for (int32_t i = 0; i < repeat; i++) matmul_quant(pool, isa, q, bf16, y, x, n, &W, b);
-    if (seconds) *seconds = now_seconds() - start;
+    if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     free(region);
     return SV_OK;
