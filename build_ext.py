@@ -5,6 +5,8 @@ SV_CDEF markers), so the C API is written down exactly once.  CMake runs
 `python build_ext.py OUT.c` to emit the module's C source and compiles it
 against libsmolvision.
 """
+from __future__ import annotations
+
 import pathlib
 import re
 import sys
@@ -14,7 +16,8 @@ import cffi
 HERE = pathlib.Path(__file__).resolve().parent
 HEADER = HERE / "csrc" / "smolvision.h"
 
-# Python functions the C side calls back into (see smolvision/_native.py).
+# Python functions the C side calls back into: _sv_on_token in smolvision/generation.py (each generated
+# id), _sv_on_log in smolvision/model.py (load-time messages such as quantizing).
 PYTHON_CALLBACKS = """
 extern "Python" int32_t _sv_on_token(void *, int32_t);
 extern "Python" void _sv_on_log(void *, const char *);

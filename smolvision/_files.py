@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Any, Optional
+from typing import Any
 
 from .errors import ModelError
 
@@ -18,7 +18,7 @@ MAX_TEXT_BYTES = 16 << 20
 """Largest side file read (configs, chat templates); real ones are a few KB."""
 
 
-def read_text(path: "os.PathLike[str] | str", max_bytes: int = MAX_TEXT_BYTES) -> Optional[str]:
+def read_text(path: os.PathLike | str, max_bytes: int = MAX_TEXT_BYTES) -> str | None:
     """The UTF-8 text of a regular file, None when it does not exist."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -44,7 +44,7 @@ def read_text(path: "os.PathLike[str] | str", max_bytes: int = MAX_TEXT_BYTES) -
         raise ModelError(f"{os.fspath(path)} is not UTF-8 text: {err}") from None
 
 
-def read_json(path: "os.PathLike[str] | str") -> Any:
+def read_json(path: os.PathLike | str) -> Any:
     """The parsed JSON of a regular file, None when it does not exist."""
     text = read_text(path)
     if text is None:

@@ -1,11 +1,12 @@
-"""The only module that touches the cffi `ffi` and `lib` objects.
+"""The C engine's cffi module, loaded once, and the one place C status codes become exceptions.
 
-Everything else in the package calls through here, so status codes become
-exceptions in exactly one place.
+The modules that call the engine (model, generation, tokenizer, profile) import `ffi` and `lib` from
+here and pass every sv_status through `check` (or `raise_status`), so the mapping from status to
+exception class is written once.
 """
 from __future__ import annotations
 
-from typing import NoReturn, Type
+from typing import NoReturn
 
 from . import errors
 
@@ -24,7 +25,7 @@ def last_error() -> str:
     return ffi.string(lib.sv_last_error()).decode("utf-8", "replace")
 
 
-def raise_status(status: int, error: Type[errors.Error]) -> NoReturn:
+def raise_status(status: int, error: type[errors.Error]) -> NoReturn:
     """Raises the exception for a failed C call; `error` is the class for the caller's domain."""
     message = last_error() or f"smolvision C call failed with status {status}"
     if status == lib.SV_ERR_ARG:
@@ -34,7 +35,7 @@ def raise_status(status: int, error: Type[errors.Error]) -> NoReturn:
     raise error(message)
 
 
-def check(status: int, error: Type[errors.Error] = errors.Error) -> None:
+def check(status: int, error: type[errors.Error] = errors.Error) -> None:
     """Turns an sv_status into an exception; `error` is the class for the caller's domain."""
     if status != lib.SV_OK:
         raise_status(status, error)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 
 def is_tty(stream: TextIO) -> bool:
@@ -41,9 +41,9 @@ class Spinner:
         self.stream, self.label, self.interval = stream, label, interval
         self.enabled = enabled and is_tty(stream)
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> "Spinner":
+    def start(self) -> Spinner:
         if self.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="smolvision-spinner", daemon=True)
             self._thread.start()
@@ -66,7 +66,7 @@ class Spinner:
             self.stream.write("\r\033[K")
             self.stream.flush()
 
-    def __enter__(self) -> "Spinner":
+    def __enter__(self) -> Spinner:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

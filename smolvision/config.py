@@ -51,7 +51,7 @@ class Config:
     image_token_id: int
 
     @classmethod
-    def _from_c(cls, c) -> "Config":
+    def _from_c(cls, c) -> Config:
         """Builds a Config from a C `sv_config` struct."""
         vision = VisionConfig(
             hidden_size=c.vision_hidden,

@@ -1,4 +1,5 @@
 """The exception hierarchy: every failure smolvision reports is a subclass of Error."""
+from __future__ import annotations
 
 
 class Error(Exception):

@@ -1,7 +1,10 @@
 """Token-level generation: sampling options, the C token loop and streaming.
 
-Everything here works on token ids and optional image embedding rows; the
-`Model` methods `logits`, `generate_ids` and `stream_ids` are thin wrappers.
+Everything here works on token ids and optional image embedding rows: a checked
+`Prompt` (the one place the context window is checked against a prompt's exact
+length), `decode` (one sv_generate call) and `stream` (any callback-driven run as
+a generator).  `Model.generate_ids` is `decode` on the model's engine; its text
+methods add a prompt before it and text assembly after it (pipeline.py).
 
 The C loop reports each id through a callback (`_sv_on_token`).  A Python
 exception raised there (KeyboardInterrupt included) cannot cross the C frames,
@@ -16,7 +19,7 @@ import queue
 import secrets
 import threading
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,10 +28,11 @@ from ._files import read_json
 from ._native import check, ffi, lib
 from .config import Config
 
-__all__ = ["SamplingParams", "Timings", "GenerationResult", "read_eos_token_ids"]
+__all__ = ["Prompt", "Result", "SamplingParams", "Timings", "check_context", "decode", "read_eos_token_ids",
+           "stream"]
 
 #: A per-token callback: return True to stop generating after this id.
-TokenCallback = Callable[[int], Optional[bool]]
+TokenCallback = Callable[[int], "bool | None"]
 
 _FINISH_REASONS = {lib.SV_FINISH_STOP: "stop", lib.SV_FINISH_LENGTH: "length",
                    lib.SV_FINISH_CANCELLED: "cancelled"}
@@ -64,9 +68,9 @@ class SamplingParams:
     """Drop ids less likely than min_p times the top one, in [0, 1]; 0 = off."""
     repetition_penalty: float = 1.0
     """> 1 discourages ids already in the prompt or output; 1 = off."""
-    seed: Optional[int] = None
+    seed: int | None = None
     """Seed of the sampler's own PRNG, in [0, 2**64); None draws a fresh one per call."""
-    eos_token_ids: Optional[Tuple[int, ...]] = None
+    eos_token_ids: tuple[int, ...] | None = None
     """Ids that end generation; None = the model's generation_config.json."""
 
     def __post_init__(self) -> None:
@@ -98,7 +102,7 @@ class SamplingParams:
             object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in ids))
 
     @classmethod
-    def build(cls, params: Optional["SamplingParams"] = None, overrides: Mapping[str, object] = {}) -> "SamplingParams":
+    def build(cls, params: SamplingParams | None = None, overrides: Mapping[str, object] = {}) -> SamplingParams:
         """`params` (or the defaults) with keyword overrides; unknown names raise InputError."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - names)
@@ -133,19 +137,33 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class GenerationResult:
-    """The ids one generation produced."""
+class Result:
+    """The outcome of one generation: Model.generate's answer, or generate_ids' ids (text None)."""
 
-    token_ids: list
-    """The generated ids (not the prompt); an EOS id that stopped generation is the last."""
+    token_ids: list[int]
+    """The generated ids (not the prompt); an EOS id that ended generation is the last."""
     finish_reason: str
-    """'stop' (an EOS id), 'length' (max_tokens) or 'cancelled' (the callback or consumer stopped it)."""
+    """'stop' (an EOS id or a stop string), 'length' (max_tokens) or 'cancelled' (on_token or the stream's
+    consumer asked to stop)."""
     timings: Timings
+    text: str | None = None
+    """The answer, without special tokens and cut before any stop string; None from generate_ids."""
+    n_tiles: int = 0
+    """Image tiles encoded for the prompt (0 for text-only prompts and for generate_ids, whose image rows
+    come precomputed)."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens, image tokens included."""
+        return self.timings.prompt_tokens
 
 
-def read_eos_token_ids(model_dir: str) -> Tuple[int, ...]:
+def read_eos_token_ids(model_dir: str) -> tuple[int, ...]:
     """The EOS ids of a model directory: generation_config.json's eos_token_id
-    (an int or a list), else config.json's (top level or text_config); () if none."""
+    (an int or a list), else config.json's (top level or text_config); () if none.
+
+    The model's shapes come from the C engine's parse of config.json (Model.config); this is the one
+    place Python reads config.json itself, for a generation default the engine's sv_config does not carry."""
     def eos_of(path: str, *sections: str):
         data = read_json(path)
         if data is None:
@@ -169,15 +187,28 @@ def read_eos_token_ids(model_dir: str) -> Tuple[int, ...]:
     return ()
 
 
+def check_context(n_tokens: int, max_tokens: int, window: int, images: int = 0) -> None:
+    """Refuses a prompt of n_tokens (at least that many, for `images` not yet decoded) that leaves no room
+    for max_tokens more in the window of `window` positions (max_position_embeddings)."""
+    if n_tokens + max_tokens <= window:
+        return
+    what = f"{images} images take at least {n_tokens} tokens" if images else f"the prompt is {n_tokens} tokens"
+    raise errors.InputError(f"{what}; with max_tokens={max_tokens} that exceeds the {window}-token context window "
+                            f"(max_position_embeddings)")
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """Checked C-ready inputs: ids int32 [n], image rows float32 [rows, text hidden]."""
+    """Checked C-ready inputs: ids int32 [n], image rows float32 [rows, text hidden] for its image tokens."""
 
+    config: Config
     ids: np.ndarray
-    image_embeds: Optional[np.ndarray]
+    image_embeds: np.ndarray | None = None
 
     @classmethod
-    def build(cls, config: Config, input_ids, image_embeds=None) -> "Prompt":
+    def build(cls, config: Config, input_ids, max_tokens: int | None = None) -> Prompt:
+        """Checks the ids against the vocabulary and, given max_tokens, against the context window (before
+        anything max_tokens long is allocated, and before any image is encoded for them)."""
         vocab = config.text.vocab_size
         try:
             raw = np.asarray(input_ids)
@@ -195,24 +226,30 @@ class Prompt:
             bad = int(raw[outside][0]) if outside.any() else None
         if bad is not None:
             raise errors.InputError(f"token id {bad} is outside the vocabulary [0, {vocab})")
-        ids = np.ascontiguousarray(raw, dtype=np.int32)
+        if max_tokens is not None:
+            check_context(raw.size, max_tokens, config.text.max_position_embeddings)
+        return cls(config, np.ascontiguousarray(raw, dtype=np.int32))
+
+    def with_image_embeds(self, image_embeds) -> Prompt:
+        """This prompt with the rows for its image tokens (None: it must have none), one row per token."""
         embeds = None
         if image_embeds is not None:
             try:
                 embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
             except (TypeError, ValueError) as exc:
                 raise errors.InputError(f"image_embeds must be a float array ({exc})") from None
-            hidden = config.text.hidden_size
+            hidden = self.config.text.hidden_size
             if embeds.ndim != 2 or embeds.shape[1] != hidden:
                 raise errors.InputError(f"image_embeds must have shape [rows, {hidden}], got {embeds.shape}")
             if not np.isfinite(embeds).all():
                 raise errors.InputError("image_embeds contains NaN or infinite values")
-        n_image_tokens = int(np.count_nonzero(ids == config.image_token_id))
+        image_token_id = self.config.image_token_id
+        n_image_tokens = int(np.count_nonzero(self.ids == image_token_id))
         n_rows = 0 if embeds is None else embeds.shape[0]
         if n_image_tokens != n_rows:
-            raise errors.InputError(f"the prompt has {n_image_tokens} image tokens (id {config.image_token_id}) "
+            raise errors.InputError(f"the prompt has {n_image_tokens} image tokens (id {image_token_id}) "
                                     f"but {n_rows} image embedding rows were given; they must match one to one")
-        return cls(ids, embeds)
+        return replace(self, image_embeds=embeds)
 
     def c_args(self) -> tuple:
         """(ids pointer, n, image pointer, rows) for the C calls; the arrays must outlive the call."""
@@ -231,9 +268,9 @@ def logits(handle, vocab_size: int, prompt: Prompt) -> np.ndarray:
 class _Run:
     """The Python side of one sv_generate call: the user's callback and what it raised."""
 
-    def __init__(self, on_token: Optional[TokenCallback]) -> None:
+    def __init__(self, on_token: TokenCallback | None) -> None:
         self.on_token = on_token
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def deliver(self, token_id: int) -> int:
         if self.on_token is None:
@@ -261,8 +298,8 @@ def _sv_on_token(user, token_id):
     return ffi.from_handle(user).deliver(token_id)
 
 
-def generate(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
-             on_token: Optional[TokenCallback] = None) -> GenerationResult:
+def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
+           on_token: TokenCallback | None = None) -> Result:
     """Runs sv_generate (the caller holds the model lock).  `on_token` sees
     each id as it is chosen and may return True to stop."""
     eos = ffi.new("int32_t[]", list(eos_token_ids) or [0])
@@ -292,40 +329,40 @@ def generate(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequ
     n = result.n_generated
     timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
                       prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
-    return GenerationResult(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
-                            timings=timings)
+    return Result(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
+                  timings=timings)
 
 
 class _Finished:
-    def __init__(self, result: Optional[GenerationResult] = None, error: Optional[BaseException] = None) -> None:
+    def __init__(self, result: Result | None = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
 
 
-def stream(run: Callable[[TokenCallback], GenerationResult]) -> Iterator[int]:
-    """Yields ids as `run(on_token)` produces them on a worker thread.
+def stream(run: Callable[[Callable], Result]) -> Iterator:
+    """Yields what `run(on_item)` hands its callback (ids, or text pieces), run on a worker thread.
 
     Closing the generator early (break, close(), garbage collection, an
     exception in the consumer) makes the next callback stop the C loop, and
-    waits for the worker.  The generator's return value is the
-    GenerationResult; errors of the run are raised in the consumer."""
-    ids: "queue.SimpleQueue" = queue.SimpleQueue()
+    waits for the worker.  The generator's return value is run's
+    Result; errors of the run are raised in the consumer."""
+    items: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
 
-    def on_token(token_id: int) -> bool:
-        ids.put(token_id)
+    def on_item(item) -> bool:
+        items.put(item)
         return stop.is_set()
 
     def work() -> None:
         try:
-            ids.put(_Finished(result=run(on_token)))
+            items.put(_Finished(result=run(on_item)))
         except BaseException as exc:
-            ids.put(_Finished(error=exc))
+            items.put(_Finished(error=exc))
 
     worker = threading.Thread(target=work, name="smolvision-generate", daemon=True)
     worker.start()
     try:
         while True:
-            item = ids.get()
+            item = items.get()
             if isinstance(item, _Finished):
                 if item.error is not None:
                     raise item.error

@@ -8,7 +8,7 @@ switched off with HF_HUB_OFFLINE=1.  huggingface_hub is an optional dependency
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .errors import ModelError
 
@@ -36,7 +36,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _cache_dir(cache_dir: Optional[str]) -> Optional[str]:
+def _cache_dir(cache_dir: str | None) -> str | None:
     # huggingface_hub reads HF_HUB_CACHE once at import; honour a value set since then.
     return cache_dir or os.environ.get("HF_HUB_CACHE") or None
 
@@ -48,8 +48,8 @@ def _is_model_dir(path: str) -> bool:
     return any(name.endswith(".safetensors") for name in os.listdir(path))
 
 
-def find_cached_model(repo_id: str, *, revision: Optional[str] = None,
-                      cache_dir: Optional[str] = None) -> Optional[str]:
+def find_cached_model(repo_id: str, *, revision: str | None = None,
+                      cache_dir: str | None = None) -> str | None:
     """The cached snapshot directory of `repo_id`, or None when it is not (completely) cached."""
     hub = _hub()
     try:
@@ -63,8 +63,8 @@ def find_cached_model(repo_id: str, *, revision: Optional[str] = None,
     return path if isinstance(path, str) and _is_model_dir(path) else None
 
 
-def download_model(repo_id: str = DEFAULT_REPO, *, local_dir: Optional[str] = None,
-                   revision: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
+def download_model(repo_id: str = DEFAULT_REPO, *, local_dir: str | None = None,
+                   revision: str | None = None, cache_dir: str | None = None) -> str:
     """Downloads the model files of `repo_id` (into the cache, or into `local_dir`); returns the directory."""
     hub = _hub()
     if hub_offline():
@@ -89,7 +89,7 @@ def download_model(repo_id: str = DEFAULT_REPO, *, local_dir: Optional[str] = No
 
 
 def resolve_model(repo_id: str = DEFAULT_REPO, *, allow_download: bool = True,
-                  revision: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
+                  revision: str | None = None, cache_dir: str | None = None) -> str:
     """The local directory of `repo_id`: the cached snapshot if there is one, else a fresh download.
 
     Raises ModelError, saying what to do, when the model is not cached and cannot be downloaded

@@ -1,11 +1,13 @@
 """Model: one loaded SmolVLM, owning its C engine handle."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -13,12 +15,12 @@ from . import _cache, errors, generation, pipeline
 from . import profile as _profile
 from ._native import check, ffi, lib
 from .config import Config
-from .tokenizer import Tokenizer
-from .generation import GenerationResult, SamplingParams, TokenCallback
-from .pipeline import Inputs, PromptBuilder, Result
+from .generation import Prompt, Result, SamplingParams, TokenCallback
+from .pipeline import Inputs, PromptBuilder, TextAssembler
 from .processing import PreprocessedImage
+from .tokenizer import Tokenizer
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike
 
 # Model(precision=...) -> sv_precision
 _PRECISIONS = {"fp32": 0, "bf16": 1}
@@ -64,9 +66,9 @@ class Model:
     later loads map that file.  on_log(message) is told when that happens (default: printed to stderr).
     """
 
-    def __init__(self, model_dir: PathLike, threads: Optional[int] = None, precision: str = "bf16",
-                 profile: Optional[bool] = None, quant: Optional[str] = None,
-                 on_log: Optional[Callable[[str], Any]] = None) -> None:
+    def __init__(self, model_dir: PathLike, threads: int | None = None, precision: str = "bf16",
+                 profile: bool | None = None, quant: str | None = None,
+                 on_log: Callable[[str], Any] | None = None) -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
@@ -104,8 +106,8 @@ class Model:
         if profile or self._print_profile_at_close:
             lib.sv_profile_enable(self._handle, 1)
         self.config = Config._from_c(lib.sv_model_config(self._handle))
-        self._eos_token_ids: Optional[Tuple[int, ...]] = None
-        self._prompt_builder: Optional[PromptBuilder] = None
+        self._eos_token_ids: tuple[int, ...] | None = None
+        self._prompt_builder: PromptBuilder | None = None
 
     @property
     def _ptr(self):
@@ -134,7 +136,7 @@ class Model:
             lib.sv_profile_enable(self._ptr, lib.sv_profile_enabled(self._ptr))
 
     @property
-    def quant(self) -> Optional[str]:
+    def quant(self) -> str | None:
         """The weight quantization asked for at load: None, "q8" or "q4"."""
         code = lib.sv_model_quant(self._ptr)
         return next(name for name, value in _QUANTS.items() if value == code)
@@ -172,7 +174,7 @@ class Model:
     # ---- token-level decoding (see generation.py) ----
 
     @property
-    def eos_token_ids(self) -> Tuple[int, ...]:
+    def eos_token_ids(self) -> tuple[int, ...]:
         """The ids that end generation by default, from generation_config.json."""
         if self._eos_token_ids is None:
             self._eos_token_ids = generation.read_eos_token_ids(self.model_dir)
@@ -192,44 +194,41 @@ class Model:
             image_embeds = np.concatenate([self.encode_image(image, do_image_splitting=do_image_splitting,
                                                              longest_edge=longest_edge)
                                            for image in _as_list(images)])
-        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
+        prompt = Prompt.build(self.config, input_ids).with_image_embeds(image_embeds)
         with self._lock:
             return generation.logits(self._ptr, self.config.text.vocab_size, prompt)
 
-    def generate_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
-                     on_token: Optional[TokenCallback] = None, **sampling) -> GenerationResult:
-        """Generates ids after input_ids (see logits() for image_embeds).
+    def generate_ids(self, input_ids, image_embeds=None, *, params: SamplingParams | None = None,
+                     on_token: TokenCallback | None = None, **sampling) -> Result:
+        """Generates ids after input_ids (see logits() for image_embeds); the Result's text is None.
 
         Sampling options come from `params` and/or keywords (SamplingParams'
         fields: max_tokens, temperature, top_k, top_p, min_p,
         repetition_penalty, seed, eos_token_ids).  `on_token(id)` sees each id
         as it is chosen and may return True to stop; an exception it raises
         stops generation and propagates from here."""
-        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
-        return self._generate(prompt, SamplingParams.build(params, sampling), on_token)
+        params = SamplingParams.build(params, sampling)
+        prompt = Prompt.build(self.config, input_ids, params.max_tokens).with_image_embeds(image_embeds)
+        return self._decode(prompt, params, on_token)
 
-    def stream_ids(self, input_ids, image_embeds=None, *, params: Optional[SamplingParams] = None,
+    def stream_ids(self, input_ids, image_embeds=None, *, params: SamplingParams | None = None,
                    **sampling) -> Iterator[int]:
         """Like generate_ids(), but yields each id as soon as it is chosen.
 
         Arguments are checked now; generation runs on a worker thread.
         Closing the iterator early stops the engine after at most one more id."""
-        prompt = generation.Prompt.build(self.config, input_ids, image_embeds)
         params = SamplingParams.build(params, sampling)
-        return generation.stream(lambda on_token: self._generate(prompt, params, on_token))
+        prompt = Prompt.build(self.config, input_ids, params.max_tokens).with_image_embeds(image_embeds)
+        return generation.stream(functools.partial(self._decode, prompt, params))
 
-    def _generate(self, prompt: "generation.Prompt", params: SamplingParams,
-                  on_token: Optional[TokenCallback]) -> GenerationResult:
+    def _decode(self, prompt: Prompt, params: SamplingParams, on_token: TokenCallback | None) -> Result:
+        """The token loop on this model's engine: ids after `prompt`, each shown to on_token."""
         eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
-        window = self.config.text.max_position_embeddings
-        if len(prompt.ids) + params.max_tokens > window:  # before anything max_tokens long is allocated
-            raise errors.InputError(f"the prompt is {len(prompt.ids)} tokens; with max_tokens={params.max_tokens} "
-                                    f"that exceeds the {window}-token context window (max_position_embeddings)")
         with self._lock:
             handle = self._ptr
             outer, self._in_callback_call = self._in_callback_call, True
             try:
-                return generation.generate(handle, prompt, params, eos, on_token)
+                return generation.decode(handle, prompt, params, eos, on_token)
             finally:
                 self._in_callback_call = outer
 
@@ -238,7 +237,7 @@ class Model:
     @property
     def _prompts(self) -> PromptBuilder:
         if self._prompt_builder is None:
-            self._prompt_builder = PromptBuilder(self.model_dir, self.tokenizer)
+            self._prompt_builder = PromptBuilder(self.model_dir, self.tokenizer, self.config.image_seq_len)
         return self._prompt_builder
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
@@ -246,21 +245,21 @@ class Model:
         string content) with the model's own chat template, in a sandbox."""
         return self._prompts.apply_chat_template(messages, add_generation_prompt)
 
-    def preprocess(self, image, do_image_splitting: Optional[bool] = None,
-                   longest_edge: Optional[int] = None) -> PreprocessedImage:
+    def preprocess(self, image, do_image_splitting: bool | None = None,
+                   longest_edge: int | None = None) -> PreprocessedImage:
         """One image (path, bytes, PIL image or HxWx3 uint8 array) as the model's tiles:
         `.pixel_values` float32 [n_tiles, 3, S, S], `.rows`, `.cols`, exactly as Idefics3ImageProcessor."""
         return self._prompts.preprocess(image, do_image_splitting, longest_edge)
 
-    def encode_image(self, image, do_image_splitting: Optional[bool] = None,
-                     longest_edge: Optional[int] = None) -> np.ndarray:
+    def encode_image(self, image, do_image_splitting: bool | None = None,
+                     longest_edge: int | None = None) -> np.ndarray:
         """An image's features: float32 [n_tiles * image_seq_len, text hidden_size], equal to
         transformers' get_image_features on the processor's pixel_values."""
         return self.encode_pixel_values(self.preprocess(image, do_image_splitting, longest_edge).pixel_values)
 
-    def build_inputs(self, messages: Optional[Sequence[Mapping[str, Any]]] = None, images: Sequence = (), *,
-                     prompt: Optional[str] = None, add_generation_prompt: bool = True,
-                     do_image_splitting: Optional[bool] = None, longest_edge: Optional[int] = None) -> Inputs:
+    def build_inputs(self, messages: Sequence[Mapping[str, Any]] | None = None, images: Sequence = (), *,
+                     prompt: str | None = None, add_generation_prompt: bool = True,
+                     do_image_splitting: bool | None = None, longest_edge: int | None = None) -> Inputs:
         """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them.
 
         `messages` go through the chat template; alternatively `prompt` is used verbatim (one `<image>`
@@ -270,13 +269,13 @@ class Model:
         text = prompt if messages is None else self.apply_chat_template(messages, add_generation_prompt)
         return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge)
 
-    def generate(self, prompt: Optional[str] = None, images: Sequence = (), messages=None, max_tokens: int = 256,
+    def generate(self, prompt: str | None = None, images: Sequence = (), messages=None, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                 repetition_penalty: float = 1.0, seed: Optional[int] = None, stop: Sequence[str] = (),
-                 on_token: Optional[Callable[[str], Any]] = None, raw: bool = False,
-                 system_prompt: Optional[str] = None, do_image_splitting: Optional[bool] = None,
-                 longest_edge: Optional[int] = None,
-                 on_progress: Optional[Callable[[int, int], Any]] = None) -> Result:
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+                 on_token: Callable[[str], Any] | None = None, raw: bool = False,
+                 system_prompt: str | None = None, do_image_splitting: bool | None = None,
+                 longest_edge: int | None = None,
+                 on_progress: Callable[[int, int], Any] | None = None) -> Result:
         """Answers a prompt about images (or a whole conversation) and returns the text.
 
         `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
@@ -286,42 +285,43 @@ class Model:
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
         exceptions from on_token cancel generation and propagate; the model stays usable.
         `on_progress(done, total)` follows the encoding of the images' tiles."""
+        request = self._prepare(prompt, images, messages, max_tokens=max_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                seed=seed, stop=stop, raw=raw, system_prompt=system_prompt,
+                                do_image_splitting=do_image_splitting, longest_edge=longest_edge,
+                                on_progress=on_progress)
+        return self._answer(request, on_token)
+
+    def stream(self, prompt: str | None = None, images: Sequence = (), messages=None,
+               **options) -> Iterator[str]:
+        """Like generate(), but yields the answer's text pieces as they are decoded.
+
+        The prompt is prepared now (arguments checked, images encoded); generation runs on a worker
+        thread, and closing the iterator early stops it after at most one more token.  The generator's
+        return value (StopIteration.value) is the Result."""
+        if "on_token" in options:
+            raise errors.InputError("stream() yields the text itself; on_token is for generate()")
+        return generation.stream(functools.partial(self._answer, self._prepare(prompt, images, messages, **options)))
+
+    def _prepare(self, prompt: str | None = None, images: Sequence = (), messages=None, *, max_tokens: int = 256,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+                 raw: bool = False, system_prompt: str | None = None, do_image_splitting: bool | None = None,
+                 longest_edge: int | None = None, on_progress: Callable[[int, int], Any] | None = None) -> _Request:
+        """Step one of generate(): checked options, the prompt text through the template, its ids and the
+        encoded images' rows.
+
+        A prompt that cannot fit the context window with max_tokens more is refused before the images
+        are decoded (each takes at least image_seq_len tokens) and, exactly, before they are encoded."""
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed)
         if isinstance(stop, str):
             stop = [stop]
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
-        inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
-                                           longest_edge, params.max_tokens, on_progress)
-        eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
-        params = SamplingParams.build(params, {"eos_token_ids": eos})
-        return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
-                                      inputs.inputs, inputs.encode_s, stop, on_token)
-
-    def stream(self, prompt: Optional[str] = None, images: Sequence = (), messages=None,
-               **options) -> Iterator[str]:
-        """Like generate(), but yields the answer's text pieces as they are decoded.
-
-        Generation runs on a worker thread; closing the iterator early stops it after at most one
-        more token.  The generator's return value (StopIteration.value) is the Result."""
-        if "on_token" in options:
-            raise errors.InputError("stream() yields the text itself; on_token is for generate()")
-        return generation.stream(lambda on_piece: self.generate(prompt, images, messages, on_token=on_piece,
-                                                                **options))
-
-    def _prepare(self, prompt, images, messages, raw, system_prompt, do_image_splitting, longest_edge,
-                 max_tokens: int, on_progress=None):
-        """The prompt's Inputs (with image encode time) and its checked decoder Prompt.
-
-        A prompt that cannot fit the context window with max_tokens more is refused before the images
-        are decoded (each takes at least image_seq_len tokens) and again, exactly, before they are encoded."""
         images = _as_list(images)
-        window = self.config.text.max_position_embeddings
-        if len(images) * self._prompts.image_seq_len + max_tokens > window:
-            raise errors.InputError(
-                f"{len(images)} images take at least {len(images) * self._prompts.image_seq_len} tokens; with "
-                f"max_tokens={max_tokens} that exceeds the {window}-token context window (max_position_embeddings)")
+        generation.check_context(len(images) * self._prompts.image_seq_len, max_tokens,
+                                 self.config.text.max_position_embeddings, images=len(images))
         if messages is not None:
             if prompt is not None or raw or system_prompt is not None:
                 raise errors.InputError("messages is a whole conversation: don't also pass prompt, raw or "
@@ -341,12 +341,19 @@ class Model:
             text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt))
         start = time.perf_counter()
         inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
-        if len(inputs.input_ids) + max_tokens > window:
-            raise errors.InputError(f"the prompt is {len(inputs.input_ids)} tokens; with max_tokens={max_tokens} "
-                                    f"that exceeds the {window}-token context window (max_position_embeddings)")
+        ids = Prompt.build(self.config, inputs.input_ids, max_tokens)
         embeds = None if inputs.pixel_values is None else self._encode_tiles(inputs.pixel_values, on_progress)
         encode_s = time.perf_counter() - start
-        return _Prepared(inputs, encode_s), generation.Prompt.build(self.config, inputs.input_ids, embeds)
+        eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
+        n_tiles = 0 if inputs.pixel_values is None else len(inputs.pixel_values)
+        return _Request(ids.with_image_embeds(embeds), SamplingParams.build(params, {"eos_token_ids": eos}),
+                        tuple(stop), n_tiles, encode_s)
+
+    def _answer(self, request: _Request, on_token: Callable[[str], Any] | None) -> Result:
+        """Steps two and three of generate(): the token loop, its ids assembled into text as they come."""
+        text = TextAssembler(self.tokenizer, request.stop, on_token)
+        result = self._decode(request.prompt, request.params, text.on_id)
+        return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
 
     # Tiles per engine call when progress is reported: small enough to report often, large enough
     # that each weight is still read once for several tiles.
@@ -387,7 +394,7 @@ class Model:
                                        ffi.cast("float *", ffi.from_buffer(out, require_writable=True))))
         return out
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -405,8 +412,13 @@ class Model:
         return f"<smolvision.Model {self.model_dir!r} ({state})>"
 
 
-class _Prepared(NamedTuple):
-    inputs: Inputs
+class _Request(NamedTuple):
+    """A prepared generate() call: what the token loop and the text assembly need."""
+
+    prompt: Prompt
+    params: SamplingParams
+    stop: tuple[str, ...]
+    n_tiles: int
     encode_s: float
 
 
@@ -419,9 +431,9 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def load(model_dir: PathLike, threads: Optional[int] = None, precision: str = "bf16",
-         profile: Optional[bool] = None, quant: Optional[str] = None,
-         on_log: Optional[Callable[[str], Any]] = None) -> Model:
+def load(model_dir: PathLike, threads: int | None = None, precision: str = "bf16",
+         profile: bool | None = None, quant: str | None = None,
+         on_log: Callable[[str], Any] | None = None) -> Model:
     """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
     (see Model), `profile=True` times each phase and op class (Model.profile(); None follows
     SMOLVISION_PROFILE), `quant` is None, "q8" or "q4" (see Model)."""

@@ -1,21 +1,24 @@
-"""From messages and images to token ids and image rows, and from generated ids back to text.
+"""The text level around the token loop: from messages and images to prompt ids, and from generated ids
+back to text.
 
-The glue between the pieces: chat template -> prompt text -> `<image>` expansion -> tokenizer ids;
-images -> tiles -> vision encoder rows; generated ids -> incremental UTF-8 text with stop strings.
-Model's text-level methods are thin wrappers over this module.
+Before: chat template -> prompt text -> `<image>` expansion -> tokenizer ids, images -> tiles
+(`PromptBuilder`).  After: generated ids -> incremental UTF-8 text cut at stop strings
+(`TextAssembler`).  `Model.generate` runs prepare -> generation.decode -> assemble with these.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import errors
 from ._files import read_json
-from .chat import load_chat_template, render_chat_template
-from .generation import Timings
-from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, load_image_seq_len
+from .chat_template import load_chat_template, render_chat_template
+from .generation import Result
+from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, processor_image_seq_len
 from .tokenizer import Tokenizer
 
 DEFAULT_PROMPT = "Describe this image."
@@ -24,41 +27,33 @@ DEFAULT_PROMPT = "Describe this image."
 class Inputs(NamedTuple):
     """What the decoder consumes for one prompt."""
 
-    input_ids: List[int]
+    input_ids: list[int]
     """The prompt's token ids, image tokens expanded."""
-    pixel_values: Optional[np.ndarray]
+    pixel_values: np.ndarray | None
     """float32 [n_tiles, 3, S, S], every image's tiles in order; None without images."""
-    images: List[PreprocessedImage]
+    images: list[PreprocessedImage]
     """Each image's tiles and grid (rows, cols)."""
     text: str
     """The prompt text the ids encode (template applied, image markers expanded)."""
 
 
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one Model.generate call."""
-
-    text: str
-    """The answer, without special tokens and cut before any stop string."""
-    token_ids: List[int]
-    """The generated ids (not the prompt); an EOS id that ended generation is the last."""
-    finish_reason: str
-    """'stop' (an EOS id or a stop string), 'length' (max_tokens) or 'cancelled' (on_token asked to stop)."""
-    prompt_tokens: int
-    n_tiles: int
-    """Image tiles encoded for the prompt (0 for text-only prompts)."""
-    timings: Timings
-
-
 class PromptBuilder:
-    """A model directory's chat template, image processor and image token count, read once."""
+    """A model directory's chat template and image processor, read once.
 
-    def __init__(self, model_dir: str, tokenizer: Tokenizer) -> None:
+    image_seq_len (tokens per tile) is the engine's, from the config.json the C engine parsed: the encoder
+    produces exactly that many rows per tile, so the prompt must hold exactly that many image tokens.  A
+    processor_config.json that says otherwise describes another model and is refused."""
+
+    def __init__(self, model_dir: str, tokenizer: Tokenizer, image_seq_len: int) -> None:
         self.model_dir = model_dir
         self.tokenizer = tokenizer
-        self._template: Optional[str] = None
-        self._processor: Optional[ImageProcessor] = None
-        self.image_seq_len = load_image_seq_len(model_dir)
+        self._template: str | None = None
+        self._processor: ImageProcessor | None = None
+        declared = processor_image_seq_len(model_dir)
+        if declared is not None and declared != image_seq_len:
+            raise errors.ModelError(f"{model_dir}: processor_config.json's image_seq_len {declared} does not match "
+                                    f"the {image_seq_len} tokens per tile that config.json's vision tower gives")
+        self.image_seq_len = image_seq_len
         self.special_tokens = _special_tokens(model_dir)
 
     @property
@@ -73,13 +68,13 @@ class PromptBuilder:
         return render_chat_template(self._template, messages, add_generation_prompt=add_generation_prompt,
                                     **self.special_tokens)
 
-    def preprocess(self, image, do_image_splitting: Optional[bool] = None,
-                   longest_edge: Optional[int] = None) -> PreprocessedImage:
+    def preprocess(self, image, do_image_splitting: bool | None = None,
+                   longest_edge: int | None = None) -> PreprocessedImage:
         return self.image_processor.preprocess(image, do_image_splitting=do_image_splitting,
                                                longest_edge=longest_edge)
 
-    def build(self, text: str, images: Sequence = (), do_image_splitting: Optional[bool] = None,
-              longest_edge: Optional[int] = None) -> Inputs:
+    def build(self, text: str, images: Sequence = (), do_image_splitting: bool | None = None,
+              longest_edge: int | None = None) -> Inputs:
         """Inputs for prompt text holding one `<image>` marker per image (the processor's convention)."""
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
             images = [images] if images is not None else []
@@ -91,9 +86,9 @@ class PromptBuilder:
         return Inputs(ids, pixels, processed, expanded)
 
 
-def chat_messages(prompt: Optional[str], n_images: int, system_prompt: Optional[str]) -> List[dict]:
+def chat_messages(prompt: str | None, n_images: int, system_prompt: str | None) -> list[dict]:
     """One user turn (images first, then the text, as SmolVLM's examples do), after an optional system turn."""
-    content: List[dict] = [{"type": "image"} for _ in range(n_images)]
+    content: list[dict] = [{"type": "image"} for _ in range(n_images)]
     if prompt:
         content.append({"type": "text", "text": prompt})
     messages = []
@@ -107,21 +102,41 @@ class TextAssembler:
     """Turns generated ids into text pieces: UTF-8-safe, special tokens dropped, cut at the first stop string.
 
     Text that could still become a stop string is held back until it cannot, so no piece handed out is
-    ever taken back.
+    ever taken back.  `on_id` is the token loop's callback; each piece goes to `on_text`, which may return
+    True to stop.  `finish` turns the loop's Result into the text Result.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str],
+                 on_text: Callable[[str], Any] | None = None) -> None:
         self.decoder = tokenizer.incremental_decoder(skip_special_tokens=True)
         self.stop = [s for s in stop if s]
+        self.on_text = on_text
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        self.cancelled = False
+
+    def on_id(self, token_id: int) -> bool:
+        """Takes one generated id, hands on the text now safe to show; True stops the token loop."""
+        piece = self.push(token_id)
+        if piece and self.on_text is not None and self.on_text(piece):
+            self.cancelled = True
+        return self.stopped or self.cancelled
+
+    def finish(self, result: Result, n_tiles: int, image_encode_s: float) -> Result:
+        """The token loop's `result` with the text (the rest handed on first), a stop string's
+        finish_reason, the prompt's tiles and their encoding time."""
+        rest = self.finish_text()
+        if rest and self.on_text is not None:
+            self.on_text(rest)
+        return replace(result, text=self.text, finish_reason="stop" if self.stopped else result.finish_reason,
+                       n_tiles=n_tiles, timings=replace(result.timings, image_encode_s=image_encode_s))
 
     def push(self, token_id: int) -> str:
         """Adds one id; returns the text now safe to show (maybe '')."""
         return self._advance(self.decoder.push(token_id), final=False)
 
-    def finish(self) -> str:
+    def finish_text(self) -> str:
         """Returns the rest of the text once generation has ended."""
         if self.stopped:
             return ""
@@ -155,34 +170,6 @@ class TextAssembler:
                     best = k
                     break
         return best
-
-
-def generate_text(run_ids: Callable, tokenizer: Tokenizer, inputs: Inputs, image_encode_s: float,
-                  stop: Sequence[str], on_token: Optional[Callable[[str], Any]]) -> Result:
-    """Runs `run_ids(on_id)` (the id-level generation) and assembles the text result."""
-    assembler = TextAssembler(tokenizer, stop)
-    user_cancelled = False
-
-    def on_id(token_id: int) -> bool:
-        nonlocal user_cancelled
-        piece = assembler.push(token_id)
-        if piece and on_token is not None and on_token(piece):
-            user_cancelled = True
-        return assembler.stopped or user_cancelled
-
-    ids_result = run_ids(on_id)
-    rest = assembler.finish()
-    if rest and on_token is not None:
-        on_token(rest)
-    reason = ids_result.finish_reason
-    if assembler.stopped:
-        reason = "stop"
-    t = ids_result.timings
-    timings = Timings(prompt_tokens=t.prompt_tokens, generated_tokens=t.generated_tokens, prefill_s=t.prefill_s,
-                      decode_s=t.decode_s, image_encode_s=image_encode_s)
-    n_tiles = 0 if inputs.pixel_values is None else int(inputs.pixel_values.shape[0])
-    return Result(text=assembler.text, token_ids=list(ids_result.token_ids), finish_reason=reason,
-                  prompt_tokens=len(inputs.input_ids), n_tiles=n_tiles, timings=timings)
 
 
 def stop_token_ids(eos_from_config: Sequence[int], tokenizer: Tokenizer) -> tuple:

@@ -24,8 +24,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from smolvision._files import read_json
-from smolvision.errors import ImageError, InputError, ModelError
+from ._files import read_json
+from .errors import ImageError, InputError, ModelError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -35,11 +35,10 @@ __all__ = [
     "ImageInput",
     "ImageProcessor",
     "PreprocessedImage",
-    "compute_image_seq_len",
     "expand_image_tokens",
     "image_prompt",
     "load_image",
-    "load_image_seq_len",
+    "processor_image_seq_len",
 ]
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
@@ -356,28 +355,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def compute_image_seq_len(image_size: int, patch_size: int, scale_factor: int) -> int:
-    """Tokens per tile: the encoder's patch grid, shrunk by pixel shuffle (the reference's formula)."""
-    return int(((image_size // patch_size) ** 2) / (scale_factor**2))
+def processor_image_seq_len(model_dir: str | os.PathLike) -> int | None:
+    """The tokens per tile a model's `processor_config.json` declares, or None where it does not.
 
-
-def load_image_seq_len(model_dir: str | os.PathLike) -> int:
-    """Tokens per tile for a model: `image_seq_len` in `processor_config.json`, else computed from `config.json`."""
-    model_dir = Path(model_dir)
-    processor_config = _read_json(model_dir / "processor_config.json") or {}
-    if processor_config.get("image_seq_len") is not None:
-        value = processor_config["image_seq_len"]
-        _require_positive_int(value, "image_seq_len", ModelError)
-        return int(value)
-    config = _read_json(model_dir / "config.json")
-    if config is None:
-        raise ModelError(f"{model_dir} has neither processor_config.json with image_seq_len nor config.json")
-    vision = config.get("vision_config") or {}
-    try:
-        return compute_image_seq_len(int(vision["image_size"]), int(vision["patch_size"]),
-                                     int(config["scale_factor"]))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
-        raise ModelError(f"cannot compute image_seq_len from {model_dir / 'config.json'}: {err!r}") from err
+    The engine's own count comes from config.json (`Model.config.image_seq_len`, parsed by the C engine);
+    this is only read to check that the processor agrees."""
+    processor_config = _read_json(Path(model_dir) / "processor_config.json") or {}
+    value = processor_config.get("image_seq_len")
+    if value is None:
+        return None
+    _require_positive_int(value, "image_seq_len", ModelError)
+    return int(value)
 
 
 def image_prompt(rows: int, cols: int, image_seq_len: int) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict
 
 from ._native import ffi, lib
 
@@ -30,7 +29,7 @@ class PhaseProfile:
 
     calls: int
     seconds: float
-    ops: Dict[str, float] = field(default_factory=dict)
+    ops: dict[str, float] = field(default_factory=dict)
 
     @property
     def other(self) -> float:
@@ -41,10 +40,10 @@ class PhaseProfile:
 class Profile:
     """Per-phase timings since profiling was enabled (or last reset)."""
 
-    phases: Dict[str, PhaseProfile]
+    phases: dict[str, PhaseProfile]
 
     @classmethod
-    def _read(cls, handle) -> "Profile":
+    def _read(cls, handle) -> Profile:
         seconds = ffi.new("double[]", len(PHASES) * len(OPS))
         totals = ffi.new("double[]", len(PHASES))
         calls = ffi.new("int64_t[]", len(PHASES))

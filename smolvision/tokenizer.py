@@ -12,12 +12,12 @@ from __future__ import annotations
 import operator
 import os
 import threading
-from typing import Iterable, List, Optional, Union
+from collections.abc import Iterable
 
 from . import errors
 from ._native import check, ffi, lib
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike
 
 
 class Tokenizer:
@@ -32,7 +32,7 @@ class Tokenizer:
         self._lock = _owner._lock if _owner is not None else threading.RLock()
 
     @classmethod
-    def from_file(cls, path: PathLike) -> "Tokenizer":
+    def from_file(cls, path: PathLike) -> Tokenizer:
         """Loads a tokenizer.json (no model weights needed)."""
         out = ffi.new("sv_tokenizer **")
         check(lib.sv_tokenizer_load(os.fsencode(path), out), errors.TokenizerError)
@@ -58,7 +58,7 @@ class Tokenizer:
                 lib.sv_tokenizer_free(handle)
             self._owner = None
 
-    def __enter__(self) -> "Tokenizer":
+    def __enter__(self) -> Tokenizer:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -75,7 +75,7 @@ class Tokenizer:
         with self._lock:
             return int(lib.sv_tokenizer_vocab_size(self._ptr))
 
-    def encode(self, text: Union[str, bytes], add_special_tokens: bool = False) -> List[int]:
+    def encode(self, text: str | bytes, add_special_tokens: bool = False) -> list[int]:
         """Text -> token ids.  bytes are decoded as UTF-8 with invalid sequences
         replaced by U+FFFD (bytes.decode("utf-8", "replace")) first."""
         if isinstance(text, str):
@@ -110,14 +110,14 @@ class Tokenizer:
         finally:
             lib.sv_free(text[0])
 
-    def token_to_id(self, token: str) -> Optional[int]:
+    def token_to_id(self, token: str) -> int | None:
         """The id of a token string (e.g. 'Ġthe' or '<image>'), None if there is none."""
         data = token.encode("utf-8", "surrogatepass")
         with self._lock:
             tid = lib.sv_tokenizer_token_to_id(self._ptr, data, len(data))
         return None if tid < 0 else int(tid)
 
-    def id_to_token(self, token_id: int) -> Optional[str]:
+    def id_to_token(self, token_id: int) -> str | None:
         """The token string of an id, None if no token has it."""
         try:
             token_id = operator.index(token_id)
@@ -130,7 +130,7 @@ class Tokenizer:
             p = lib.sv_tokenizer_id_to_token(self._ptr, token_id, n)
             return None if p == ffi.NULL else ffi.unpack(p, n[0]).decode("utf-8", "replace")
 
-    def incremental_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
+    def incremental_decoder(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
         return IncrementalDecoder(self, skip_special_tokens)
 
     def __repr__(self) -> str:
@@ -182,7 +182,7 @@ class IncrementalDecoder:
         if handle is not None:
             lib.sv_detokenizer_free(handle)
 
-    def __enter__(self) -> "IncrementalDecoder":
+    def __enter__(self) -> IncrementalDecoder:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny random SmolVLM models written by transformers (see modelgen.py)."""
+"""Shared fixtures: tiny random SmolVLM models written by transformers (see modelgen.py), and the small
+ones several test modules use (their helpers are in helpers.py)."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import modelgen  # noqa: E402
+from helpers import FakeModel, write_image  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +52,36 @@ def real_dir() -> Path:
     import realmodel
 
     return realmodel.smollm2_vlm_dir()
+
+
+@pytest.fixture
+def broken(tmp_path, mha_dir) -> Path:
+    """A fresh copy of the MHA fixture to damage."""
+    out = tmp_path / "model"
+    shutil.copytree(mha_dir, out)
+    return out
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    """A random 150 x 110 PNG."""
+    return write_image(tmp_path / "photo.png")
+
+
+@pytest.fixture
+def fake_model(monkeypatch) -> FakeModel:
+    """A FakeModel that smolvision.load returns, recording what it was loaded with."""
+    import smolvision
+
+    model = FakeModel()
+    model.config = "fake-config"
+
+    def load(model_dir, threads=None, precision="fp32", profile=None, quant=None, on_log=None):
+        model.loaded_with = dict(threads=threads, precision=precision, profile=profile)
+        if quant is not None:
+            model.loaded_with["quant"] = quant
+            on_log("quantizing (fake)")
+        return model
+
+    monkeypatch.setattr(smolvision, "load", load)
+    return model

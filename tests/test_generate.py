@@ -181,7 +181,10 @@ def test_timings_are_reported(model):
     result = model.generate("What is this?", images=IMAGES[:1], max_tokens=4)
     t = result.timings
     assert t.image_encode_s > 0 and t.prefill_s > 0 and t.prompt_tokens == result.prompt_tokens
-    assert t.generated_tokens == len(result.token_ids) and t.decode_tokens_per_s >= 0
+    assert t.generated_tokens == len(result.token_ids) == 4
+    # The first id comes out of the prefill; the other three are decoded.
+    assert t.decode_s > 0 and t.decode_tokens_per_s == pytest.approx(t.generated_tokens / t.decode_s)
+    assert t.prefill_tokens_per_s == pytest.approx(t.prompt_tokens / t.prefill_s)
 
 
 @pytest.mark.parametrize("kwargs, match", [

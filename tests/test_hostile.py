@@ -15,14 +15,14 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import smolvision
-from test_load_errors import broken, edit_config, load_error, read_safetensors, write_safetensors  # noqa: F401
+from helpers import edit_config, load_error, read_safetensors, write_safetensors
 
 # Children import the same smolvision build as this process (installed in CI, in-tree in development).
 PACKAGE_HOME = str(Path(smolvision.__file__).resolve().parent.parent)
@@ -31,9 +31,9 @@ TENSOR = "model.text_model.norm.weight"  # any tensor of the MHA fixture
 
 def run_isolated(body: str, timeout: float = 60) -> dict:
     """Runs `body` (which sets `result`, a dict) in a fresh interpreter; returns result plus the child's
-    peak RSS in MB ('peak_mb') and wall time ('seconds').  A hang fails the test instead of the suite."""
-    code = "import json, resource, sys, time\nsys.path.insert(0, %r)\nimport smolvision\nstart = time.time()\n" \
-           "result = {}\n%s\nresult['seconds'] = time.time() - start\n" \
+    peak RSS in MB ('peak_mb').  A hang fails the test (after `timeout`) instead of the suite."""
+    code = "import json, resource, sys\nsys.path.insert(0, %r)\nimport smolvision\n" \
+           "result = {}\n%s\n" \
            "result['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n" \
            "print(json.dumps(result))\n" % (PACKAGE_HOME, textwrap.dedent(body))
     try:
@@ -46,7 +46,7 @@ def run_isolated(body: str, timeout: float = 60) -> dict:
 
 
 def isolated_load_error(model_dir: Path, timeout: float = 60) -> dict:
-    """Loads model_dir in a child process; returns {'error': class name, 'message', 'peak_mb', 'seconds'}."""
+    """Loads model_dir in a child process; returns {'error': class name, 'message', 'peak_mb'}."""
     return run_isolated(f"""
         try:
             smolvision.load({str(model_dir)!r}).close()
@@ -69,7 +69,6 @@ def test_header_of_millions_of_tiny_values_is_refused_with_bounded_memory(broken
     out = isolated_load_error(broken)
     assert out["error"] == "ModelError" and "more than" in out["message"] and "values" in out["message"]
     assert out["peak_mb"] < baseline_peak_mb() + 800, out
-    assert out["seconds"] < 10, out
 
 
 def test_more_tensors_than_the_limit_is_refused(broken):
@@ -121,13 +120,11 @@ def test_tensor_nested_inside_another_is_an_overlap(broken):
 # ---- link loops, FIFOs, device files ----
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
-def test_file_linking_to_itself_fails_fast(broken, name):
+def test_file_linking_to_itself_fails_without_hanging(broken, name):
     (broken / name).unlink()
     os.symlink(name, broken / name)
-    start = time.time()
-    msg = load_error(broken)
-    assert name in msg and "symbolic links" in msg
-    assert time.time() - start < 5
+    out = isolated_load_error(broken)  # in a child: a loop that hung would fail the test, not the suite
+    assert out["error"] == "ModelError" and name in out["message"] and "symbolic links" in out["message"], out
 
 
 def test_shard_linking_to_itself_fails_fast(tmp_path, model_factory):
@@ -222,7 +219,7 @@ def test_largest_accepted_config_fails_on_the_weights_without_allocating(broken)
     edit_config(broken, biggest)
     out = isolated_load_error(broken)
     assert out["error"] == "ModelError" and "shape" in out["message"], out
-    assert out["peak_mb"] < baseline_peak_mb() + 100 and out["seconds"] < 5, out
+    assert out["peak_mb"] < baseline_peak_mb() + 100, out
 
 
 def test_absurd_thread_count_is_refused(mha_dir):
@@ -243,10 +240,14 @@ def test_huge_tokenizer_json_is_refused_by_size(tmp_path):
     path = tmp_path / "tokenizer.json"
     with open(path, "wb") as f:
         f.truncate(600 << 20)  # sparse: no disk used
-    start = time.time()
-    with pytest.raises(smolvision.TokenizerError, match="more than the"):
-        smolvision.Tokenizer.from_file(path)
-    assert time.time() - start < 2
+    out = run_isolated(f"""
+        try:
+            smolvision.Tokenizer.from_file({str(path)!r})
+        except smolvision.TokenizerError as exc:
+            result['message'] = str(exc)
+        """)
+    assert "more than the" in out.get("message", ""), out
+    assert out["peak_mb"] < baseline_peak_mb() + 100, out  # refused by its size, never read in
 
 
 def test_tokenizer_json_of_millions_of_values_is_refused(tmp_path):
@@ -283,7 +284,11 @@ def test_prompt_beyond_the_context_is_refused_before_encoding_images(model, monk
 
 
 def test_max_tokens_beyond_the_context_is_refused_before_allocating(model):
-    start = time.time()
-    with pytest.raises(smolvision.InputError, match="context window"):
-        model.generate_ids([1, 2, 3], max_tokens=10**12)
-    assert time.time() - start < 1
+    tracemalloc.start()  # numpy's buffers are traced: an output array of max_tokens ids would show
+    try:
+        with pytest.raises(smolvision.InputError, match="context window"):
+            model.generate_ids([1, 2, 3], max_tokens=10**8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10**7, peak  # 10**8 int32 ids would be 400 MB

@@ -29,8 +29,13 @@ def cycle(model_dir, image: np.ndarray) -> None:
         assert features.shape[1] == model.config.text.hidden_size
         result = model.generate("What is this?", images=[image], max_tokens=4, temperature=0.7, seed=1)
         assert len(result.token_ids) >= 1
-        pieces = list(model.stream("Hi", max_tokens=3))
-        assert isinstance("".join(pieces), str)
+        stream, pieces = model.stream("Hi", max_tokens=3), []
+        while True:
+            try:
+                pieces.append(next(stream))
+            except StopIteration as end:  # the generator returns the Result
+                assert "".join(pieces) == end.value.text and len(end.value.token_ids) >= 1
+                break
 
 
 @pytest.mark.slow

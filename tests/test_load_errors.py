@@ -8,42 +8,11 @@ import json
 import os
 import shutil
 import struct
-from pathlib import Path
 
 import pytest
 
 import smolvision
-
-
-@pytest.fixture
-def broken(tmp_path, mha_dir):
-    """A fresh copy of the MHA fixture to damage."""
-    out = tmp_path / "model"
-    shutil.copytree(mha_dir, out)
-    return out
-
-
-def read_safetensors(path: Path):
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
-
-
-def write_safetensors(path: Path, header: dict, data: bytes, header_len: int | None = None):
-    hb = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(hb) if header_len is None else header_len) + hb + data)
-
-
-def edit_config(model_dir: Path, edit):
-    cfg = json.loads((model_dir / "config.json").read_text())
-    edit(cfg)
-    (model_dir / "config.json").write_text(json.dumps(cfg))
-
-
-def load_error(model_dir) -> str:
-    with pytest.raises(smolvision.ModelError) as info:
-        smolvision.load(model_dir)
-    return str(info.value)
+from helpers import edit_config, load_error, read_safetensors, write_safetensors
 
 
 def test_missing_directory(tmp_path):

@@ -21,8 +21,8 @@ import jinja2.ext
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from smolvision._files import read_json, read_text
-from smolvision.errors import InputError, ModelError
+from ._files import read_json, read_text
+from .errors import InputError, ModelError
 
 __all__ = ["load_chat_template", "normalize_messages", "render_chat_template"]
 

@@ -1,0 +1,199 @@
+"""llama.cpp as bench.py's optional peer: llama-bench on the text model in BF16, Q8_0 and Q4_K_M.
+
+llama.cpp is built once from the source vendored in the llama-cpp-python sdist (pip download) into the
+bench cache, and the text model converted with its own convert_hf_to_gguf.py.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from workload import CACHE, Workload, log
+
+LLAMA_QUANTS = ("BF16", "Q8_0", "Q4_K_M")
+
+
+def llama_cpp_tools(threads: int) -> dict:
+    """Paths of llama-bench and llama-quantize and the convert script, building them once into CACHE.
+
+    Raises RuntimeError with the reason when something cannot be fetched or built."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdists = sorted(glob.glob(str(CACHE / "sdist" / "llama_cpp_python-*.tar.gz")))
+    if not sdists:
+        log("llama.cpp: downloading the llama-cpp-python sdist (pip download)")
+        for isolation in (["--no-build-isolation"], []):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                            *isolation, "-d", str(CACHE / "sdist"), "llama-cpp-python"], stdout=sys.stderr)
+            sdists = sorted(glob.glob(str(CACHE / "sdist" / "llama_cpp_python-*.tar.gz")))
+            if sdists:
+                break
+        else:
+            raise RuntimeError("pip download of the llama-cpp-python sdist failed")
+    name = Path(sdists[-1]).name[:-len(".tar.gz")]
+    source = CACHE / name / "vendor" / "llama.cpp"
+    if not (source / "CMakeLists.txt").exists():
+        log(f"llama.cpp: unpacking {name}")
+        with tarfile.open(sdists[-1]) as archive:
+            archive.extractall(CACHE, filter="data")
+    build = CACHE / f"build-{name}"
+    tools = {"bench": build / "bin" / "llama-bench", "quantize": build / "bin" / "llama-quantize",
+             "convert": source / "convert_hf_to_gguf.py", "version": name}
+    if not (tools["bench"].exists() and tools["quantize"].exists()):
+        log(f"llama.cpp: building llama-bench and llama-quantize into {build} (once; long on few cores)")
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        steps = [["cmake", "-S", str(source), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                  "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+                 ["cmake", "--build", str(build), "-j", str(max(threads, 1)), "--target", "llama-bench",
+                  "llama-quantize"]]
+        for step in steps:
+            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+                raise RuntimeError(f"building llama.cpp failed at: {' '.join(step[:3])} ...")
+    if not tools["convert"].exists():
+        raise RuntimeError(f"{tools['convert']} is missing from the sdist")
+    return tools
+
+
+def converter_python() -> str:
+    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece (imported
+    even for BPE tokenizers), else a venv in CACHE on top of this one's packages, with it added."""
+    if subprocess.run([sys.executable, "-c", "import sentencepiece"], capture_output=True).returncode == 0:
+        return sys.executable
+    venv = CACHE / "convert-venv"
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import sentencepiece"], capture_output=True).returncode != 0:
+        log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
+        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                 [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]
+        for step in steps:
+            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+                raise RuntimeError(f"could not set up {venv} for the GGUF conversion")
+    return str(python)
+
+
+def write_llama_checkpoint(model_dir: Path, out: Path) -> None:
+    """The decoder of an Idefics3 directory as a plain LlamaForCausalLM checkpoint in `out`.
+
+    Tensors are copied one at a time in their stored dtype (BF16), in shards of about 1 GB,
+    so the whole model never sits in memory."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    text = dict(config["text_config"], model_type="llama", architectures=["LlamaForCausalLM"],
+                torch_dtype="bfloat16")
+    text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
+    (out / "config.json").write_text(json.dumps(text, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, out / name)
+
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
+        ["model.safetensors"]
+    weight_map, shard, shard_bytes, shard_count = {}, {}, 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shard_count
+        if shard:
+            shard_count += 1
+            file = f"model-{shard_count:05d}.safetensors"
+            save_file(shard, str(out / file), metadata={"format": "pt"})
+            weight_map.update({key: file for key in shard})
+            shard, shard_bytes = {}, 0
+
+    for file in files:
+        with safe_open(str(model_dir / file), framework="pt") as tensors:
+            for key in tensors.keys():
+                if key.startswith("model.text_model."):
+                    target = "model." + key[len("model.text_model."):]
+                elif key.startswith("text_model."):
+                    target = "model." + key[len("text_model."):]
+                elif key == "lm_head.weight":
+                    target = key
+                else:
+                    continue
+                tensor = tensors.get_tensor(key)
+                shard[target] = tensor
+                shard_bytes += tensor.numel() * tensor.element_size()
+                if shard_bytes > 1 << 30:
+                    flush()
+    flush()
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def llama_cpp_models(tools: dict, model_dir: Path) -> dict:
+    """{quant: gguf path} for LLAMA_QUANTS, converted and quantized once per model directory."""
+    stat = (model_dir / "config.json").stat()
+    digest = hashlib.sha256(f"{model_dir.resolve()}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    key = f"{model_dir.resolve().name}-{digest}"
+    folder = CACHE / "gguf" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {quant: folder / f"text-{quant.lower()}.gguf" for quant in LLAMA_QUANTS}
+    if not paths["BF16"].exists():
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            log("llama.cpp: writing the text model as a Llama checkpoint")
+            write_llama_checkpoint(model_dir, Path(tmp))
+            log("llama.cpp: converting to GGUF BF16")
+            partial = paths["BF16"].with_suffix(".partial")
+            convert = subprocess.run([converter_python(), str(tools["convert"]), tmp, "--outtype", "bf16", "--outfile",
+                                      str(partial)], stdout=sys.stderr)
+            if convert.returncode != 0:
+                raise RuntimeError("convert_hf_to_gguf.py failed")
+            partial.rename(paths["BF16"])
+    for quant in LLAMA_QUANTS[1:]:
+        if not paths[quant].exists():
+            log(f"llama.cpp: quantizing to {quant}")
+            partial = paths[quant].with_suffix(".partial")
+            if subprocess.run([str(tools["quantize"]), str(paths["BF16"]), str(partial), quant],
+                              stdout=sys.stderr, stderr=subprocess.DEVNULL).returncode != 0:
+                raise RuntimeError(f"llama-quantize to {quant} failed")
+            partial.rename(paths[quant])
+    return paths
+
+
+def run_llama_bench(tools: dict, gguf: Path, threads: int, work: Workload) -> dict:
+    """Prefill/decode tokens/s and peak RSS of llama-bench on one GGUF."""
+    out, peak = {}, 0.0
+    runs = [("prefill_tok_s", ["-p", str(work.prefill_tokens), "-n", "0"]),
+            ("decode_short_tok_s", ["-p", "0", "-n", str(work.short_decode)]),
+            ("decode_long_tok_s", ["-p", "0", "-n", str(work.long_decode), "-d", str(work.long_prompt)])]
+    for field, sizes in runs:
+        with tempfile.NamedTemporaryFile("w+", suffix=".json") as report:
+            command = [str(tools["bench"]), "-m", str(gguf), "-t", str(threads), "-r", "1" if work.repeats < 2 else "2",
+                       *sizes, "-o", "json"]
+            process = subprocess.Popen(command, stdout=report, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"llama-bench failed: {' '.join(command)}")
+            peak = max(peak, usage.ru_maxrss / 1024)
+            report.seek(0)
+            rows = json.loads(report.read())
+            out[field] = rows[0]["avg_ts"]
+    out["peak_rss_mb"] = peak
+    return out
+
+
+def run_llama_cpp(args: argparse.Namespace, work: Workload) -> dict:
+    """{quant: results}; empty (with a message) when llama.cpp could not be built or run."""
+    try:
+        tools = llama_cpp_tools(args.threads)
+        models = llama_cpp_models(tools, Path(args.model))
+        results = {}
+        for quant, gguf in models.items():
+            log(f"llama.cpp: llama-bench {quant}")
+            results[quant] = run_llama_bench(tools, gguf, args.threads, work)
+            results[quant]["version"] = tools["version"]
+        return results
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        log(f"llama.cpp columns skipped: {error}")
+        return {}
