@@ -18,6 +18,7 @@ from .config import Config
 from .generation import Prompt, Result, SamplingParams, TokenCallback
 from .pipeline import Inputs, PromptBuilder, TextAssembler
 from .processing import PreprocessedImage
+from .sequence import Sequence
 from .tokenizer import Tokenizer
 
 PathLike = str | os.PathLike
@@ -231,6 +232,19 @@ class Model:
                 return generation.decode(handle, prompt, params, eos, on_token)
             finally:
                 self._in_callback_call = outer
+
+    # ---- sequences (see sequence.py) ----
+
+    def sequence(self) -> Sequence:
+        """A new, empty Sequence of this model: a KV cache that prefill() extends, truncate() cuts back
+        and sequence.decode_batch() advances together with others."""
+        return Sequence(self)
+
+    @property
+    def sequence_bytes_per_token(self) -> int:
+        """Bytes one token of a Sequence takes: layers x 2 x kv_heads x head_dim values of the KV cache
+        (2 bytes each where the matmuls run in BF16, else 4) plus its id."""
+        return int(lib.sv_seq_bytes_per_token(self._ptr))
 
     # ---- text level: templates, images, prompts (see pipeline.py) ----
 
