@@ -253,6 +253,14 @@ sv_status sv_seq_reserve(sv_seq *seq, int32_t positions);
  * the weights: the n rows go through each matmul together, each attending to its own sequence's cache.
  * out_logits[n, vocab] receives the logits after each.  A full sequence is refused (SV_ERR_ARG). */
 sv_status sv_decode_batch(sv_model *m, sv_seq **seqs, int32_t n, const int32_t *ids, float *out_logits);
+/* sv_generate on a sequence: appends ids[n] to it (a prompt continuing what it holds: the sampler's
+ * repetition penalty sees all of it), then generates as sv_generate does; every generated id but the
+ * last is appended too, so the sequence ends holding the prompt and the answer but its last id.
+ * result->n_prompt counts the whole prompt (the sequence's tokens before the call and ids[n]).
+ * length + n + max_tokens beyond max_position_embeddings is refused (SV_ERR_ARG). */
+sv_status sv_seq_generate(sv_model *m, sv_seq *seq, const int32_t *ids, int32_t n, const float *image_embeds,
+                          int32_t n_image_rows, const sv_sampling *s, sv_token_fn on_token, void *user,
+                          int32_t *out_ids, sv_generate_result *result);
 /* Tokens computed (the next position). */
 int32_t sv_seq_length(const sv_seq *seq);
 /* The ids at positions 0 .. length - 1 (image positions hold image_token_id), borrowed until the

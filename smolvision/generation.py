@@ -148,6 +148,10 @@ class Result:
     timings: Timings
     text: str | None = None
     """The answer, without special tokens and cut before any stop string; None from generate_ids."""
+    cached_tokens: int = 0
+    """Prompt tokens not recomputed: the prefix taken from a cached sequence (Model's prefix reuse)."""
+    cached_images: int = 0
+    """Prompt images whose features came from the Model's image cache (not encoded again)."""
     n_tiles: int = 0
     """Image tiles encoded for the prompt (0 for text-only prompts and for generate_ids, whose image rows
     come precomputed)."""
@@ -251,11 +255,15 @@ class Prompt:
                                     f"but {n_rows} image embedding rows were given; they must match one to one")
         return replace(self, image_embeds=embeds)
 
-    def c_args(self) -> tuple:
-        """(ids pointer, n, image pointer, rows) for the C calls; the arrays must outlive the call."""
-        embeds = ffi.NULL if self.image_embeds is None else ffi.from_buffer("float[]", self.image_embeds)
-        rows = 0 if self.image_embeds is None else self.image_embeds.shape[0]
-        return ffi.from_buffer("int32_t[]", self.ids), len(self.ids), embeds, rows
+    def c_args(self, start: int = 0) -> tuple:
+        """(ids pointer, n, image pointer, rows) for the C calls, of the ids from `start` on (and the rows
+        of their image tokens); the arrays must outlive the call."""
+        ids = self.ids[start:]
+        if self.image_embeds is None:
+            return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.NULL, 0
+        first_row = int(np.count_nonzero(self.ids[:start] == self.config.image_token_id))
+        rows = self.image_embeds[first_row:]
+        return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.from_buffer("float[]", rows), len(rows)
 
 
 def logits(handle, vocab_size: int, prompt: Prompt) -> np.ndarray:
@@ -299,9 +307,10 @@ def _sv_on_token(user, token_id):
 
 
 def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
-           on_token: TokenCallback | None = None) -> Result:
+           on_token: TokenCallback | None = None, seq=None, start: int = 0) -> Result:
     """Runs sv_generate (the caller holds the model lock).  `on_token` sees
-    each id as it is chosen and may return True to stop."""
+    each id as it is chosen and may return True to stop.  With `seq` (a Sequence holding the prompt's
+    first `start` tokens) it runs sv_seq_generate on it: only the rest of the prompt is computed."""
     eos = ffi.new("int32_t[]", list(eos_token_ids) or [0])
     s = ffi.new("sv_sampling *")
     s.temperature = params.temperature
@@ -319,8 +328,12 @@ def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequen
     user = ffi.new_handle(run)
     previous, _active.run = getattr(_active, "run", None), run
     try:
-        status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
-                                 ffi.from_buffer("int32_t[]", out_ids), result)
+        if seq is None:
+            status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
+                                     ffi.from_buffer("int32_t[]", out_ids), result)
+        else:
+            status = lib.sv_seq_generate(handle, seq._ptr, *prompt.c_args(start), s, lib._sv_on_token, user,
+                                         ffi.from_buffer("int32_t[]", out_ids), result)
     finally:
         _active.run = previous
     if run.error is not None:
@@ -330,7 +343,7 @@ def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequen
     timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
                       prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
     return Result(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
-                  timings=timings)
+                  timings=timings, cached_tokens=start if seq is not None else 0)
 
 
 class _Finished:
