@@ -32,6 +32,16 @@ def prompt_key(prompt: Prompt) -> np.ndarray:
     return key
 
 
+def image_key(image) -> bytes:
+    """A PreprocessedImage's identity: a hash of its pixels (after resizing, splitting and normalizing,
+    so the preprocessing settings are in them) and its tile grid."""
+    pixels = np.ascontiguousarray(image.pixel_values)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((pixels.shape, str(pixels.dtype), image.rows, image.cols)).encode())
+    digest.update(pixels.tobytes())
+    return digest.digest()
+
+
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])

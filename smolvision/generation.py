@@ -125,7 +125,8 @@ class Timings:
     decode_s: float
     """Everything after: picking ids and running them back through the decoder."""
     image_encode_s: float = 0.0
-    """Preprocessing and encoding the prompt's images (0 for id-level calls)."""
+    """Preprocessing and encoding the prompt's images (0 for id-level calls, and when every image's
+    features came from the Model's image cache: nothing was encoded)."""
 
     @property
     def prefill_tokens_per_s(self) -> float:

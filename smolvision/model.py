@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ from .config import Config
 from .generation import Prompt, Result, SamplingParams, TokenCallback
 from .pipeline import Inputs, PromptBuilder, TextAssembler
 from .processing import PreprocessedImage
-from .sequence import Sequence
+from . import sequence as _sequence
 from .tokenizer import Tokenizer
 
 PathLike = str | os.PathLike
@@ -253,7 +254,7 @@ class Model:
                 seq, shared = self._states.take_sequence(key)
                 start = min(shared, len(key) - 1)
                 if seq is None:
-                    seq = Sequence(self)
+                    seq = _sequence.Sequence(self)
                 try:
                     seq.truncate(start)
                     return generation.decode(handle, prompt, params, eos, on_token, seq=seq, start=start)
@@ -282,10 +283,10 @@ class Model:
 
     # ---- sequences (see sequence.py) ----
 
-    def sequence(self) -> Sequence:
+    def sequence(self) -> _sequence.Sequence:
         """A new, empty Sequence of this model: a KV cache that prefill() extends, truncate() cuts back
         and sequence.decode_batch() advances together with others."""
-        return Sequence(self)
+        return _sequence.Sequence(self)
 
     @property
     def sequence_bytes_per_token(self) -> int:
@@ -403,17 +404,44 @@ class Model:
         start = time.perf_counter()
         inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
         ids = Prompt.build(self.config, inputs.input_ids, max_tokens)
-        embeds = None if inputs.pixel_values is None else self._encode_tiles(inputs.pixel_values, on_progress)
-        encode_s = time.perf_counter() - start
+        embeds, cached_images = self._image_features(inputs.images, on_progress)
+        # Preparing the images (preprocessing and encoding) took this long; nothing was encoded when
+        # every image came from the cache.
+        encode_s = time.perf_counter() - start if cached_images < len(inputs.images) else 0.0
         eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
         n_tiles = 0 if inputs.pixel_values is None else len(inputs.pixel_values)
         return _Request(ids.with_image_embeds(embeds), SamplingParams.build(params, {"eos_token_ids": eos}),
-                        tuple(stop), n_tiles, encode_s)
+                        tuple(stop), n_tiles, encode_s, cached_images)
+
+    def _image_features(self, images: Sequence[PreprocessedImage], on_progress) -> tuple[np.ndarray | None, int]:
+        """The features of the prompt's images, in order, and how many came from the image cache (keyed by
+        a hash of the preprocessed pixels and the tile grid); the others are encoded in one batch of tiles
+        and cached."""
+        if not images:
+            return None, 0
+        keys = [_states.image_key(image) for image in images]
+        with self._lock:
+            found = [self._states.get_image(key) if self._states.budget > 0 else None for key in keys]
+        missing = [i for i, features in enumerate(found) if features is None]
+        if missing:
+            encoded = self._encode_tiles(np.concatenate([images[i].pixel_values for i in missing]), on_progress)
+            at = 0
+            for i in missing:
+                rows = images[i].n_tiles * self.config.image_seq_len
+                found[i] = encoded[at:at + rows].copy() if len(missing) > 1 else encoded
+                found[i].setflags(write=False)  # shared with the cache
+                at += rows
+            if self._states.budget > 0:
+                with self._lock:
+                    for i in missing:
+                        self._states.put_image(keys[i], found[i])
+        return np.concatenate(found), len(images) - len(missing)
 
     def _answer(self, request: _Request, on_token: Callable[[str], Any] | None) -> Result:
         """Steps two and three of generate(): the token loop, its ids assembled into text as they come."""
         text = TextAssembler(self.tokenizer, request.stop, on_token)
         result = self._decode(request.prompt, request.params, text.on_id)
+        result = replace(result, cached_images=request.cached_images)
         return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
 
     # Tiles per engine call when progress is reported: small enough to report often, large enough
@@ -481,6 +509,7 @@ class _Request(NamedTuple):
     stop: tuple[str, ...]
     n_tiles: int
     encode_s: float
+    cached_images: int = 0
 
 
 def _as_list(images) -> list:

@@ -116,3 +116,30 @@ def test_bad_cache_bytes_refused(gqa_dir):
     for bad in (-1, 1.5, "1G", True):
         with pytest.raises(smolvision.InputError, match="cache_bytes"):
             smolvision.load(gqa_dir, cache_bytes=bad)
+
+
+def test_image_cache_encodes_only_new_images(cached, plain, tmp_path):
+    seen = write_image(tmp_path / "seen.png", seed=1)
+    new = write_image(tmp_path / "new.png", seed=2)
+    first = cached.generate("Describe it.", images=[seen], max_tokens=3)
+    assert first.cached_images == 0 and first.timings.image_encode_s > 0
+    again = cached.generate("What colour is it?", images=[seen], max_tokens=3)
+    assert again.cached_images == 1 and again.timings.image_encode_s == 0
+    # two images, only the first cached: the second is encoded (and its features are the right ones)
+    both = cached.generate("Compare them.", images=[seen, new], max_tokens=5)
+    assert both.cached_images == 1 and both.timings.image_encode_s > 0
+    reference = plain.generate("Compare them.", images=[seen, new], max_tokens=5)
+    assert both.token_ids == reference.token_ids and reference.cached_images == 0
+    # the same pixels under other preprocessing settings are another entry
+    unsplit = cached.generate("Describe it.", images=[seen], max_tokens=3, do_image_splitting=False)
+    assert unsplit.cached_images == 0
+
+
+def test_image_cache_skips_the_vision_encoder(gqa_dir, tmp_path):
+    photo = write_image(tmp_path / "photo.png", seed=3)
+    with smolvision.load(gqa_dir, threads=2, precision="fp32", profile=True) as model:
+        model.generate("Describe it.", images=[photo], max_tokens=2)
+        assert model.profile().phases["vision"].calls > 0
+        model.reset_profile()
+        model.generate("Describe it again.", images=[photo], max_tokens=2)
+        assert model.profile().phases["vision"].calls == 0
