@@ -261,6 +261,15 @@ sv_status sv_decode_batch(sv_model *m, sv_seq **seqs, int32_t n, const int32_t *
 sv_status sv_seq_generate(sv_model *m, sv_seq *seq, const int32_t *ids, int32_t n, const float *image_embeds,
                           int32_t n_image_rows, const sv_sampling *s, sv_token_fn on_token, void *user,
                           int32_t *out_ids, sv_generate_result *result);
+/* A sampler for token loops driven by the caller (e.g. around sv_decode_batch): the options of s
+ * (eos_ids and max_tokens are the caller's business; s need not outlive the call), its own PRNG seeded
+ * with s->seed.  observe records prompt ids for the repetition penalty; pick chooses the next id from
+ * logits[vocab] (overwritten) and records it, exactly as sv_generate's loop does. */
+typedef struct sv_token_sampler sv_token_sampler;
+sv_status sv_token_sampler_create(const sv_sampling *s, int32_t vocab, sv_token_sampler **out);
+void sv_token_sampler_observe(sv_token_sampler *t, const int32_t *ids, int32_t n);
+int32_t sv_token_sampler_pick(sv_token_sampler *t, float *logits);
+void sv_token_sampler_free(sv_token_sampler *t);
 /* Tokens computed (the next position). */
 int32_t sv_seq_length(const sv_seq *seq);
 /* The ids at positions 0 .. length - 1 (image positions hold image_token_id), borrowed until the

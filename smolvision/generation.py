@@ -144,8 +144,8 @@ class Result:
     token_ids: list[int]
     """The generated ids (not the prompt); an EOS id that ended generation is the last."""
     finish_reason: str
-    """'stop' (an EOS id or a stop string), 'length' (max_tokens) or 'cancelled' (on_token or the stream's
-    consumer asked to stop)."""
+    """'stop' (an EOS id or a stop string), 'length' (max_tokens), 'cancelled' (on_token or the stream's
+    consumer asked to stop) or, from generate_many, 'error' (see error)."""
     timings: Timings
     text: str | None = None
     """The answer, without special tokens and cut before any stop string; None from generate_ids."""
@@ -153,6 +153,9 @@ class Result:
     """Prompt tokens not recomputed: the prefix taken from a cached sequence (Model's prefix reuse)."""
     cached_images: int = 0
     """Prompt images whose features came from the Model's image cache (not encoded again)."""
+    error: BaseException | None = None
+    """Model.generate_many only: what stopped this request (bad input, an exception from its on_token);
+    finish_reason is then 'error' and the fields hold what was generated before it."""
     n_tiles: int = 0
     """Image tiles encoded for the prompt (0 for text-only prompts and for generate_ids, whose image rows
     come precomputed)."""
@@ -307,11 +310,8 @@ def _sv_on_token(user, token_id):
     return ffi.from_handle(user).deliver(token_id)
 
 
-def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
-           on_token: TokenCallback | None = None, seq=None, start: int = 0) -> Result:
-    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
-    each id as it is chosen and may return True to stop.  With `seq` (a Sequence holding the prompt's
-    first `start` tokens) it runs sv_seq_generate on it: only the rest of the prompt is computed."""
+def c_sampling(params: SamplingParams, eos_token_ids: Sequence[int]) -> tuple:
+    """(sv_sampling *, its eos array) for params; a None seed draws a fresh one.  Keep both alive."""
     eos = ffi.new("int32_t[]", list(eos_token_ids) or [0])
     s = ffi.new("sv_sampling *")
     s.temperature = params.temperature
@@ -323,6 +323,15 @@ def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequen
     s.max_tokens = params.max_tokens
     s.eos_ids = eos
     s.n_eos_ids = len(eos_token_ids)
+    return s, eos
+
+
+def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
+           on_token: TokenCallback | None = None, seq=None, start: int = 0) -> Result:
+    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
+    each id as it is chosen and may return True to stop.  With `seq` (a Sequence holding the prompt's
+    first `start` tokens) it runs sv_seq_generate on it: only the rest of the prompt is computed."""
+    s, eos = c_sampling(params, eos_token_ids)
     out_ids = np.zeros(max(params.max_tokens, 1), dtype=np.int32)
     result = ffi.new("sv_generate_result *")
     run = _Run(on_token)

@@ -19,6 +19,7 @@ from .config import Config
 from .generation import Prompt, Result, SamplingParams, TokenCallback
 from .pipeline import Inputs, PromptBuilder, TextAssembler
 from .processing import PreprocessedImage
+from . import batch as _batch
 from . import sequence as _sequence
 from .tokenizer import Tokenizer
 
@@ -77,7 +78,8 @@ class Model:
 
     def __init__(self, model_dir: PathLike, threads: int | None = None, precision: str = "bf16",
                  profile: bool | None = None, quant: str | None = None,
-                 on_log: Callable[[str], Any] | None = None, cache_bytes: int | None = None) -> None:
+                 on_log: Callable[[str], Any] | None = None, cache_bytes: int | None = None,
+                 max_sequences: int = 4) -> None:
         path = os.fspath(model_dir)
         if not os.path.isdir(path):
             raise errors.ModelError(f"model directory not found: {path}")
@@ -92,6 +94,10 @@ class Model:
         if not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes < 0:
             raise errors.InputError(f"cache_bytes must be an integer >= 0 (0 = no cache), not {cache_bytes!r}")
         self._states = _states.StateCache(cache_bytes)
+        if not isinstance(max_sequences, int) or isinstance(max_sequences, bool) or not 1 <= max_sequences <= 512:
+            raise errors.InputError(f"max_sequences must be an integer in [1, 512], not {max_sequences!r}")
+        self.max_sequences = max_sequences
+        """The most requests generate_many decodes together (load(..., max_sequences=N))."""
         if on_log is not None and not callable(on_log):
             raise errors.InputError("on_log must be a callable taking a message string")
         self.model_dir = path
@@ -250,21 +256,50 @@ class Model:
             try:
                 if self._states.budget <= 0:
                     return generation.decode(handle, prompt, params, eos, on_token)
-                key = _states.prompt_key(prompt)
-                seq, shared = self._states.take_sequence(key)
-                start = min(shared, len(key) - 1)
-                if seq is None:
-                    seq = _sequence.Sequence(self)
+                seq, start, key = self._take_sequence(prompt)
                 try:
-                    seq.truncate(start)
                     return generation.decode(handle, prompt, params, eos, on_token, seq=seq, start=start)
                 finally:
-                    held = seq.tokens.astype(np.int64)
-                    known = min(len(held), len(key))
-                    held[:known] = key[:known]  # image positions: their rows' hashes
-                    self._states.put_sequence(held, seq)
+                    self._release_sequence(seq, key)
             finally:
                 self._in_callback_call = outer
+
+    def _take_sequence(self, prompt: Prompt) -> tuple[_sequence.Sequence, int, np.ndarray | None]:
+        """(sequence, start, key) for a prompt (the caller holds the lock): the cached sequence sharing its
+        longest prefix, cut back to it (at most all but the last token, whose logits are needed), or a
+        new one; start = the tokens it holds; key = the prompt's cache key (None with the cache off)."""
+        if self._states.budget <= 0:
+            return _sequence.Sequence(self), 0, None
+        key = _states.prompt_key(prompt)
+        seq, shared = self._states.take_sequence(key)
+        start = min(shared, len(key) - 1)
+        if seq is None:
+            seq = _sequence.Sequence(self)
+        seq.truncate(start)
+        return seq, start, key
+
+    def _release_sequence(self, seq: _sequence.Sequence, key: np.ndarray | None) -> None:
+        """Puts a sequence taken for a prompt of this key back in the cache, keyed by what it now holds
+        (or frees it with the cache off)."""
+        if key is None or self._states.budget <= 0:
+            seq.close()
+            return
+        held = seq.tokens.astype(np.int64)
+        known = min(len(held), len(key))
+        held[:known] = key[:known]  # image positions: their rows' hashes
+        self._states.put_sequence(held, seq)
+
+    def generate_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Result]:
+        """Answers several requests together (each a dict of generate()'s keyword arguments) and returns
+        their Results in order.
+
+        Every running request advances one token per pass over the weights (sv_decode_batch), at most
+        max_sequences at a time (load(..., max_sequences=N)); each keeps its own sampling settings, stop
+        strings, max_tokens and on_token (returning True cancels that request only).  A request that
+        fails (bad arguments, an exception from its on_token) does not disturb the others: its Result
+        has finish_reason 'error', the exception in `error`, and whatever it generated before.  In
+        precision fp32 greedy answers equal generate()'s one by one."""
+        return _batch.generate_many(self, requests)
 
     @property
     def cache_bytes(self) -> int:
@@ -523,10 +558,12 @@ def _as_list(images) -> list:
 
 def load(model_dir: PathLike, threads: int | None = None, precision: str = "bf16",
          profile: bool | None = None, quant: str | None = None,
-         on_log: Callable[[str], Any] | None = None, cache_bytes: int | None = None) -> Model:
+         on_log: Callable[[str], Any] | None = None, cache_bytes: int | None = None,
+         max_sequences: int = 4) -> Model:
     """Loads a SmolVLM model directory; `threads` defaults to one per core, `precision` is "fp32" or "bf16"
     (see Model), `profile=True` times each phase and op class (Model.profile(); None follows
     SMOLVISION_PROFILE), `quant` is None, "q8" or "q4" (see Model), `cache_bytes` bounds the cached
-    sequences and image features (default 1 GiB; 0 turns the cache off; see Model)."""
+    sequences and image features (default 1 GiB; 0 turns the cache off; see Model), `max_sequences` how many
+    requests Model.generate_many decodes together (default 4)."""
     return Model(model_dir, threads=threads, precision=precision, profile=profile, quant=quant, on_log=on_log,
-                 cache_bytes=cache_bytes)
+                 cache_bytes=cache_bytes, max_sequences=max_sequences)
