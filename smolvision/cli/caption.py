@@ -29,6 +29,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     caption.add_argument("inputs", nargs="+", metavar="PATH_OR_GLOB",
                          help="image files, directories (their image files) or quoted globs (** recurses)")
     caption.add_argument("-o", "--output", required=True, metavar="OUTPUT.jsonl", help="the JSON-lines file")
+    caption.add_argument("--parallel", type=positive_int, default=1, metavar="N",
+                         help="caption N images at a time, their tokens decoded together in one pass over the "
+                              "weights (Model.generate_many; default 1). Each running image holds its own KV "
+                              "cache; lines are written as each group of N completes")
     add_model_options(caption)
     add_generation_options(caption)
     add_output_options(caption)
@@ -168,6 +172,39 @@ def caption_images(paths: Sequence[str], out_path: str, caption: Callable[[str],
     return captioned, failed
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, 512], not {text}")
+    return value
+
+
+def caption_images_together(paths: Sequence[str], out_path: str, caption_many: Callable[[list[str]], list],
+                            parallel: int, on_done: Callable[[str, dict], None] | None = None) -> tuple[int, int]:
+    """caption_images for groups of `parallel` paths at a time through `caption_many(paths) -> results`
+    (Model.generate_many: a failed image's result carries its error), a line per image as each group
+    completes.  Returns (captioned, failed)."""
+    captioned = failed = 0
+    with open(out_path, "a", encoding="utf-8") as out:
+        for first in range(0, len(paths), parallel):
+            group = list(paths[first:first + parallel])
+            start = time.perf_counter()
+            results = caption_many(group)
+            seconds = round(time.perf_counter() - start, 3)
+            for path, result in zip(group, results):
+                if result.error is not None:
+                    record = {"image": path, "error": f"{type(result.error).__name__}: {result.error}"}
+                    failed += 1
+                else:
+                    record = {"image": path, "text": result.text, "finish_reason": result.finish_reason,
+                              "seconds": seconds}
+                    captioned += 1
+                append_record(out, record)
+                if on_done is not None:
+                    on_done(path, record)
+    return captioned, failed
+
+
 def run_command(args: argparse.Namespace, reporter: Reporter) -> int:
     paths, unmatched = expand_inputs(args.inputs)
     for item in unmatched:
@@ -197,8 +234,14 @@ def run_command(args: argparse.Namespace, reporter: Reporter) -> int:
     bar.show()
     try:
         with model, printing_profile(model, args):
-            captioned, failed = caption_images(
-                todo, args.output, lambda path: model.generate(prompt=prompt, images=[path], **kwargs), on_done)
+            if args.parallel > 1:
+                captioned, failed = caption_images_together(
+                    todo, args.output,
+                    lambda group: model.generate_many([dict(prompt=prompt, images=[path], **kwargs) for path in group]),
+                    args.parallel, on_done)
+            else:
+                captioned, failed = caption_images(
+                    todo, args.output, lambda path: model.generate(prompt=prompt, images=[path], **kwargs), on_done)
     except KeyboardInterrupt:
         bar.clear()
         reporter.status(f"interrupted after {bar.done} of {bar.total}; rerun the same command to resume")
