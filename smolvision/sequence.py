@@ -14,6 +14,7 @@ matmuls run in BF16, else fp32 (`Model.sequence_bytes_per_token`); the 2.2B mode
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence as _Sequence
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,9 @@ class Sequence:
     """One context's KV cache, length and token history in the engine (see the module docstring)."""
 
     def __init__(self, model: Model) -> None:
-        self._model = model
+        # A weak reference: the Model caches sequences, and a cycle would keep a dropped Model (its
+        # weights mapping and threads) alive until the cyclic garbage collector ran.
+        self._model_ref = weakref.ref(model)
         out = ffi.new("sv_seq **")
         with model._lock:
             check(lib.sv_seq_create(model._ptr, out), errors.GenerationError)
@@ -41,7 +44,15 @@ class Sequence:
 
     @property
     def model(self) -> Model:
-        return self._model
+        """The Model that made this sequence (an Error once it is gone)."""
+        model = self._model_ref()
+        if model is None:
+            raise errors.Error("this Sequence's Model is gone")
+        return model
+
+    @property
+    def _model(self) -> Model:
+        return self.model
 
     @property
     def _ptr(self):

@@ -149,3 +149,23 @@ def test_bad_calls_are_refused(fp32_models, mha_dir):
     seq.close()  # idempotent
     with pytest.raises(smolvision.Error, match="closed"):
         len(seq)
+
+
+def test_a_dropped_model_is_freed_at_once(gqa_dir):
+    """Cached sequences do not keep their Model alive (no reference cycle): dropping it frees it."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        model = smolvision.load(gqa_dir, threads=1, precision="fp32")
+        model.generate_ids([100, 101, 102], max_tokens=2, eos_token_ids=())
+        with model.sequence() as seq:
+            seq.prefill([100, 101])
+        alive = weakref.ref(model)
+        del model
+        assert alive() is None  # by reference counting alone
+    finally:
+        gc.enable()
+    with pytest.raises(smolvision.Error, match="closed|gone"):
+        seq.prefill([5])
