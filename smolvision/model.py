@@ -381,7 +381,8 @@ class Model:
         ends at the model's EOS tokens, a `stop` string (cut from the text) or `max_tokens`.
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
         exceptions from on_token cancel generation and propagate; the model stays usable.
-        `on_progress(done, total)` follows the encoding of the images' tiles."""
+        `on_progress(done, total)` follows the encoding of the images' tiles (those not already in the
+        image cache)."""
         request = self._prepare(prompt, images, messages, max_tokens=max_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                 seed=seed, stop=stop, raw=raw, system_prompt=system_prompt,
