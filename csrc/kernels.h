@@ -101,17 +101,27 @@ int64_t sv_kv_cache_bytes(const sv_kv_cache *c);
 void sv_kv_cache_store(const sv_ctx *ctx, sv_kv_cache *c, int64_t layer, int64_t pos0, const float *k,
                        const float *v, int64_t n);
 
+/* Grows a cache to `capacity` positions keeping the first `keep` (their K rows and V^T columns);
+ * 0 and the cache as it was if out of memory. */
+int sv_kv_cache_grow(sv_kv_cache *c, int64_t capacity, int64_t keep);
+
 /* [attention] Causal attention of n <= max_queries query rows q[n, heads * head_dim] at positions
  * pos0 .. pos0 + n - 1 against a cache's layer: query i sees positions 0 .. pos0 + i (all stored).
  * One row (decode) runs dot products per head; more run as a chunk (GEMMs over each KV head's group).
- * The workspace is made for a cache and a largest chunk. */
+ * The workspace is made for caches of c's layout (dtype, KV heads, head_dim) and at most c's capacity,
+ * and a largest chunk; it serves any such cache. */
 typedef struct sv_cached_attention sv_cached_attention;
 sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cache *c, int64_t heads,
                                              int64_t max_queries); /* NULL: out of memory */
 void sv_cached_attention_free(sv_cached_attention *a);
 int64_t sv_cached_attention_bytes(const sv_cached_attention *a);
 void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *c, int64_t layer, float *out,
-                         const float *q, int64_t n, int64_t pos0);
+                     const float *q, int64_t n, int64_t pos0);
+/* [attention] n single query rows, each against its own cache (decode steps of several sequences in
+ * one batch): row r of q, out [n, heads * head_dim] is at position pos[r] and sees positions 0 .. pos[r]
+ * of caches[r] (all stored).  One pool run over rows x heads. */
+void sv_attend_cache_rows(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *const *caches,
+                          int64_t layer, float *out, const float *q, int64_t n, const int64_t *pos);
 
 /* ---- single-thread kernels ---- */
 

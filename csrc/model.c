@@ -450,6 +450,7 @@ sv_status sv_model_load_ex(const char *dir, const sv_load_options *opts, sv_mode
 void sv_model_free(sv_model *m) {
     if (!m) return;
     sv_decoder_free(m->decoder);
+    sv_seq_free(m->oneshot);
     for (size_t i = 0; i < m->n_vectors; i++) free(m->vectors[i]);
     free(m->vectors);
     sv_pool_free(m->ctx.pool);

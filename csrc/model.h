@@ -58,7 +58,9 @@ struct sv_model {
     int n_threads;
     sv_ctx ctx;               /* what the forward passes run in: the pool (owned), the precision, the profile */
     sv_tokenizer *tokenizer;  /* owned; NULL when the directory has no tokenizer.json */
-    struct sv_decoder *decoder; /* KV cache and scratch, made by the first decoder call (decoder.h) */
+    struct sv_decoder *decoder; /* the decoder's shared scratch, made by the first decoder call (decoder.h) */
+    int decoder_busy;         /* a decoder call is running (calls on one model must not overlap) */
+    sv_seq *oneshot;          /* the sequence of sv_generate / sv_logits, kept for the next call */
     int32_t quant;            /* load option quant (sv_quant) */
     void *qmap;               /* the region holding the quantized weights (quant_cache.c), for munmap */
     size_t qmap_bytes;

@@ -163,3 +163,42 @@ int32_t sv_sampler_pick(sv_sampler *smp, float *logits) {
     if (o->min_p > 0.0f) min_p_filter(logits, vocab, o->min_p);
     return draw(smp, logits);
 }
+
+/* ---- the public sampler (smolvision.h), for token loops driven from outside (batched decoding) ---- */
+
+struct sv_token_sampler {
+    sv_sampler smp;
+};
+
+sv_status sv_token_sampler_create(const sv_sampling *s, int32_t vocab, sv_token_sampler **out) {
+    sv_clear_error();
+    if (!s || !out || vocab < 1) return sv_fail(SV_ERR_ARG, "sv_token_sampler_create: bad arguments");
+    sv_token_sampler *t = calloc(1, sizeof *t);
+    if (!t) return sv_fail(SV_ERR_NOMEM, "out of memory allocating a sampler");
+    sv_status st = sv_sampler_init(&t->smp, s, vocab);
+    if (st != SV_OK) {
+        free(t);
+        return st;
+    }
+    t->smp.opt.eos_ids = NULL; /* the caller's array need not outlive this call */
+    t->smp.opt.n_eos_ids = 0;
+    *out = t;
+    return SV_OK;
+}
+
+void sv_token_sampler_observe(sv_token_sampler *t, const int32_t *ids, int32_t n) {
+    for (int32_t i = 0; t && ids && i < n; i++)
+        if (ids[i] >= 0 && ids[i] < t->smp.vocab) sv_sampler_observe(&t->smp, ids[i]);
+}
+
+int32_t sv_token_sampler_pick(sv_token_sampler *t, float *logits) {
+    int32_t id = sv_sampler_pick(&t->smp, logits);
+    sv_sampler_observe(&t->smp, id);
+    return id;
+}
+
+void sv_token_sampler_free(sv_token_sampler *t) {
+    if (!t) return;
+    sv_sampler_free(&t->smp);
+    free(t);
+}

@@ -154,9 +154,10 @@ void sv_profile_read(const sv_model *model, double *seconds, double *totals, int
 /* Token-level text generation.  Prompts are token ids; positions whose id is
  * the config's image_token_id take, in order, the rows of image_embeds
  * [n_image_rows, text_hidden] (row-major fp32), whose count must equal the
- * number of image tokens.  Every id must lie in [0, vocab_size).  The KV
- * cache and scratch live in the model and are reused across calls, so calls
- * on one model must not overlap (a re-entrant call is refused). */
+ * number of image tokens.  Every id must lie in [0, vocab_size).  These
+ * one-shot calls run on a sequence the model keeps for them (its KV cache is
+ * reused across calls) and the model's shared scratch, so calls on one model
+ * must not overlap (a re-entrant call is refused). */
 
 /* Sampling options.  temperature 0 means greedy (argmax); otherwise the
  * logits pass, in transformers' order, repetition penalty, temperature,
@@ -206,10 +207,80 @@ sv_status sv_generate(sv_model *m, const int32_t *ids, int32_t n, const float *i
                       const sv_sampling *s, sv_token_fn on_token, void *user, int32_t *out_ids,
                       sv_generate_result *result);
 
-/* Bytes the decoder state holds now (KV cache + scratch), 0 before the first
- * call.  It grows linearly with the longest context seen: never a
- * [tokens, tokens] buffer. */
+/* Bytes the model's decoder state holds now (the shared scratch, and the KV
+ * cache of the one-shot calls' own sequence), 0 before the first call.  It
+ * grows linearly with the longest context seen: never a [tokens, tokens]
+ * buffer.  Sequences made with sv_seq_create are counted by sv_seq_bytes. */
 int64_t sv_decoder_state_bytes(const sv_model *m);
+
+/* ---- sequences ----
+ *
+ * A sequence keeps what one context computed: its KV cache, its length (the
+ * next position) and its token history, so that it can be extended (a
+ * follow-up turn prefills only the new tokens), truncated back to a prefix and
+ * reused, and decoded together with other sequences.  It is created from a
+ * model and runs only with that model (another model's sequence is refused
+ * with SV_ERR_ARG).  The model keeps only the scratch the passes share, so
+ * calls on one model (sv_seq_prefill, sv_decode_batch, sv_generate, sv_logits,
+ * ...) must still not overlap: a call made while another runs is refused.
+ * Calls on different models may run at once.
+ *
+ * Memory: the KV cache takes layers x 2 x kv_heads x head_dim values per
+ * position, BF16 (2 bytes) where the model's matmuls run in BF16 (precision
+ * BF16 with BF16 or quantized weights on a CPU with AVX512_BF16), else fp32
+ * (4 bytes); the 2.2B model: 24 x 2 x 2048 x 2 = 192 KiB per token in BF16,
+ * ~400 MB for 2k tokens, twice that in fp32 (sv_seq_bytes_per_token).  A
+ * sequence grows its cache 256 positions at a time (up to
+ * max_position_embeddings) and never shrinks it; sv_seq_free releases it. */
+typedef struct sv_seq sv_seq;
+
+/* An empty sequence of model m (no cache memory until the first prefill). */
+sv_status sv_seq_create(sv_model *m, sv_seq **out);
+/* Frees a sequence (NULL is fine).  It may outlive its model only to be freed. */
+void sv_seq_free(sv_seq *seq);
+/* Appends ids[n] at positions length .. length + n - 1, in chunks; image token positions take, in
+ * order, the rows of image_embeds[n_image_rows, text_hidden] (as sv_logits).  out_logits[vocab] (may
+ * be NULL) receives the logits after the last id.  length + n beyond max_position_embeddings is
+ * refused (SV_ERR_ARG); on any error the sequence's length is unchanged. */
+sv_status sv_seq_prefill(sv_model *m, sv_seq *seq, const int32_t *ids, int32_t n, const float *image_embeds,
+                         int32_t n_image_rows, float *out_logits);
+/* Cuts a sequence back to its first n tokens (0 <= n <= length, else SV_ERR_ARG), keeping its memory:
+ * what follows is appended after them. */
+sv_status sv_seq_truncate(sv_seq *seq, int32_t n);
+/* Grows the cache to hold `positions` now (so that later calls do not reallocate). */
+sv_status sv_seq_reserve(sv_seq *seq, int32_t positions);
+/* Appends ids[r] to seqs[r] for r < n (1 <= n <= 512, distinct sequences of model m) in one pass over
+ * the weights: the n rows go through each matmul together, each attending to its own sequence's cache.
+ * out_logits[n, vocab] receives the logits after each.  A full sequence is refused (SV_ERR_ARG). */
+sv_status sv_decode_batch(sv_model *m, sv_seq **seqs, int32_t n, const int32_t *ids, float *out_logits);
+/* sv_generate on a sequence: appends ids[n] to it (a prompt continuing what it holds: the sampler's
+ * repetition penalty sees all of it), then generates as sv_generate does; every generated id but the
+ * last is appended too, so the sequence ends holding the prompt and the answer but its last id.
+ * result->n_prompt counts the whole prompt (the sequence's tokens before the call and ids[n]).
+ * length + n + max_tokens beyond max_position_embeddings is refused (SV_ERR_ARG). */
+sv_status sv_seq_generate(sv_model *m, sv_seq *seq, const int32_t *ids, int32_t n, const float *image_embeds,
+                          int32_t n_image_rows, const sv_sampling *s, sv_token_fn on_token, void *user,
+                          int32_t *out_ids, sv_generate_result *result);
+/* A sampler for token loops driven by the caller (e.g. around sv_decode_batch): the options of s
+ * (eos_ids and max_tokens are the caller's business; s need not outlive the call), its own PRNG seeded
+ * with s->seed.  observe records prompt ids for the repetition penalty; pick chooses the next id from
+ * logits[vocab] (overwritten) and records it, exactly as sv_generate's loop does. */
+typedef struct sv_token_sampler sv_token_sampler;
+sv_status sv_token_sampler_create(const sv_sampling *s, int32_t vocab, sv_token_sampler **out);
+void sv_token_sampler_observe(sv_token_sampler *t, const int32_t *ids, int32_t n);
+int32_t sv_token_sampler_pick(sv_token_sampler *t, float *logits);
+void sv_token_sampler_free(sv_token_sampler *t);
+/* Tokens computed (the next position). */
+int32_t sv_seq_length(const sv_seq *seq);
+/* The ids at positions 0 .. length - 1 (image positions hold image_token_id), borrowed until the
+ * sequence next changes. */
+const int32_t *sv_seq_tokens(const sv_seq *seq);
+/* Positions the sequence's cache holds now without growing. */
+int32_t sv_seq_capacity(const sv_seq *seq);
+/* Bytes the sequence holds (its KV cache and token history at their capacity). */
+int64_t sv_seq_bytes(const sv_seq *seq);
+/* Bytes one position of a sequence of model m takes (KV cache + token id). */
+int64_t sv_seq_bytes_per_token(const sv_model *m);
 
 /* ---- vision ---- */
 

@@ -13,12 +13,13 @@ from .errors import (Error, GenerationError, ImageError, InputError, ModelError,
 from .generation import Result, SamplingParams, Timings
 from .model import Model, load
 from .profile import PhaseProfile, Profile
+from .sequence import Sequence
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 __version__ = version()
 
 __all__ = [
     "Config", "Error", "GenerationError", "ImageError", "IncrementalDecoder", "InputError", "Model", "ModelError",
-    "PhaseProfile", "Profile", "ResourceError", "Result", "SamplingParams", "TextConfig", "Timings", "Tokenizer",
+    "PhaseProfile", "Profile", "ResourceError", "Result", "SamplingParams", "Sequence", "TextConfig", "Timings", "Tokenizer",
     "TokenizerError", "VisionConfig", "build_info", "cpu_features", "load",
 ]

@@ -182,3 +182,29 @@ def caption_images(paths: Sequence[str], out_path: str, caption: Callable[[str],
             if on_done is not None:
                 on_done(path, record)
     return captioned, failed
+
+
+def caption_images_together(paths: Sequence[str], out_path: str, caption_many: Callable[[list[str]], list],
+                            parallel: int, on_done: Callable[[str, dict], None] | None = None) -> tuple[int, int]:
+    """caption_images for groups of `parallel` paths at a time through `caption_many(paths) -> results`
+    (Model.generate_many: a failed image's result carries its error), a line per image as each group
+    completes.  Returns (captioned, failed)."""
+    captioned = failed = 0
+    with open(out_path, "a", encoding="utf-8") as out:
+        for first in range(0, len(paths), parallel):
+            group = list(paths[first:first + parallel])
+            start = time.perf_counter()
+            results = caption_many(group)
+            seconds = round(time.perf_counter() - start, 3)
+            for path, result in zip(group, results):
+                if result.error is not None:
+                    record = {"image": path, "error": f"{type(result.error).__name__}: {result.error}"}
+                    failed += 1
+                else:
+                    record = {"image": path, "text": result.text, "finish_reason": result.finish_reason,
+                              "seconds": seconds}
+                    captioned += 1
+                append_record(out, record)
+                if on_done is not None:
+                    on_done(path, record)
+    return captioned, failed

@@ -125,7 +125,8 @@ class Timings:
     decode_s: float
     """Everything after: picking ids and running them back through the decoder."""
     image_encode_s: float = 0.0
-    """Preprocessing and encoding the prompt's images (0 for id-level calls)."""
+    """Preprocessing and encoding the prompt's images (0 for id-level calls, and when every image's
+    features came from the Model's image cache: nothing was encoded)."""
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -143,11 +144,18 @@ class Result:
     token_ids: list[int]
     """The generated ids (not the prompt); an EOS id that ended generation is the last."""
     finish_reason: str
-    """'stop' (an EOS id or a stop string), 'length' (max_tokens) or 'cancelled' (on_token or the stream's
-    consumer asked to stop)."""
+    """'stop' (an EOS id or a stop string), 'length' (max_tokens), 'cancelled' (on_token or the stream's
+    consumer asked to stop) or, from generate_many, 'error' (see error)."""
     timings: Timings
     text: str | None = None
     """The answer, without special tokens and cut before any stop string; None from generate_ids."""
+    cached_tokens: int = 0
+    """Prompt tokens not recomputed: the prefix taken from a cached sequence (Model's prefix reuse)."""
+    cached_images: int = 0
+    """Prompt images whose features came from the Model's image cache (not encoded again)."""
+    error: BaseException | None = None
+    """Model.generate_many only: what stopped this request (bad input, an exception from its on_token);
+    finish_reason is then 'error' and the fields hold what was generated before it."""
     n_tiles: int = 0
     """Image tiles encoded for the prompt (0 for text-only prompts and for generate_ids, whose image rows
     come precomputed)."""
@@ -251,11 +259,15 @@ class Prompt:
                                     f"but {n_rows} image embedding rows were given; they must match one to one")
         return replace(self, image_embeds=embeds)
 
-    def c_args(self) -> tuple:
-        """(ids pointer, n, image pointer, rows) for the C calls; the arrays must outlive the call."""
-        embeds = ffi.NULL if self.image_embeds is None else ffi.from_buffer("float[]", self.image_embeds)
-        rows = 0 if self.image_embeds is None else self.image_embeds.shape[0]
-        return ffi.from_buffer("int32_t[]", self.ids), len(self.ids), embeds, rows
+    def c_args(self, start: int = 0) -> tuple:
+        """(ids pointer, n, image pointer, rows) for the C calls, of the ids from `start` on (and the rows
+        of their image tokens); the arrays must outlive the call."""
+        ids = self.ids[start:]
+        if self.image_embeds is None:
+            return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.NULL, 0
+        first_row = int(np.count_nonzero(self.ids[:start] == self.config.image_token_id))
+        rows = self.image_embeds[first_row:]
+        return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.from_buffer("float[]", rows), len(rows)
 
 
 def logits(handle, vocab_size: int, prompt: Prompt) -> np.ndarray:
@@ -298,10 +310,8 @@ def _sv_on_token(user, token_id):
     return ffi.from_handle(user).deliver(token_id)
 
 
-def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
-           on_token: TokenCallback | None = None) -> Result:
-    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
-    each id as it is chosen and may return True to stop."""
+def c_sampling(params: SamplingParams, eos_token_ids: Sequence[int]) -> tuple:
+    """(sv_sampling *, its eos array) for params; a None seed draws a fresh one.  Keep both alive."""
     eos = ffi.new("int32_t[]", list(eos_token_ids) or [0])
     s = ffi.new("sv_sampling *")
     s.temperature = params.temperature
@@ -313,14 +323,27 @@ def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequen
     s.max_tokens = params.max_tokens
     s.eos_ids = eos
     s.n_eos_ids = len(eos_token_ids)
+    return s, eos
+
+
+def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
+           on_token: TokenCallback | None = None, seq=None, start: int = 0) -> Result:
+    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
+    each id as it is chosen and may return True to stop.  With `seq` (a Sequence holding the prompt's
+    first `start` tokens) it runs sv_seq_generate on it: only the rest of the prompt is computed."""
+    s, eos = c_sampling(params, eos_token_ids)
     out_ids = np.zeros(max(params.max_tokens, 1), dtype=np.int32)
     result = ffi.new("sv_generate_result *")
     run = _Run(on_token)
     user = ffi.new_handle(run)
     previous, _active.run = getattr(_active, "run", None), run
     try:
-        status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
-                                 ffi.from_buffer("int32_t[]", out_ids), result)
+        if seq is None:
+            status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
+                                     ffi.from_buffer("int32_t[]", out_ids), result)
+        else:
+            status = lib.sv_seq_generate(handle, seq._ptr, *prompt.c_args(start), s, lib._sv_on_token, user,
+                                         ffi.from_buffer("int32_t[]", out_ids), result)
     finally:
         _active.run = previous
     if run.error is not None:
@@ -330,7 +353,7 @@ def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequen
     timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
                       prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
     return Result(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
-                  timings=timings)
+                  timings=timings, cached_tokens=start if seq is not None else 0)
 
 
 class _Finished:

@@ -146,3 +146,22 @@ def test_caption_command_resumes_without_repeats_or_losses(tmp_path, capsys, fak
     assert all("text" in r for r in records)
     assert cli.main(argv) == 0 and len(read_lines(out)) == 6
     assert "0 to caption" in capsys.readouterr().err
+
+
+def test_caption_parallel_matches_one_at_a_time(tmp_path, capsys, mha_dir):
+    """--parallel N decodes N images together (Model.generate_many): the same captions as one at a time,
+    and a broken image is its own error line."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"{i}.png", seed=i)
+    (folder / "3.png").write_bytes(b"not a png")
+    common = ["-d", str(mha_dir), str(folder), "--precision", "fp32", "--max-tokens", "5", "-t", "2"]
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    assert cli.main(["caption", *common, "-o", str(one)]) == 1
+    assert cli.main(["caption", *common, "-o", str(many), "--parallel", "3"]) == 1
+    by_one, by_many = read_lines(one), read_lines(many)
+    assert [r["image"] for r in by_many] == [r["image"] for r in by_one] == [str(folder / f"{i}.png") for i in range(4)]
+    assert [r.get("text") for r in by_many[:3]] == [r["text"] for r in by_one[:3]]
+    assert "error" in by_many[3] and "ImageError" in by_many[3]["error"]
+    assert "1 of 4 images failed" in capsys.readouterr().err

@@ -114,6 +114,7 @@ def test_image_token_logits_match_transformers(any_model_dir):
 #                   + 2 * intermediate + head_dim) + head_dim / 2          per-chunk rows, RoPE
 #        + group * chunk * (2 * head_dim + capacity)                       one GQA group's Q, P, out
 #        + head_dim * capacity + threads * capacity + vocab)               V^T of the keys, decode rows, logits
+#   + 4 * capacity + 16 * chunk                                            token history, each row's position and cache
 # with capacity = the context rounded up to 256, chunk = min(512, capacity)
 # and group = heads / kv_heads: no [n, n] buffer exists at any length.
 def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
@@ -126,7 +127,7 @@ def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
     floats = (2 * t.num_hidden_layers * kv_dim * capacity + chunk * per_row + t.head_dim // 2
               + group * chunk * (2 * t.head_dim + capacity)
               + t.head_dim * capacity + threads * capacity + t.vocab_size)
-    return 4 * floats
+    return 4 * floats + 4 * capacity + 16 * chunk
 
 
 def test_long_prompt_matches_transformers_with_linear_scratch(gqa_dir):

@@ -356,7 +356,7 @@ void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const f
 /* ---- attention against a KV cache ---- */
 
 struct sv_cached_attention {
-    int64_t heads, max_queries;
+    int64_t heads, max_queries, capacity; /* made for chunks of max_queries against caches of capacity */
     float scale;
     const sv_bf16_isa *bf; /* the fused path's kernels (BF16 cache); NULL: chunks run in fp32 */
     void *fused;           /* its workspace */
@@ -376,6 +376,7 @@ sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cach
     int64_t hd = c->head_dim, cap = c->capacity, threads = sv_pool_threads(ctx->pool);
     a->heads = heads;
     a->max_queries = max_queries;
+    a->capacity = cap;
     a->scale = 1.0f / sqrtf((float)hd);
     attn_shape widest = {max_queries, cap, heads, c->kv_heads, hd, 1, 1.0f};
     const sv_bf16_isa *bf = c->bf16 ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
@@ -431,26 +432,39 @@ static int64_t cache_base(const sv_kv_cache *c, int64_t layer, int64_t kv_head) 
     return (layer * c->kv_heads + kv_head) * c->capacity * c->head_dim;
 }
 
-/* One row at pos0, one item per query head: softmax(q K^T / sqrt(hd)) V over the cached positions
- * 0..pos0. */
+/* Single query rows, each against its own cache and position (decode steps of one or several
+ * sequences): row r is q[r, heads * head_dim] at pos[r] in caches[r]. */
+typedef struct {
+    sv_cached_attention *a;
+    const sv_kv_cache *const *caches;
+    const int64_t *pos;
+    int64_t layer;
+    float *out;
+    const float *q;
+} rows_job;
+
+/* Items are (row, query head): softmax(q K^T / sqrt(hd)) V over the row's cached positions 0..pos. */
 static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const cached_job *j = arg;
-    const sv_kv_cache *c = j->c;
-    int64_t hd = c->head_dim, cap = c->capacity, keys = j->pos0 + 1, group = j->a->heads / c->kv_heads;
-    float *scores = j->a->scores + (int64_t)thread * cap;
-    for (int64_t h = begin; h < end; h++) {
+    const rows_job *j = arg;
+    int64_t heads = j->a->heads;
+    float *scores = j->a->scores + (int64_t)thread * j->a->capacity;
+    for (int64_t item = begin; item < end; item++) {
+        int64_t r = item / heads, h = item % heads;
+        const sv_kv_cache *c = j->caches[r];
+        int64_t hd = c->head_dim, cap = c->capacity, keys = j->pos[r] + 1, group = heads / c->kv_heads;
         int64_t base = cache_base(c, j->layer, h / group);
-        const float *q = j->q + h * hd;
+        const float *q = j->q + (r * heads + h) * hd;
+        float *out = j->out + (r * heads + h) * hd;
         if (c->bf16) {
             const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
             sv_dot_rows_bf16(scores, q, K, keys, hd, hd, j->a->scale);
             sv_softmax(scores, keys);
-            sv_dot_rows_bf16(j->out + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+            sv_dot_rows_bf16(out, scores, Vt, hd, keys, cap, 1.0f);
         } else {
             const float *K = (const float *)c->k + base, *Vt = (const float *)c->vt + base;
             sv_dot_rows(scores, q, K, keys, hd, hd, j->a->scale);
             sv_softmax(scores, keys);
-            sv_dot_rows(j->out + h * hd, scores, Vt, hd, keys, cap, 1.0f);
+            sv_dot_rows(out, scores, Vt, hd, keys, cap, 1.0f);
         }
     }
 }
@@ -498,12 +512,14 @@ static void chunk_fp32(const sv_ctx *ctx, const cached_job *j) {
 }
 
 void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *c, int64_t layer, float *out,
-                         const float *q, int64_t n, int64_t pos0) {
+                     const float *q, int64_t n, int64_t pos0) {
+    if (n == 1) {
+        sv_attend_cache_rows(ctx, a, &c, layer, out, q, 1, &pos0);
+        return;
+    }
     double t = sv_op_begin(ctx);
     cached_job j = {a, c, layer, n, pos0, out, q};
-    if (n == 1) {
-        sv_pool_run(ctx->pool, row_task, &j, a->heads);
-    } else if (a->bf) {
+    if (a->bf) {
         int64_t hd = c->head_dim, qd = a->heads * hd, cap = c->capacity;
         attn_shape shape = {n, pos0 + n, a->heads, c->kv_heads, hd, 1, a->scale};
         const uint16_t *k = (const uint16_t *)c->k + cache_base(c, layer, 0);
@@ -513,6 +529,14 @@ void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cach
     } else {
         chunk_fp32(ctx, &j);
     }
+    sv_op_end(ctx, SV_OP_ATTENTION, t);
+}
+
+void sv_attend_cache_rows(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cache *const *caches,
+                          int64_t layer, float *out, const float *q, int64_t n, const int64_t *pos) {
+    double t = sv_op_begin(ctx);
+    rows_job j = {a, caches, pos, layer, out, q};
+    sv_pool_run(ctx->pool, row_task, &j, n * a->heads);
     sv_op_end(ctx, SV_OP_ATTENTION, t);
 }
 

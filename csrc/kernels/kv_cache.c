@@ -68,3 +68,27 @@ void sv_kv_cache_store(const sv_ctx *ctx, sv_kv_cache *c, int64_t layer, int64_t
     store_job j = {c, layer, pos0, k, v};
     sv_pool_run(ctx->pool, store_task, &j, n);
 }
+
+int sv_kv_cache_grow(sv_kv_cache *c, int64_t capacity, int64_t keep) {
+    sv_kv_cache grown = *c;
+    grown.capacity = capacity;
+    size_t bytes = (size_t)(sv_kv_cache_bytes(&grown) / 2), elem = c->bf16 ? sizeof(uint16_t) : sizeof(float);
+    grown.k = malloc(bytes);
+    grown.vt = malloc(bytes);
+    if (!grown.k || !grown.vt) {
+        free(grown.k);
+        free(grown.vt);
+        return 0;
+    }
+    int64_t hd = c->head_dim;
+    for (int64_t g = 0; g < c->layers * c->kv_heads; g++) {
+        if (keep > 0) memcpy((char *)grown.k + (size_t)(g * capacity * hd) * elem,
+                             (const char *)c->k + (size_t)(g * c->capacity * hd) * elem, (size_t)(keep * hd) * elem);
+        for (int64_t e = 0; keep > 0 && e < hd; e++)
+            memcpy((char *)grown.vt + (size_t)((g * hd + e) * capacity) * elem,
+                   (const char *)c->vt + (size_t)((g * hd + e) * c->capacity) * elem, (size_t)keep * elem);
+    }
+    sv_kv_cache_free(c);
+    *c = grown;
+    return 1;
+}

@@ -7,14 +7,14 @@ import os
 import time
 
 from .._term import ProgressBar, format_duration
-from ..captioning import (DEFAULT_PROMPT, IMAGE_EXTENSIONS, ResumeState, append_record, caption_images, expand_inputs,
-                          image_key, prepare_output)
+from ..captioning import (DEFAULT_PROMPT, IMAGE_EXTENSIONS, ResumeState, append_record, caption_images,
+                          caption_images_together, expand_inputs, image_key, prepare_output)
 from .common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Reporter, add_generation_options,
                      add_model_options, add_output_options, generation_kwargs, load_model, positive_float, positive_int,
                      printing_profile)
 
 __all__ = ["DEFAULT_PROMPT", "IMAGE_EXTENSIONS", "ResumeState", "add_parser", "append_record", "caption_images",
-           "expand_inputs", "image_key", "prepare_output", "run_command"]
+           "caption_images_together", "expand_inputs", "image_key", "prepare_output", "run_command"]
 
 
 def _ray_address(text: str) -> str:
@@ -44,6 +44,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     cluster.add_argument("--cpus-per-actor", type=positive_float, metavar="C",
                          help="with --ray: Ray CPUs per actor, its engine threads unless -t is given "
                               "(default: the cluster's CPUs less one for reading, shared by the actors)")
+    caption.add_argument("--parallel", type=positive_int, default=1, metavar="N",
+                         help="caption N images at a time, their tokens decoded together in one pass over the "
+                              "weights (Model.generate_many; default 1). Each running image holds its own KV "
+                              "cache; lines are written as each group of N completes")
     add_model_options(caption)
     add_generation_options(caption)
     add_output_options(caption)
@@ -83,8 +87,14 @@ def run_command(args: argparse.Namespace, reporter: Reporter) -> int:
     bar.show()
     try:
         with model, printing_profile(model, args):
-            captioned, failed = caption_images(
-                todo, args.output, lambda path: model.generate(prompt=prompt, images=[path], **kwargs), on_done)
+            if args.parallel > 1:
+                captioned, failed = caption_images_together(
+                    todo, args.output,
+                    lambda group: model.generate_many([dict(prompt=prompt, images=[path], **kwargs) for path in group]),
+                    args.parallel, on_done)
+            else:
+                captioned, failed = caption_images(
+                    todo, args.output, lambda path: model.generate(prompt=prompt, images=[path], **kwargs), on_done)
     except KeyboardInterrupt:
         bar.clear()
         reporter.status(f"interrupted after {bar.done} of {bar.total}; rerun the same command to resume")

@@ -270,8 +270,11 @@ def load_model(args: argparse.Namespace, reporter: Reporter):
     import smolvision
     model_dir = model_directory(args, reporter)
     start = time.perf_counter()
+    # Only a command that decodes several requests together asks for more sequences than the default.
+    parallel = {"max_sequences": args.parallel} if getattr(args, "parallel", 1) > 1 else {}
     model = smolvision.load(model_dir, threads=args.threads, precision=args.precision,
-                            profile=True if args.profile else None, quant=args.quant, on_log=reporter.status)
+                            profile=True if args.profile else None, quant=args.quant, on_log=reporter.status,
+                            **parallel)
     load_s = time.perf_counter() - start
     threads = args.threads or os.cpu_count()
     quant = f", {args.quant} weights" if args.quant else ""
