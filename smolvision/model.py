@@ -260,15 +260,18 @@ class Model:
 
     def build_inputs(self, messages: Optional[Sequence[Mapping[str, Any]]] = None, images: Sequence = (), *,
                      prompt: Optional[str] = None, add_generation_prompt: bool = True,
-                     do_image_splitting: Optional[bool] = None, longest_edge: Optional[int] = None) -> Inputs:
-        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them.
+                     do_image_splitting: Optional[bool] = None, longest_edge: Optional[int] = None,
+                     videos: Sequence = (), fps: Optional[float] = None, max_frames: Optional[int] = None) -> Inputs:
+        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them
+        (SmolVLMProcessor's for `videos`: frame tiles in the order of the markers).
 
         `messages` go through the chat template; alternatively `prompt` is used verbatim (one `<image>`
         marker per image)."""
         if (messages is None) == (prompt is None):
             raise errors.InputError("give exactly one of messages (templated) or prompt (verbatim)")
         text = prompt if messages is None else self.apply_chat_template(messages, add_generation_prompt)
-        return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge)
+        return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge, _as_list(videos), fps,
+                                   max_frames)
 
     def generate(self, prompt: Optional[str] = None, images: Sequence = (), messages=None, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -276,7 +279,8 @@ class Model:
                  on_token: Optional[Callable[[str], Any]] = None, raw: bool = False,
                  system_prompt: Optional[str] = None, do_image_splitting: Optional[bool] = None,
                  longest_edge: Optional[int] = None,
-                 on_progress: Optional[Callable[[int, int], Any]] = None) -> Result:
+                 on_progress: Optional[Callable[[int, int], Any]] = None, videos: Sequence = (),
+                 fps: Optional[float] = None, max_frames: Optional[int] = None) -> Result:
         """Answers a prompt about images (or a whole conversation) and returns the text.
 
         `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
@@ -285,7 +289,9 @@ class Model:
         ends at the model's EOS tokens, a `stop` string (cut from the text) or `max_tokens`.
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
         exceptions from on_token cancel generation and propagate; the model stays usable.
-        `on_progress(done, total)` follows the encoding of the images' tiles."""
+        `on_progress(done, total)` follows the encoding of the images' tiles.
+        `videos` (SmolVLM2): files (decoded with PyAV, `smolvision[video]`) or smolvision.video.VideoFrames, one
+        `{"type": "video"}` block / `<video>` marker each; `fps` / `max_frames` override the model's sampling."""
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed)
         if isinstance(stop, str):
@@ -293,7 +299,8 @@ class Model:
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
         inputs, prompt_ids = self._prepare(prompt, images, messages, raw, system_prompt, do_image_splitting,
-                                           longest_edge, params.max_tokens, on_progress)
+                                           longest_edge, params.max_tokens, on_progress,
+                                           _as_list(videos), fps, max_frames)
         eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
         params = SamplingParams.build(params, {"eos_token_ids": eos})
         return pipeline.generate_text(lambda on_id: self._generate(prompt_ids, params, on_id), self.tokenizer,
@@ -311,7 +318,7 @@ class Model:
                                                                 **options))
 
     def _prepare(self, prompt, images, messages, raw, system_prompt, do_image_splitting, longest_edge,
-                 max_tokens: int, on_progress=None):
+                 max_tokens: int, on_progress=None, videos=(), fps=None, max_frames=None):
         """The prompt's Inputs (with image encode time) and its checked decoder Prompt.
 
         A prompt that cannot fit the context window with max_tokens more is refused before the images
@@ -336,11 +343,11 @@ class Model:
         else:
             if prompt is not None and not isinstance(prompt, str):
                 raise errors.InputError(f"prompt must be a string, not {type(prompt).__name__}")
-            if not prompt and not images:
-                raise errors.InputError("nothing to answer: give a prompt, images or messages")
-            text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt))
+            if not prompt and not images and not videos:
+                raise errors.InputError("nothing to answer: give a prompt, images, videos or messages")
+            text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt, len(videos)))
         start = time.perf_counter()
-        inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
+        inputs = self._prompts.build(text, images, do_image_splitting, longest_edge, videos, fps, max_frames)
         if len(inputs.input_ids) + max_tokens > window:
             raise errors.InputError(f"the prompt is {len(inputs.input_ids)} tokens; with max_tokens={max_tokens} "
                                     f"that exceeds the {window}-token context window (max_position_embeddings)")
