@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Other commands: chat, caption, download (smolvision COMMAND -h).")
     run.add_argument("-i", "--image", dest="images", action="append", default=[], metavar="IMAGE",
                      help="an image file, or - for stdin (repeatable; order matters)")
+    run.add_argument("-V", "--video", dest="videos", action="append", default=[], metavar="FILE",
+                     help="a video file for SmolVLM2 models, decoded with PyAV (pip install "
+                          "'smolvision[video]'); repeatable")
+    run.add_argument("--fps", type=_float_in(0.0, float("inf"), "positive", low_open=True), metavar="F",
+                     help="frames sampled per second of video (default: the model's, 1 for SmolVLM2)")
+    run.add_argument("--max-frames", type=positive_int, metavar="N",
+                     help="most frames sampled from each video (default: the model's, 64 for SmolVLM2)")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object (text, finish reason, token counts, timings) instead of streaming")
     run.add_argument("--version", action=_VersionAction, help="print the version and exit")
@@ -210,8 +217,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # Parsing with the command's own parser keeps its usage line in error messages.
     args = _command_parsers(root)[command].parse_args(argv)
     args.command = command
-    if args.command == "run" and not args.images and args.prompt is None:
-        args.parser.error("give an image (-i IMAGE) or a prompt (-p PROMPT)")
+    if args.command == "run" and not args.images and not args.videos and args.prompt is None:
+        args.parser.error("give an image (-i IMAGE), a video (-V FILE) or a prompt (-p PROMPT)")
     return args
 
 
@@ -398,8 +405,11 @@ def tile_progress(spinner: Spinner):
 def cmd_run(args: argparse.Namespace, reporter: Reporter) -> int:
     check_image_paths(args.images)
     images = read_images(args.images)
-    prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
+    prompt = args.prompt if args.prompt is not None else (
+        "Describe this video." if args.videos else DEFAULT_PROMPT)
     kwargs = generation_kwargs(args)
+    if args.videos:
+        kwargs.update(videos=list(args.videos), fps=args.fps, max_frames=args.max_frames)
     model, load_s = load_model(args, reporter)
     with model, printing_profile(model, args):
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
@@ -708,8 +718,11 @@ def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
     reporter.status(f"{len(paths)} images: {len(paths) - len(todo)} already in {args.output}, {len(todo)} to caption")
     if not todo:
         return EXIT_OK
-    prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
+    prompt = args.prompt if args.prompt is not None else (
+        "Describe this video." if args.videos else DEFAULT_PROMPT)
     kwargs = generation_kwargs(args)
+    if args.videos:
+        kwargs.update(videos=list(args.videos), fps=args.fps, max_frames=args.max_frames)
     model, _ = load_model(args, reporter)
     bar = ProgressBar(reporter.stream, len(todo), unit="img", enabled=reporter.interactive)
 

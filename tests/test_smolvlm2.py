@@ -338,3 +338,29 @@ def test_hostile_videos_are_refused_before_decoding(v2_dir, tmp_path):
             model.build_inputs(prompt="no marker", videos=[str(clip)])
         with pytest.raises(smolvision.InputError):
             model.build_inputs(prompt="<video>", videos=[VideoFrames([], [])])
+
+
+def test_missing_pyav_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    with pytest.raises(smolvision.InputError, match=r"smolvision\[video\]"):
+        VideoProcessor().preprocess(str(tmp_path / "clip.mp4"))
+
+
+def test_cli_answers_about_a_video(model_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 3, 10)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "smolvision", "-d", str(model_factory("smolvlm2")), "-V", str(clip), "-V", str(clip),
+           "--max-frames", "2", "--fps", "1", "-p", "Same?", "--max-tokens", "3", "--json", "--precision", "fp32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n_tiles"] == 4  # two frames from each video
