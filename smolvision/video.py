@@ -227,8 +227,11 @@ class VideoProcessor:
             if not fps > 0 or not math.isfinite(fps):
                 raise ImageError(f"{path!r}: the video stream declares no frame rate")
             total = int(stream.frames)
+            if total <= 0:  # Matroska / WebM declare no count: count the packets (no decoding)
+                total = _count_frames(container, stream, path)
+                container.seek(0)
             if total <= 0:
-                raise ImageError(f"{path!r}: the video stream declares no frames")
+                raise ImageError(f"{path!r}: the video has no frames")
             if total > MAX_DECLARED_FRAMES:
                 raise ImageError(f"{path!r}: the stream declares {total} frames, more than {MAX_DECLARED_FRAMES}")
             duration = total / fps
@@ -275,6 +278,20 @@ class VideoProcessor:
         if self.do_normalize:
             values = (values - mean[:, None, None]) / std[:, None, None]
         return values
+
+
+def _count_frames(container, stream, path: str) -> int:
+    """Video packets in the stream, each one frame, counted up to MAX_DECLARED_FRAMES + 1."""
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size:
+                count += 1
+                if count > MAX_DECLARED_FRAMES:
+                    break
+    except Exception as err:
+        raise ImageError(f"cannot decode video {path!r}: {err}") from err
+    return count
 
 
 def _import_av():

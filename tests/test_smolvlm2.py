@@ -193,7 +193,8 @@ def test_image_logits_bf16_within_the_contract(model_factory):
 
 
 def write_clip(path, seconds: float = 5, fps: int = 10, width: int = 102, height: int = 58) -> None:
-    """An mp4 whose frames differ visibly: a moving bright square and a colour that changes every frame."""
+    """A clip (mpeg4 in the file's container) whose frames differ visibly: a moving bright square and a
+    colour that changes every frame."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -364,3 +365,62 @@ def test_cli_answers_about_a_video(model_factory, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["n_tiles"] == 4  # two frames from each video
+
+
+def test_a_container_without_a_frame_count_is_counted(v2_dir, tmp_path):
+    """Matroska declares no frame count (PyAV reports 0; transformers' PyAV reader would then sample only the
+    first frame): the packets are counted, and the clip samples like the same frames in an mp4."""
+    mkv, mp4 = tmp_path / "clip.mkv", tmp_path / "clip.mp4"
+    write_clip(mkv, 4, 5)
+    write_clip(mp4, 4, 5)
+    import av
+    with av.open(str(mkv)) as container:
+        assert container.streams.video[0].frames == 0
+    processor = VideoProcessor.from_dir(v2_dir)
+    a, b = processor.preprocess(str(mkv)), processor.preprocess(str(mp4))
+    assert a.frame_indices == b.frame_indices and len(a.frame_indices) == 4
+    assert np.array_equal(a.pixel_values, b.pixel_values)
+
+
+class _FakeStream:
+    def __init__(self, frames=50, rate=Fraction(10), width=64, height=48):
+        self.frames, self.average_rate = frames, rate
+        self.codec_context = SimpleNamespace(width=width, height=height)
+
+
+class _FakeContainer:
+    """Stands for a file whose header declares hostile values; decoding it would fail the test."""
+
+    def __init__(self, stream):
+        self.streams = SimpleNamespace(video=[stream])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def decode(self, **kwargs):
+        raise AssertionError("decoded a video that should have been refused from its header")
+
+    def demux(self, stream):
+        return iter(())
+
+    def seek(self, offset):
+        pass
+
+
+@pytest.mark.parametrize("stream,match", [
+    (_FakeStream(frames=10**9), "declares 1000000000 frames"),
+    (_FakeStream(rate=None), "no frame rate"),
+    (_FakeStream(rate=Fraction(0)), "no frame rate"),
+    (_FakeStream(frames=0), "has no frames"),
+    (_FakeStream(width=100000, height=100000), "pixels"),
+    (_FakeStream(width=0, height=0), "empty"),
+])
+def test_hostile_headers_are_refused_before_decoding(monkeypatch, stream, match):
+    import av
+
+    monkeypatch.setattr(av, "open", lambda path: _FakeContainer(stream))
+    with pytest.raises(smolvision.ImageError, match=match):
+        VideoProcessor().preprocess("hostile.mp4")
