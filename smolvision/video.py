@@ -353,28 +353,45 @@ def _int16_weights(in_size: int, out_size: int) -> tuple:
     return starts, ints, precision
 
 
+# Output pixels per BLAS product: each block multiplies only the band of input pixels its windows cover.
+_BLOCK = 64
+
+
 @functools.lru_cache(maxsize=16)
-def _weight_matrix(in_size: int, out_size: int) -> tuple:
-    """A dense [in, out] matrix of the integer weights and their precision. float64 products and sums of 8-bit
-    pixels and 16-bit weights stay below 2**53, so BLAS gives the exact integer sums torch accumulates."""
+def _weight_blocks(in_size: int, out_size: int) -> tuple:
+    """The integer weights as blocks of _BLOCK output pixels: (output start, output end, input start, input
+    end, float64 [inputs, outputs] matrix), and the weights' precision in bits."""
     starts, weights, precision = _int16_weights(in_size, out_size)
-    matrix = np.zeros((in_size, out_size), dtype=np.float64)
-    for i in range(out_size):
-        size = min(weights.shape[1], in_size - starts[i])
-        matrix[starts[i]:starts[i] + size, i] = weights[i, :size]
-    matrix.setflags(write=False)
-    return matrix, precision
+    sizes = np.minimum(weights.shape[1], in_size - starts)
+    blocks = []
+    for first in range(0, out_size, _BLOCK):
+        last = min(first + _BLOCK, out_size)
+        lo, hi = int(starts[first:last].min()), int((starts[first:last] + sizes[first:last]).max())
+        matrix = np.zeros((hi - lo, last - first), dtype=np.float64)
+        for i in range(first, last):
+            matrix[starts[i] - lo:starts[i] - lo + sizes[i], i - first] = weights[i, :sizes[i]]
+        matrix.setflags(write=False)
+        blocks.append((first, last, lo, hi, matrix))
+    return tuple(blocks), precision
 
 
 def _resize_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     in_size = pixels.shape[axis]
     if in_size == out_size:
         return pixels
-    matrix, precision = _weight_matrix(in_size, out_size)
+    blocks, precision = _weight_blocks(in_size, out_size)
     src = np.ascontiguousarray(np.moveaxis(pixels, axis, -1), dtype=np.float64)
-    rows = src.reshape(-1, in_size) @ matrix  # 2-D and contiguous: one BLAS call
-    acc = rows.astype(np.int64) + (1 << (precision - 1))
-    out = np.clip(acc >> precision, 0, 255).astype(np.uint8).reshape(src.shape[:-1] + (out_size,))
+    flat = src.reshape(-1, in_size)
+    acc = np.empty((flat.shape[0], out_size), dtype=np.float64)
+    # float64 products and sums of 8-bit pixels and 16-bit weights stay below 2**53: the sums are torch's
+    # exact integer sums, and adding half and scaling by a power of two before the floor is exact too.
+    for first, last, lo, hi, matrix in blocks:
+        np.matmul(flat[:, lo:hi], matrix, out=acc[:, first:last])
+    acc += float(1 << (precision - 1))
+    acc *= 1.0 / (1 << precision)
+    np.floor(acc, out=acc)
+    np.clip(acc, 0, 255, out=acc)
+    out = acc.astype(np.uint8).reshape(src.shape[:-1] + (out_size,))
     return np.moveaxis(out, -1, axis)
 
 
