@@ -8,8 +8,9 @@ The oracle is transformers' SmolVLM2 video path (`SmolVLMVideoProcessor` + `Smol
 - Each frame is resized twice, never split: its longest edge to `longest_edge` (short side rounded up to even),
   then to the square tile. transformers does this with torchvision's `resize` on uint8 tensors, which on CPU
   with torchvision >= 0.27 is torch's own antialiased uint8 LANCZOS kernel (`interpolate(mode="lanczos",
-  antialias=True)`), not Pillow's: the two differ by 1-2 levels on smooth images and up to ~40 where the
-  kernel's overshoot is clipped. `_resize_uint8` repeats torch's integer arithmetic so the pixels are
+  antialias=True)`), not Pillow's: measured on 360x640 frames through both resizes, the two differ by at most
+  2 levels (a mean of 0.001-0.03), and by up to ~40 on high-contrast detail where a Pillow resize runs its
+  vertical pass first (the clipped intermediate then differs). `_resize_uint8` repeats torch's integer arithmetic so the pixels are
   equal. (With torchvision < 0.27 or on a GPU, transformers falls back to BICUBIC, another answer.)
 - Rescale and normalize are fused as transformers' torchvision backend fuses them: (x - 255 mean) / (255 std)
   in float32.
@@ -146,7 +147,7 @@ class VideoProcessor:
         try:
             return cls(**fields)
         except InputError as err:
-            raise ModelError(f"bad video settings: {err}") from None if not overrides else err
+            raise ModelError(f"bad video settings: {err}") from err
 
     @classmethod
     def from_dir(cls, model_dir: Union[str, "os.PathLike[str]"], **overrides: Any) -> "VideoProcessor":
