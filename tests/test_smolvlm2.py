@@ -426,3 +426,14 @@ def test_hostile_headers_are_refused_before_decoding(monkeypatch, stream, match)
     monkeypatch.setattr(av, "open", lambda path: _FakeContainer(stream))
     with pytest.raises(smolvision.ImageError, match=match):
         VideoProcessor().preprocess("hostile.mp4")
+
+
+def test_cli_video_options_parse():
+    from smolvision import cli
+
+    args = cli.parse_args(["-d", "M", "-V", "a.mp4", "--video", "b.mp4", "--fps", "0.5", "--max-frames", "8"])
+    assert (args.videos, args.fps, args.max_frames) == (["a.mp4", "b.mp4"], 0.5, 8)
+    for bad in (["--fps", "0"], ["--max-frames", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_args(["-d", "M", "-V", "a.mp4"] + bad)
+        assert exit_info.value.code == 2
