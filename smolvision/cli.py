@@ -718,11 +718,8 @@ def cmd_caption(args: argparse.Namespace, reporter: Reporter) -> int:
     reporter.status(f"{len(paths)} images: {len(paths) - len(todo)} already in {args.output}, {len(todo)} to caption")
     if not todo:
         return EXIT_OK
-    prompt = args.prompt if args.prompt is not None else (
-        "Describe this video." if args.videos else DEFAULT_PROMPT)
+    prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
     kwargs = generation_kwargs(args)
-    if args.videos:
-        kwargs.update(videos=list(args.videos), fps=args.fps, max_frames=args.max_frames)
     model, _ = load_model(args, reporter)
     bar = ProgressBar(reporter.stream, len(todo), unit="img", enabled=reporter.interactive)
 
