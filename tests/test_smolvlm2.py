@@ -437,3 +437,24 @@ def test_cli_video_options_parse():
         with pytest.raises(SystemExit) as exit_info:
             cli.parse_args(["-d", "M", "-V", "a.mp4"] + bad)
         assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
+    [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+     {"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Same scene?"}]},
+     {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]},
+     {"role": "user", "content": "And now? <video>"}],
+    [{"role": "USER", "content": [{"type": "text", "text": "first "}, {"type": "video"}, {"type": "video"}]}],
+])
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_video_conversations_render_as_transformers_default_template(model_factory, messages,
+                                                                     add_generation_prompt):
+    from transformers import AutoTokenizer
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+    path = model_factory("smolvlm2")
+    theirs = AutoTokenizer.from_pretrained(path).apply_chat_template(
+        messages, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=add_generation_prompt)
+    with smolvision.load(path, precision="fp32") as model:
+        assert model.apply_chat_template(messages, add_generation_prompt) == theirs
