@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-from PIL import Image
 
 from smolvision._files import read_json
 from smolvision.errors import ImageError, InputError, ModelError

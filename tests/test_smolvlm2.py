@@ -225,8 +225,9 @@ def decode_all(path):
     return frames, VideoMetadata(total_num_frames=total, fps=rate, duration=total / rate, video_backend="pyav")
 
 
-def reference_video(model_dir, frames, metadata, image_seq_len, tile):
-    """transformers' frames (indices, pixel values) and prompt text for one video."""
+def reference_video(model_dir, frames, metadata, image_seq_len, tile, num_frames=None):
+    """transformers' frames (indices, pixel values) and prompt text for one video (num_frames: the processor
+    kwarg that overrides video_sampling's max_frames)."""
     import torch.nn.functional as F
     from transformers.image_utils import SizeDict
     from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
@@ -234,7 +235,7 @@ def reference_video(model_dir, frames, metadata, image_seq_len, tile):
                                                                       get_resize_output_image_size)
 
     vp = SmolVLMVideoProcessor.from_pretrained(model_dir)
-    indices = vp.sample_frames(metadata)
+    indices = vp.sample_frames(metadata, num_frames=num_frames)
     metadata.frames_indices = indices
     video = torch.from_numpy(frames[indices]).permute(0, 3, 1, 2).contiguous()
     size = get_resize_output_image_size(video, resolution_max_side=SizeDict(**vp.size).longest_edge)
@@ -273,18 +274,7 @@ def test_video_frames_prompt_and_logits_equal_transformers(v2_dir, tmp_path, sec
         inputs = model.build_inputs(messages, videos=[str(clip)], max_frames=max_frames)
         ours = model.logits(inputs.input_ids, image_embeds=model.encode_pixel_values(inputs.pixel_values))
         seq_len, tile = model.config.image_seq_len, model.config.vision.image_size
-    # the reference with the same max_frames (transformers' processor kwarg num_frames)
-    import dataclasses
-    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-    original = SmolVLMVideoProcessor.sample_frames
-    indices, pixels, video_text = reference_video(
-        v2_dir, frames, metadata, seq_len, tile) if max_frames == 64 else (None, None, None)
-    if max_frames != 64:
-        SmolVLMVideoProcessor.sample_frames = lambda self, md, **kw: original(self, md, num_frames=max_frames)
-        try:
-            indices, pixels, video_text = reference_video(v2_dir, frames, metadata, seq_len, tile)
-        finally:
-            SmolVLMVideoProcessor.sample_frames = original
+    indices, pixels, video_text = reference_video(v2_dir, frames, metadata, seq_len, tile, num_frames=max_frames)
     assert list(ours_video.frame_indices) == [int(i) for i in indices]
     assert np.array_equal(ours_video.pixel_values, pixels.numpy())
     assert np.array_equal(inputs.pixel_values, pixels.numpy())
