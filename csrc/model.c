@@ -73,21 +73,30 @@ static sv_status check_act(const cfg_ctx *c, const json_value *obj, const char *
     return SV_OK;
 }
 
-static int names_idefics3(const json_value *root) {
+/* The family a config names by model_type or, lacking one, by architecture; -1 for neither. */
+static int family_of(const json_value *root) {
+    static const struct { const char *model_type, *architecture; sv_family family; } known[] = {
+        {"idefics3", "Idefics3ForConditionalGeneration", SV_FAMILY_SMOLVLM},
+        {"smolvlm", "SmolVLMForConditionalGeneration", SV_FAMILY_SMOLVLM2},
+    };
+    const size_t n = sizeof known / sizeof known[0];
     const char *type = json_get_string(root, "model_type");
-    if (type && strcmp(type, "idefics3") == 0) return 1;
+    for (size_t k = 0; type && k < n; k++)
+        if (strcmp(type, known[k].model_type) == 0) return (int)known[k].family;
     const json_value *arch = json_get(root, "architectures");
-    if (arch && arch->type == JSON_ARRAY)
-        for (size_t i = 0; i < arch->len; i++)
-            if (arch->items[i].type == JSON_STRING && strcmp(arch->items[i].str, "Idefics3ForConditionalGeneration") == 0)
-                return 1;
-    return 0;
+    if (!arch || arch->type != JSON_ARRAY) return -1;
+    for (size_t i = 0; i < arch->len; i++)
+        for (size_t k = 0; k < n; k++)
+            if (arch->items[i].type == JSON_STRING && strcmp(arch->items[i].str, known[k].architecture) == 0)
+                return (int)known[k].family;
+    return -1;
 }
 
 static sv_status parse_vision(const cfg_ctx *c, const json_value *v, sv_config *cfg) {
     sv_status s;
     double eps = 0;
-    /* Defaults are Idefics3VisionConfig's, used when a key is absent. */
+    /* Defaults are Idefics3VisionConfig's (SmolVLMVisionConfig's are the same), used when a key is
+     * absent: published SmolVLM2 configs omit the keys equal to them. */
     if ((s = get_int(c, v, "hidden_size", 1152, 1, MAX_HIDDEN, &cfg->vision_hidden)) ||
         (s = get_int(c, v, "intermediate_size", 3072, 1, MAX_INTERMEDIATE, &cfg->vision_intermediate)) ||
         (s = get_int(c, v, "num_hidden_layers", 12, 1, MAX_LAYERS, &cfg->vision_layers)) ||
@@ -174,15 +183,19 @@ sv_status sv_parse_config(const char *text, size_t len, const char *path, sv_con
     cfg_ctx top = {path, ""}, vc = {path, "vision_config"}, tc = {path, "text_config"};
     const json_value *vision = json_get(root, "vision_config");
     const json_value *textc = json_get(root, "text_config");
+    /* transformers builds an absent (or null) vision_config from the class defaults alone. */
+    json_value no_keys = {.type = JSON_OBJECT};
+    if (!vision || vision->type == JSON_NULL) vision = &no_keys;
+    int family = root->type == JSON_OBJECT ? family_of(root) : -1;
     if (root->type != JSON_OBJECT) {
         s = sv_fail(SV_ERR_FORMAT, "%s: not a JSON object", path);
-    } else if (!names_idefics3(root)) {
+    } else if (family < 0) {
         const char *type = json_get_string(root, "model_type");
         s = sv_fail(SV_ERR_UNSUPPORTED,
                     "%s: unsupported architecture (model_type '%s'); smolvision runs SmolVLM models "
-                    "(Idefics3ForConditionalGeneration)",
+                    "(Idefics3ForConditionalGeneration) and SmolVLM2 models (SmolVLMForConditionalGeneration)",
                     path, type ? type : "missing");
-    } else if (!vision || vision->type != JSON_OBJECT || !textc || textc->type != JSON_OBJECT) {
+    } else if (vision->type != JSON_OBJECT || !textc || textc->type != JSON_OBJECT) {
         s = sv_fail(SV_ERR_FORMAT, "%s: vision_config and text_config must both be objects", path);
     }
     int tie = 0;
@@ -196,6 +209,7 @@ sv_status sv_parse_config(const char *text, size_t len, const char *path, sv_con
     json_free(doc);
     if (s != SV_OK) return s;
     cfg->tie_word_embeddings = tie;
+    cfg->family = family;
 
     /* The patch conv has stride patch_size and no padding: pixels past the
      * last whole patch are ignored (SmolVLM-Instruct: 384 / 14 -> 27). */

@@ -38,7 +38,13 @@ const char *sv_build_info(void);
 /* Frees memory the library handed out (token arrays, decoded text). */
 void sv_free(void *p);
 
-/* The parsed config.json of an Idefics3 / SmolVLM model. */
+/* Which generation of the family a config.json names: SmolVLM (model_type "idefics3",
+ * Idefics3ForConditionalGeneration) or SmolVLM2 (model_type "smolvlm",
+ * SmolVLMForConditionalGeneration).  Same architecture and tensor names; they
+ * differ in configuration, prompts and video. */
+typedef enum { SV_FAMILY_SMOLVLM = 0, SV_FAMILY_SMOLVLM2 = 1 } sv_family;
+
+/* The parsed config.json of an Idefics3 / SmolVLM / SmolVLM2 model. */
 typedef struct {
     /* vision tower (SigLIP) */
     int32_t vision_hidden;
@@ -66,6 +72,7 @@ typedef struct {
     int32_t tie_word_embeddings;
     int32_t attention_bias;
     int32_t mlp_bias;
+    int32_t family; /* sv_family */
 } sv_config;
 
 typedef struct sv_model sv_model;

@@ -39,9 +39,13 @@ class TextConfig:
     mlp_bias: bool
 
 
+# sv_family -> (family, model_type in config.json)
+_FAMILIES = {0: ("smolvlm", "idefics3"), 1: ("smolvlm2", "smolvlm")}
+
+
 @dataclass(frozen=True)
 class Config:
-    """An Idefics3 / SmolVLM model: vision tower, pixel-shuffle connector, text decoder."""
+    """An Idefics3 / SmolVLM / SmolVLM2 model: vision tower, pixel-shuffle connector, text decoder."""
 
     vision: VisionConfig
     text: TextConfig
@@ -49,6 +53,14 @@ class Config:
     image_seq_len: int
     """Tokens per image tile after the pixel shuffle."""
     image_token_id: int
+    family: str = "smolvlm"
+    """"smolvlm" (model_type "idefics3": SmolVLM-Instruct, -256M/-500M-Instruct) or "smolvlm2"
+    (model_type "smolvlm": the SmolVLM2 models, which also take video)."""
+
+    @property
+    def model_type(self) -> str:
+        """The config.json model_type of the family: "idefics3" or "smolvlm"."""
+        return next(model_type for family, model_type in _FAMILIES.values() if family == self.family)
 
     @classmethod
     def _from_c(cls, c) -> Config:
@@ -78,4 +90,4 @@ class Config:
             mlp_bias=bool(c.mlp_bias),
         )
         return cls(vision=vision, text=text, scale_factor=c.scale_factor, image_seq_len=c.image_seq_len,
-                   image_token_id=c.image_token_id)
+                   image_token_id=c.image_token_id, family=_FAMILIES[c.family][0])

@@ -356,15 +356,18 @@ class Model:
 
     def build_inputs(self, messages: Sequence[Mapping[str, Any]] | None = None, images: Sequence = (), *,
                      prompt: str | None = None, add_generation_prompt: bool = True,
-                     do_image_splitting: bool | None = None, longest_edge: int | None = None) -> Inputs:
-        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them.
+                     do_image_splitting: bool | None = None, longest_edge: int | None = None,
+                     videos: Sequence = (), fps: float | None = None, max_frames: int | None = None) -> Inputs:
+        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them
+        (SmolVLMProcessor's for `videos`: frame tiles in the order of the markers).
 
         `messages` go through the chat template; alternatively `prompt` is used verbatim (one `<image>`
         marker per image)."""
         if (messages is None) == (prompt is None):
             raise errors.InputError("give exactly one of messages (templated) or prompt (verbatim)")
         text = prompt if messages is None else self.apply_chat_template(messages, add_generation_prompt)
-        return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge)
+        return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge, _as_list(videos), fps,
+                                   max_frames)
 
     def generate(self, prompt: str | None = None, images: Sequence = (), messages=None, max_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -372,7 +375,8 @@ class Model:
                  on_token: Callable[[str], Any] | None = None, raw: bool = False,
                  system_prompt: str | None = None, do_image_splitting: bool | None = None,
                  longest_edge: int | None = None,
-                 on_progress: Callable[[int, int], Any] | None = None) -> Result:
+                 on_progress: Callable[[int, int], Any] | None = None, videos: Sequence = (),
+                 fps: float | None = None, max_frames: int | None = None) -> Result:
         """Answers a prompt about images (or a whole conversation) and returns the text.
 
         `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
@@ -382,12 +386,14 @@ class Model:
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
         exceptions from on_token cancel generation and propagate; the model stays usable.
         `on_progress(done, total)` follows the encoding of the images' tiles (those not already in the
-        image cache)."""
+        image cache).
+        `videos` (SmolVLM2): files (decoded with PyAV, `smolvision[video]`) or smolvision.video.VideoFrames, one
+        `{"type": "video"}` block / `<video>` marker each; `fps` / `max_frames` override the model's sampling."""
         request = self._prepare(prompt, images, messages, max_tokens=max_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                 seed=seed, stop=stop, raw=raw, system_prompt=system_prompt,
                                 do_image_splitting=do_image_splitting, longest_edge=longest_edge,
-                                on_progress=on_progress)
+                                on_progress=on_progress, videos=videos, fps=fps, max_frames=max_frames)
         return self._answer(request, on_token)
 
     def stream(self, prompt: str | None = None, images: Sequence = (), messages=None,
@@ -405,7 +411,8 @@ class Model:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
                  raw: bool = False, system_prompt: str | None = None, do_image_splitting: bool | None = None,
-                 longest_edge: int | None = None, on_progress: Callable[[int, int], Any] | None = None) -> _Request:
+                 longest_edge: int | None = None, on_progress: Callable[[int, int], Any] | None = None,
+                 videos: Sequence = (), fps: float | None = None, max_frames: int | None = None) -> _Request:
         """Step one of generate(): checked options, the prompt text through the template, its ids and the
         encoded images' rows.
 
@@ -417,7 +424,7 @@ class Model:
             stop = [stop]
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
-        images = _as_list(images)
+        images, videos = _as_list(images), _as_list(videos)
         generation.check_context(len(images) * self._prompts.image_seq_len, max_tokens,
                                  self.config.text.max_position_embeddings, images=len(images))
         if messages is not None:
@@ -434,13 +441,16 @@ class Model:
         else:
             if prompt is not None and not isinstance(prompt, str):
                 raise errors.InputError(f"prompt must be a string, not {type(prompt).__name__}")
-            if not prompt and not images:
-                raise errors.InputError("nothing to answer: give a prompt, images or messages")
-            text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt))
+            if not prompt and not images and not videos:
+                raise errors.InputError("nothing to answer: give a prompt, images, videos or messages")
+            text = self.apply_chat_template(pipeline.chat_messages(prompt, len(images), system_prompt, len(videos)))
         start = time.perf_counter()
-        inputs = self._prompts.build(text, images, do_image_splitting, longest_edge)
+        inputs = self._prompts.build(text, images, do_image_splitting, longest_edge, videos, fps, max_frames)
         ids = Prompt.build(self.config, inputs.input_ids, max_tokens)
-        embeds, cached_images = self._image_features(inputs.images, on_progress)
+        if videos:  # frame tiles interleave with the images' in marker order: encoded as one batch, uncached
+            embeds, cached_images = self._encode_tiles(inputs.pixel_values, on_progress), 0
+        else:
+            embeds, cached_images = self._image_features(inputs.images, on_progress)
         # Preparing the images (preprocessing and encoding) took this long; nothing was encoded when
         # every image came from the cache.
         encode_s = time.perf_counter() - start if cached_images < len(inputs.images) else 0.0

@@ -15,10 +15,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import errors
+from . import video as _video
 from ._files import read_json
 from .chat_template import load_chat_template, render_chat_template
 from .generation import Result
-from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, processor_image_seq_len
+from .processing import ImageProcessor, PreprocessedImage, expand_image_tokens, image_prompt, processor_image_seq_len
 from .tokenizer import Tokenizer
 
 DEFAULT_PROMPT = "Describe this image."
@@ -49,6 +50,7 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self._template: str | None = None
         self._processor: ImageProcessor | None = None
+        self._video_processor: _video.VideoProcessor | None = None
         declared = processor_image_seq_len(model_dir)
         if declared is not None and declared != image_seq_len:
             raise errors.ModelError(f"{model_dir}: processor_config.json's image_seq_len {declared} does not match "
@@ -62,7 +64,19 @@ class PromptBuilder:
             self._processor = ImageProcessor.from_dir(self.model_dir)
         return self._processor
 
+    def video_processor(self, fps: float | None = None, max_frames: int | None = None) -> _video.VideoProcessor:
+        """The model's video settings, with `fps` / `max_frames` overridden when given."""
+        if self._video_processor is None:
+            self._video_processor = _video.VideoProcessor.from_dir(self.model_dir)
+        if fps is None and max_frames is None:
+            return self._video_processor
+        import dataclasses
+        changes = {k: v for k, v in (("fps", fps), ("max_frames", max_frames)) if v is not None}
+        return dataclasses.replace(self._video_processor, **changes)
+
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        if _video.has_video(messages):  # transformers renders any conversation with a video this way
+            return _video.render_video_chat(messages, add_generation_prompt)
         if self._template is None:
             self._template = load_chat_template(self.model_dir)
         return render_chat_template(self._template, messages, add_generation_prompt=add_generation_prompt,
@@ -74,21 +88,53 @@ class PromptBuilder:
                                                longest_edge=longest_edge)
 
     def build(self, text: str, images: Sequence = (), do_image_splitting: bool | None = None,
-              longest_edge: int | None = None) -> Inputs:
-        """Inputs for prompt text holding one `<image>` marker per image (the processor's convention)."""
+              longest_edge: int | None = None, videos: Sequence = (), fps: float | None = None,
+              max_frames: int | None = None) -> Inputs:
+        """Inputs for prompt text holding one `<image>` marker per image and one `<video>` marker per video (the
+        processor's convention); the tiles follow the markers' order in the text."""
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
             images = [images] if images is not None else []
         processed = [self.preprocess(image, do_image_splitting, longest_edge) for image in images]
-        expanded = expand_image_tokens(text, processed, self.image_seq_len)
+        if not videos:
+            expanded = expand_image_tokens(text, processed, self.image_seq_len)
+            pixels = np.concatenate([p.pixel_values for p in processed]) if processed else None
+        else:
+            expanded, pixels = self._expand_with_videos(text, processed, list(videos), fps, max_frames)
         # Like Idefics3Processor: the tokenizer adds what its post-processor declares (nothing for SmolVLM).
         ids = self.tokenizer.encode(expanded, add_special_tokens=True)
-        pixels = np.concatenate([p.pixel_values for p in processed]) if processed else None
         return Inputs(ids, pixels, processed, expanded)
 
+    def _expand_with_videos(self, text: str, images: list, videos: list, fps, max_frames):
+        import re
 
-def chat_messages(prompt: str | None, n_images: int, system_prompt: str | None) -> list[dict]:
-    """One user turn (images first, then the text, as SmolVLM's examples do), after an optional system turn."""
-    content: list[dict] = [{"type": "image"} for _ in range(n_images)]
+        pieces = re.split(f"({re.escape(_video.VIDEO_TOKEN)}|{re.escape('<image>')})", text)
+        markers = pieces[1::2]
+        n_videos = markers.count(_video.VIDEO_TOKEN)
+        if n_videos != len(videos) or len(markers) - n_videos != len(images):
+            raise errors.InputError(f"the prompt has {len(markers) - n_videos} <image> and {n_videos} "
+                             f"{_video.VIDEO_TOKEN} markers but {len(images)} images and {len(videos)} videos "
+                             "were given; put one marker in the text for each")
+        processor = self.video_processor(fps, max_frames)
+        clips = [processor.preprocess(v) for v in videos]
+        # transformers pads every video of a call to the longest and names that padded count in each intro.
+        said = max(clip.n_frames for clip in clips)
+        out, tiles, next_image, next_video = [pieces[0]], [], iter(images), iter(clips)
+        for marker, piece in zip(markers, pieces[2::2]):
+            if marker == _video.VIDEO_TOKEN:
+                clip = next(next_video)
+                out.append(_video.video_prompt(said, clip.duration, clip.timestamps, self.image_seq_len))
+                tiles.append(clip.pixel_values)
+            else:
+                image = next(next_image)
+                out.append(image_prompt(image.rows, image.cols, self.image_seq_len))
+                tiles.append(image.pixel_values)
+            out.append(piece)
+        return "".join(out), np.concatenate(tiles)
+
+
+def chat_messages(prompt: str | None, n_images: int, system_prompt: str | None, n_videos: int = 0) -> list[dict]:
+    """One user turn (videos, images, then the text, as SmolVLM's examples do), after an optional system turn."""
+    content: list[dict] = [{"type": "video"} for _ in range(n_videos)] + [{"type": "image"} for _ in range(n_images)]
     if prompt:
         content.append({"type": "text", "text": prompt})
     messages = []

@@ -10,6 +10,11 @@ The tokenizer is the real SmolLM2 one, converted once from the GGUF that the
 installed), plus SmolVLM's added tokens.
 
     python tests/modelgen.py mha OUTDIR [--naming nested] [--shards]
+    python tests/modelgen.py smolvlm2 OUTDIR [--layout saved]
+
+The smolvlm2* variants are SmolVLM2 models (`SmolVLMConfig`, model_type "smolvlm"), written with
+the processor files of the published checkpoints (`preprocessor_config.json` with `video_sampling`)
+or, with layout="saved", with what transformers 5's `SmolVLMProcessor.save_pretrained` writes.
 """
 from __future__ import annotations
 
@@ -42,6 +47,22 @@ VARIANTS = {
                   num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
         scale_factor=4, tie=True, vocab="256m", dtype="float32", longest_edge=512),
 }
+
+# SmolVLM2 shapes (family="smolvlm2"): the processor's video settings are the published checkpoints'
+# (fps 1, at most 64 frames) with frames of the tile size.
+VARIANTS.update({
+    # SmolVLM2-2.2B-like: MHA, untied head, patch 14, scale factor 3, BF16 weights.
+    "smolvlm2": dict(VARIANTS["mha"], family="smolvlm2"),
+    # SmolVLM2-256M/500M-Video-like: GQA, tied head, patch 16, scale factor 4, F32 weights.
+    "smolvlm2-gqa": dict(VARIANTS["gqa"], family="smolvlm2"),
+    # Every vision key but hidden_size at SmolVLMVisionConfig's default (12 layers, 16 heads, intermediate
+    # 3072, patch 32 on 224-pixel tiles), and those keys dropped from config.json as published configs do.
+    "smolvlm2-defaults": dict(
+        vision=dict(hidden_size=64), omit_vision_defaults=True,
+        text=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
+        scale_factor=7, tie=True, vocab="256m", dtype="float32", longest_edge=448, family="smolvlm2"),
+})
 
 # SmolVLM's chat template (as published with the model).
 CHAT_TEMPLATE = (
@@ -155,14 +176,17 @@ def randomize(model, seed: int) -> None:
                 p.copy_(noise / (p.shape[-1] if p.dim() == 2 else p[0].numel()) ** 0.5)
 
 
-def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool = False, seed: int = 0) -> Path:
+def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool = False, seed: int = 0,
+                layout: str = "published") -> Path:
     """Writes a tiny SmolVLM model directory and returns its path.
 
     naming="hf" is transformers' current layout; naming="nested" renames the
     text model to the older `model.text_model.model.*` layout with the head at
     `model.text_model.lm_head.weight`.  shards=True writes several shards and
-    an index.
+    an index.  layout ("published" or "saved") picks the processor files of a SmolVLM2 variant.
     """
+    if VARIANTS[variant].get("family") == "smolvlm2":
+        return _write_smolvlm2(Path(outdir), variant, seed, layout)
     import torch
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
                               Idefics3Processor)
@@ -198,6 +222,72 @@ def write_model(outdir, variant: str = "mha", naming: str = "hf", shards: bool =
     return out
 
 
+def _write_smolvlm2(out: Path, variant: str, seed: int, layout: str) -> Path:
+    import torch
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    spec = VARIANTS[variant]
+    out.mkdir(parents=True, exist_ok=True)
+    tok, vocab_size = smolvlm_tokenizer(spec["vocab"])
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    text = dict(spec["text"], model_type="llama", vocab_size=vocab_size, tie_word_embeddings=spec["tie"],
+                bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = SmolVLMConfig(vision_config=dict(spec["vision"]), text_config=text, scale_factor=spec["scale_factor"],
+                           image_token_id=image_token_id, tie_word_embeddings=spec["tie"])
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config)
+    randomize(model, seed)
+    model = model.to(getattr(torch, spec["dtype"]))
+    model.generation_config.eos_token_id = [2, tok.convert_tokens_to_ids("<end_of_utterance>")]
+    model.generation_config.bos_token_id = 1
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(out)
+    if spec.get("omit_vision_defaults"):
+        path = out / "config.json"
+        data = json.loads(path.read_text())
+        vision = data["vision_config"]
+        for key in ("intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size",
+                    "num_channels", "hidden_act", "layer_norm_eps"):
+            vision.pop(key, None)
+        path.write_text(json.dumps(data, indent=2))
+
+    v = config.vision_config
+    tile = v.image_size
+    image_seq_len = (v.image_size // v.patch_size) ** 2 // spec["scale_factor"] ** 2
+    sampling = {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": tile}}
+    tok.save_pretrained(out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)  # SmolLM2's own template is not the model's
+    if layout == "saved":
+        # What SmolVLMProcessor.save_pretrained writes: one processor_config.json nesting each
+        # sub-processor's to_dict(), the template in chat_template.jinja. (The processor itself cannot be
+        # built here: without torchvision transformers' video-processor registry is a placeholder.)
+        image_processor = SmolVLMImageProcessorPil(size={"longest_edge": spec["longest_edge"]},
+                                                   max_image_size={"longest_edge": tile})
+        video_processor = SmolVLMVideoProcessor(video_sampling=dict(sampling), max_image_size={"longest_edge": tile},
+                                                do_sample_frames=True)
+        saved = {"image_processor": image_processor.to_dict(), "video_processor": video_processor.to_dict(),
+                 "image_seq_len": image_seq_len, "processor_class": "SmolVLMProcessor"}
+        (out / "processor_config.json").write_text(json.dumps(saved, indent=2, default=str))
+        (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        return out
+    # The published checkpoints' files: one preprocessor_config.json for images and video (transformers
+    # lets its image "size" replace video_sampling's video_size), processor_config.json with image_seq_len,
+    # and the chat template in chat_template.json.
+    preprocessor = {
+        "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
+        "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_processor_type": "SmolVLMImageProcessor", "max_image_size": {"longest_edge": tile},
+        "processor_class": "SmolVLMProcessor", "resample": 1, "rescale_factor": 1 / 255,
+        "size": {"longest_edge": spec["longest_edge"]}, "video_sampling": sampling,
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    (out / "processor_config.json").write_text(json.dumps(
+        {"image_seq_len": image_seq_len, "processor_class": "SmolVLMProcessor"}, indent=2))
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2))
+    return out
+
+
 def _rename_to_nested(out: Path) -> None:
     """Rewrites the checkpoint with the older text-model tensor names."""
     from safetensors.torch import load_file, save_file
@@ -227,8 +317,9 @@ def main() -> None:
     ap.add_argument("--naming", choices=["hf", "nested"], default="hf")
     ap.add_argument("--shards", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", choices=["published", "saved"], default="published")
     a = ap.parse_args()
-    print(write_model(a.outdir, a.variant, naming=a.naming, shards=a.shards, seed=a.seed))
+    print(write_model(a.outdir, a.variant, naming=a.naming, shards=a.shards, seed=a.seed, layout=a.layout))
 
 
 if __name__ == "__main__":

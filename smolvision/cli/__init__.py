@@ -59,8 +59,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # Parsing with the command's own parser keeps its usage line in error messages.
     args = _command_parsers(root)[command].parse_args(argv)
     args.command = command
-    if args.command == "run" and not args.images and args.prompt is None:
-        args.parser.error("give an image (-i IMAGE) or a prompt (-p PROMPT)")
+    if args.command == "run" and not args.images and not args.videos and args.prompt is None:
+        args.parser.error("give an image (-i IMAGE), a video (-V FILE) or a prompt (-p PROMPT)")
     return args
 
 

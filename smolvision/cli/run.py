@@ -7,17 +7,25 @@ import sys
 
 from .common import (DEFAULT_PROMPT, EXIT_OK, Reporter, StreamPrinter, VersionAction, add_generation_options,
                      add_model_options, add_output_options, check_image_paths, format_stats, generation_kwargs,
-                     load_model, printing_profile, read_images, result_json, tile_progress)
+                     load_model, positive_float, positive_int, printing_profile, read_images, result_json,
+                     tile_progress)
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", prog="smolvision", help="(default) answer one prompt about images, streaming to stdout",
-        usage="smolvision [run] [-d DIR | -m REPO_ID] [-i IMAGE ...] [-p PROMPT] [options]",
+        usage="smolvision [run] [-d DIR | -m REPO_ID] [-i IMAGE ...] [-V VIDEO ...] [-p PROMPT] [options]",
         description="Answer one prompt about zero or more images, streaming the answer to stdout. "
                     "Other commands: chat, caption, download (smolvision COMMAND -h).")
     run.add_argument("-i", "--image", dest="images", action="append", default=[], metavar="IMAGE",
                      help="an image file, or - for stdin (repeatable; order matters)")
+    run.add_argument("-V", "--video", dest="videos", action="append", default=[], metavar="FILE",
+                     help="a video file for SmolVLM2 models, decoded with PyAV (pip install "
+                          "'smolvision[video]'); repeatable")
+    run.add_argument("--fps", type=positive_float, metavar="F",
+                     help="frames sampled per second of video (default: the model's, 1 for SmolVLM2)")
+    run.add_argument("--max-frames", type=positive_int, metavar="N",
+                     help="most frames sampled from each video (default: the model's, 64 for SmolVLM2)")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object (text, finish reason, token counts, timings) instead of streaming")
     run.add_argument("--version", action=VersionAction, help="print the version and exit")
@@ -31,8 +39,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace, reporter: Reporter) -> int:
     check_image_paths(args.images)
     images = read_images(args.images)
-    prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPT
+    prompt = args.prompt if args.prompt is not None else (
+        "Describe this video." if args.videos else DEFAULT_PROMPT)
     kwargs = generation_kwargs(args)
+    if args.videos:
+        kwargs.update(videos=list(args.videos), fps=args.fps, max_frames=args.max_frames)
     model, load_s = load_model(args, reporter)
     with model, printing_profile(model, args):
         reporter.debug(f"generate(prompt={prompt!r}, images={args.images!r}, {kwargs})")
