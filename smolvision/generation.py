@@ -152,7 +152,8 @@ class Result:
     cached_tokens: int = 0
     """Prompt tokens not recomputed: the prefix taken from a cached sequence (Model's prefix reuse)."""
     cached_images: int = 0
-    """Prompt images whose features came from the Model's image cache (not encoded again)."""
+    """Prompt images (and video frames, each counted) whose features came from the Model's image cache (not
+    encoded again)."""
     error: BaseException | None = None
     """Model.generate_many only: what stopped this request (bad input, an exception from its on_token);
     finish_reason is then 'error' and the fields hold what was generated before it."""

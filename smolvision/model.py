@@ -358,7 +358,7 @@ class Model:
                      prompt: str | None = None, add_generation_prompt: bool = True,
                      do_image_splitting: bool | None = None, longest_edge: int | None = None,
                      videos: Sequence = (), fps: float | None = None, max_frames: int | None = None) -> Inputs:
-        """(input_ids, pixel_values, images, text) for a conversation, as Idefics3Processor gives them
+        """(input_ids, pixel_values, images, text, tile_groups) for a conversation, as Idefics3Processor gives them
         (SmolVLMProcessor's for `videos`: frame tiles in the order of the markers).
 
         `messages` go through the chat template; alternatively `prompt` is used verbatim (one `<image>`
@@ -447,13 +447,10 @@ class Model:
         start = time.perf_counter()
         inputs = self._prompts.build(text, images, do_image_splitting, longest_edge, videos, fps, max_frames)
         ids = Prompt.build(self.config, inputs.input_ids, max_tokens)
-        if videos:  # frame tiles interleave with the images' in marker order: encoded as one batch, uncached
-            embeds, cached_images = self._encode_tiles(inputs.pixel_values, on_progress), 0
-        else:
-            embeds, cached_images = self._image_features(inputs.images, on_progress)
+        embeds, cached_images = self._image_features(inputs.tile_groups, on_progress)
         # Preparing the images (preprocessing and encoding) took this long; nothing was encoded when
         # every image came from the cache.
-        encode_s = time.perf_counter() - start if cached_images < len(inputs.images) else 0.0
+        encode_s = time.perf_counter() - start if cached_images < len(inputs.tile_groups) else 0.0
         eos = pipeline.stop_token_ids(self.eos_token_ids, self.tokenizer)
         n_tiles = 0 if inputs.pixel_values is None else len(inputs.pixel_values)
         return _Request(ids.with_image_embeds(embeds), SamplingParams.build(params, {"eos_token_ids": eos}),

@@ -36,6 +36,9 @@ class Inputs(NamedTuple):
     """Each image's tiles and grid (rows, cols)."""
     text: str
     """The prompt text the ids encode (template applied, image markers expanded)."""
+    tile_groups: list[PreprocessedImage]
+    """What the vision encoder runs, in prompt order: each image, and each video frame as a one-tile group
+    (the image cache keys these); the images alone without videos."""
 
 
 class PromptBuilder:
@@ -98,13 +101,17 @@ class PromptBuilder:
         if not videos:
             expanded = expand_image_tokens(text, processed, self.image_seq_len)
             pixels = np.concatenate([p.pixel_values for p in processed]) if processed else None
+            groups = processed
         else:
-            expanded, pixels = self._expand_with_videos(text, processed, list(videos), fps, max_frames)
+            expanded, groups = self._expand_with_videos(text, processed, list(videos), fps, max_frames)
+            pixels = np.concatenate([group.pixel_values for group in groups])
         # Like Idefics3Processor: the tokenizer adds what its post-processor declares (nothing for SmolVLM).
         ids = self.tokenizer.encode(expanded, add_special_tokens=True)
-        return Inputs(ids, pixels, processed, expanded)
+        return Inputs(ids, pixels, processed, expanded, groups)
 
-    def _expand_with_videos(self, text: str, images: list, videos: list, fps, max_frames):
+    def _expand_with_videos(self, text: str, images: list, videos: list, fps,
+                            max_frames) -> tuple[str, list[PreprocessedImage]]:
+        """The text with every marker expanded, and the tile groups in marker order (a frame is one group)."""
         import re
 
         pieces = re.split(f"({re.escape(_video.VIDEO_TOKEN)}|{re.escape('<image>')})", text)
@@ -112,24 +119,24 @@ class PromptBuilder:
         n_videos = markers.count(_video.VIDEO_TOKEN)
         if n_videos != len(videos) or len(markers) - n_videos != len(images):
             raise errors.InputError(f"the prompt has {len(markers) - n_videos} <image> and {n_videos} "
-                             f"{_video.VIDEO_TOKEN} markers but {len(images)} images and {len(videos)} videos "
-                             "were given; put one marker in the text for each")
+                                    f"{_video.VIDEO_TOKEN} markers but {len(images)} images and {len(videos)} videos "
+                                    "were given; put one marker in the text for each")
         processor = self.video_processor(fps, max_frames)
         clips = [processor.preprocess(v) for v in videos]
         # transformers pads every video of a call to the longest and names that padded count in each intro.
         said = max(clip.n_frames for clip in clips)
-        out, tiles, next_image, next_video = [pieces[0]], [], iter(images), iter(clips)
+        out, groups, next_image, next_video = [pieces[0]], [], iter(images), iter(clips)
         for marker, piece in zip(markers, pieces[2::2]):
             if marker == _video.VIDEO_TOKEN:
                 clip = next(next_video)
                 out.append(_video.video_prompt(said, clip.duration, clip.timestamps, self.image_seq_len))
-                tiles.append(clip.pixel_values)
+                groups += [PreprocessedImage(frame[None], 0, 0) for frame in clip.pixel_values]
             else:
                 image = next(next_image)
                 out.append(image_prompt(image.rows, image.cols, self.image_seq_len))
-                tiles.append(image.pixel_values)
+                groups.append(image)
             out.append(piece)
-        return "".join(out), np.concatenate(tiles)
+        return "".join(out), groups
 
 
 def chat_messages(prompt: str | None, n_images: int, system_prompt: str | None, n_videos: int = 0) -> list[dict]:

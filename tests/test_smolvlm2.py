@@ -307,6 +307,27 @@ def test_video_frames_given_by_the_caller(v2_dir, tmp_path):
     assert inputs.pixel_values.shape[0] == 3
 
 
+def test_video_frames_go_through_the_image_cache(model_factory, tmp_path):
+    """A second question about the same clip encodes nothing (each frame is cached like an image), a new
+    image beside it is the only thing encoded, and the answers equal those of a model without a cache."""
+    v2 = model_factory("smolvlm2")
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 5, 10)
+    image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    ask = {"max_tokens": 6, "max_frames": 4}
+    with smolvision.load(v2, precision="fp32") as cached, smolvision.load(v2, precision="fp32",
+                                                                          cache_bytes=0) as fresh:
+        first = cached.generate("What happens?", videos=[str(clip)], **ask)
+        assert first.cached_images == 0 and first.timings.image_encode_s > 0
+        again = cached.generate("And then?", videos=[str(clip)], **ask)
+        assert again.cached_images == 4 and again.timings.image_encode_s == 0
+        assert again.token_ids == fresh.generate("And then?", videos=[str(clip)], **ask).token_ids
+        mixed = cached.generate("Compare them.", images=[image], videos=[str(clip)], **ask)
+        assert mixed.cached_images == 4 and mixed.timings.image_encode_s > 0
+        assert mixed.token_ids == fresh.generate("Compare them.", images=[image], videos=[str(clip)],
+                                                 **ask).token_ids
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100, b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64])
 def test_undecodable_video_is_an_image_error(v2_dir, tmp_path, content):
     bad = tmp_path / "bad.mp4"
