@@ -65,8 +65,10 @@ class ServerProcess:
         raise AssertionError(f"no log line matching {pattern!r} within {timeout} s:\n{self.log}")
 
     def rss_kb(self) -> int:
+        """The server's anonymous resident memory (heap, stacks): what a leak grows.  File-backed pages (the
+        mapped weights) come and go with the page cache on a busy machine, so they are left out."""
         with open(f"/proc/{self.proc.pid}/status") as f:
-            return int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
+            return int(next(line.split()[1] for line in f if line.startswith("RssAnon:")))
 
     def stop(self, sig=signal.SIGINT, timeout: float = 20) -> int:
         """Signals the server and waits for it; returns its exit status."""

@@ -89,6 +89,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="quantize the text decoder's weights for faster decoding: q8 (8.5 bits a weight, "
                             "close to the original) or q4 (4.5 bits, fastest, less accurate); converted once "
                             "and cached in $SMOLVISION_CACHE or ~/.cache/smolvision")
+    group.add_argument("--cache-mb", type=non_negative_int, metavar="MB",
+                       help="memory for finished conversations and image features that later prompts reuse "
+                            "(load(cache_bytes=...); default 1024, 0 = off)")
     group.add_argument("--profile", action="store_true",
                        help="time each phase (vision, prefill, decode) by op class and print the table on "
                             "stderr at the end (with --json, also as its \"profile\" field)")
@@ -271,10 +274,12 @@ def load_model(args: argparse.Namespace, reporter: Reporter):
     model_dir = model_directory(args, reporter)
     start = time.perf_counter()
     # Only a command that decodes several requests together asks for more sequences than the default.
-    parallel = {"max_sequences": args.parallel} if getattr(args, "parallel", 1) > 1 else {}
+    options = {"max_sequences": args.parallel} if getattr(args, "parallel", 1) > 1 else {}
+    if args.cache_mb is not None:
+        options["cache_bytes"] = args.cache_mb * 2**20
     model = smolvision.load(model_dir, threads=args.threads, precision=args.precision,
                             profile=True if args.profile else None, quant=args.quant, on_log=reporter.status,
-                            **parallel)
+                            **options)
     load_s = time.perf_counter() - start
     threads = args.threads or os.cpu_count()
     quant = f", {args.quant} weights" if args.quant else ""
