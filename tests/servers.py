@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from PIL import Image
 import smolvision
 
 PACKAGE_PARENT = str(Path(smolvision.__file__).resolve().parent.parent)
+# `python -m` puts the working directory first on sys.path: run from a source checkout, the server would
+# import its smolvision/ (no C engine when the package is installed, as in CI) instead of this one.
+_EMPTY_DIR = tempfile.mkdtemp(prefix="smolvision-serve-cwd-")
 
 
 class ServerProcess:
@@ -29,7 +33,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smolvision", "serve", "-d", str(model_dir), "--host", "127.0.0.1", "--port", "0",
              "-t", "1", *map(str, args)],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cwd=cwd or _EMPTY_DIR, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -49,7 +49,7 @@ def image_folder(folder: Path, count: int, broken: bool = False) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and a worker node, 3 CPUs each, on loopback; the test process is connected to it."""
+    """A head and a worker node, 3 CPUs each, on this machine; the test process is connected to it."""
     import ray
     from ray.cluster_utils import Cluster
     saved = dict(os.environ)
@@ -63,7 +63,15 @@ def cluster(tmp_path_factory):
     simulated = Cluster(initialize_head=True, head_node_args=dict(node_args, include_dashboard=False))
     simulated.add_node(**node_args)
     simulated.wait_for_nodes()
-    ray.init(address=simulated.address)
+    # Ray puts the driver's working directory first on its workers' sys.path: started from a source
+    # checkout, the workers would import its smolvision/ (no C engine when the package is installed,
+    # as in CI) instead of this one.  So the driver connects from an empty directory.
+    cwd = os.getcwd()
+    os.chdir(temp_dir)
+    try:
+        ray.init(address=simulated.address)
+    finally:
+        os.chdir(cwd)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield simulated

@@ -363,18 +363,12 @@ def test_missing_pyav_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_cli_answers_about_a_video(model_factory, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from helpers import run_cli
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 3, 10)
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root))
-    cmd = [sys.executable, "-m", "smolvision", "-d", str(model_factory("smolvlm2")), "-V", str(clip), "-V", str(clip),
-           "--max-frames", "2", "--fps", "1", "-p", "Same?", "--max-tokens", "3", "--json", "--precision", "fp32"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_cli("-d", model_factory("smolvlm2"), "-V", clip, "-V", clip, "--max-frames", "2", "--fps", "1",
+                   "-p", "Same?", "--max-tokens", "3", "--json", "--precision", "fp32", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["n_tiles"] == 4  # two frames from each video
