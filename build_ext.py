@@ -16,10 +16,9 @@ import cffi
 HERE = pathlib.Path(__file__).resolve().parent
 HEADER = HERE / "csrc" / "smolvision.h"
 
-# Python functions the C side calls back into: _sv_on_token in smolvision/generation.py (each generated
-# id), _sv_on_log in smolvision/model.py (load-time messages such as quantizing).
+# Python functions the C side calls back into: _sv_on_log in smolvision/model.py (load-time messages such
+# as quantizing).
 PYTHON_CALLBACKS = """
-extern "Python" int32_t _sv_on_token(void *, int32_t);
 extern "Python" void _sv_on_log(void *, const char *);
 """
 

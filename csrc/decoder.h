@@ -26,8 +26,6 @@ struct sv_seq {
 /* Positions a sequence is grown by at a time (up to max_position_embeddings), so that a chat whose
  * context grows by a few tokens per turn, or a decode loop, does not reallocate every call. */
 #define SV_CAPACITY_STEP 256
-/* The most rows one pass carries: a prompt chunk, or the sequences of one decode batch. */
-#define SV_PREFILL_CHUNK 512
 
 /* Checks a prompt: 1 <= n, n + extra <= max_position_embeddings, every id in
  * [0, vocab), exactly n_image_rows image tokens and image_embeds non-NULL

@@ -241,6 +241,11 @@ int64_t sv_decoder_state_bytes(const sv_model *m);
  * max_position_embeddings) and never shrinks it; sv_seq_free releases it. */
 typedef struct sv_seq sv_seq;
 
+/* The most rows one pass carries: a prompt is computed in equal chunks of at most this many tokens
+ * (ceil(n / ceil(n / SV_PREFILL_CHUNK)) each), and a decode batch holds at most this many sequences.
+ * A caller that feeds a prompt to sv_seq_prefill in the same chunks gets the same numbers as one call. */
+#define SV_PREFILL_CHUNK 512
+
 /* An empty sequence of model m (no cache memory until the first prefill). */
 sv_status sv_seq_create(sv_model *m, sv_seq **out);
 /* Frees a sequence (NULL is fine).  It may outlive its model only to be freed. */

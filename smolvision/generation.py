@@ -1,15 +1,11 @@
-"""Token-level generation: sampling options, the C token loop and streaming.
+"""Token-level generation: sampling options, checked prompts, results and streaming.
 
 Everything here works on token ids and optional image embedding rows: a checked
 `Prompt` (the one place the context window is checked against a prompt's exact
-length), `decode` (one sv_generate call) and `stream` (any callback-driven run as
-a generator).  `Model.generate_ids` is `decode` on the model's engine; its text
-methods add a prompt before it and text assembly after it (pipeline.py).
-
-The C loop reports each id through a callback (`_sv_on_token`).  A Python
-exception raised there (KeyboardInterrupt included) cannot cross the C frames,
-so it is stored, generation is stopped by returning non-zero, and it is
-re-raised once the C call has returned.  The engine stays usable afterwards.
+length), the options (`SamplingParams`) and outcome (`Result`) of a generation,
+and `stream` (any callback-driven run as a generator).  The token loop itself
+runs on the model's engine thread (scheduler.py); the text methods add a prompt
+before it and text assembly after it (pipeline.py).
 """
 from __future__ import annotations
 
@@ -28,15 +24,10 @@ from ._files import read_json
 from ._native import check, ffi, lib
 from .config import Config
 
-__all__ = ["Prompt", "Result", "SamplingParams", "Timings", "check_context", "decode", "read_eos_token_ids",
-           "stream"]
+__all__ = ["Prompt", "Result", "SamplingParams", "Timings", "check_context", "read_eos_token_ids", "stream"]
 
 #: A per-token callback: return True to stop generating after this id.
 TokenCallback = Callable[[int], "bool | None"]
-
-_FINISH_REASONS = {lib.SV_FINISH_STOP: "stop", lib.SV_FINISH_LENGTH: "length",
-                   lib.SV_FINISH_CANCELLED: "cancelled"}
-
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -260,14 +251,15 @@ class Prompt:
                                     f"but {n_rows} image embedding rows were given; they must match one to one")
         return replace(self, image_embeds=embeds)
 
-    def c_args(self, start: int = 0) -> tuple:
-        """(ids pointer, n, image pointer, rows) for the C calls, of the ids from `start` on (and the rows
-        of their image tokens); the arrays must outlive the call."""
-        ids = self.ids[start:]
+    def c_args(self, start: int = 0, end: int | None = None) -> tuple:
+        """(ids pointer, n, image pointer, rows) for the C calls, of the ids from `start` to `end` (and the
+        rows of their image tokens); the arrays must outlive the call."""
+        ids = self.ids[start:end]
         if self.image_embeds is None:
             return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.NULL, 0
-        first_row = int(np.count_nonzero(self.ids[:start] == self.config.image_token_id))
-        rows = self.image_embeds[first_row:]
+        image = self.config.image_token_id
+        first_row = int(np.count_nonzero(self.ids[:start] == image))
+        rows = self.image_embeds[first_row:first_row + int(np.count_nonzero(ids == image))]
         return ffi.from_buffer("int32_t[]", ids), len(ids), ffi.from_buffer("float[]", rows), len(rows)
 
 
@@ -276,39 +268,6 @@ def logits(handle, vocab_size: int, prompt: Prompt) -> np.ndarray:
     out = np.empty(vocab_size, dtype=np.float32)
     check(lib.sv_logits(handle, *prompt.c_args(), ffi.from_buffer("float[]", out)), errors.GenerationError)
     return out
-
-
-class _Run:
-    """The Python side of one sv_generate call: the user's callback and what it raised."""
-
-    def __init__(self, on_token: TokenCallback | None) -> None:
-        self.on_token = on_token
-        self.error: BaseException | None = None
-
-    def deliver(self, token_id: int) -> int:
-        if self.on_token is None:
-            return 0
-        try:
-            return 1 if self.on_token(token_id) else 0
-        except BaseException as exc:  # KeyboardInterrupt too: it is re-raised after the C call
-            self.error = exc
-            return 1
-
-
-# The run whose C call is active on this thread; the error hook uses it when
-# an exception escapes _sv_on_token itself (e.g. a signal arriving there).
-_active = threading.local()
-
-
-def _on_callback_error(exc_type, exc_value, traceback) -> None:
-    run = getattr(_active, "run", None)
-    if run is not None and run.error is None:
-        run.error = exc_value if exc_value is not None else exc_type()
-
-
-@ffi.def_extern(error=1, onerror=_on_callback_error)
-def _sv_on_token(user, token_id):
-    return ffi.from_handle(user).deliver(token_id)
 
 
 def c_sampling(params: SamplingParams, eos_token_ids: Sequence[int]) -> tuple:
@@ -327,47 +286,17 @@ def c_sampling(params: SamplingParams, eos_token_ids: Sequence[int]) -> tuple:
     return s, eos
 
 
-def decode(handle, prompt: Prompt, params: SamplingParams, eos_token_ids: Sequence[int],
-           on_token: TokenCallback | None = None, seq=None, start: int = 0) -> Result:
-    """Runs sv_generate (the caller holds the model lock).  `on_token` sees
-    each id as it is chosen and may return True to stop.  With `seq` (a Sequence holding the prompt's
-    first `start` tokens) it runs sv_seq_generate on it: only the rest of the prompt is computed."""
-    s, eos = c_sampling(params, eos_token_ids)
-    out_ids = np.zeros(max(params.max_tokens, 1), dtype=np.int32)
-    result = ffi.new("sv_generate_result *")
-    run = _Run(on_token)
-    user = ffi.new_handle(run)
-    previous, _active.run = getattr(_active, "run", None), run
-    try:
-        if seq is None:
-            status = lib.sv_generate(handle, *prompt.c_args(), s, lib._sv_on_token, user,
-                                     ffi.from_buffer("int32_t[]", out_ids), result)
-        else:
-            status = lib.sv_seq_generate(handle, seq._ptr, *prompt.c_args(start), s, lib._sv_on_token, user,
-                                         ffi.from_buffer("int32_t[]", out_ids), result)
-    finally:
-        _active.run = previous
-    if run.error is not None:
-        raise run.error
-    check(status, errors.GenerationError)
-    n = result.n_generated
-    timings = Timings(prompt_tokens=result.n_prompt, generated_tokens=n,
-                      prefill_s=result.prefill_seconds, decode_s=result.decode_seconds)
-    return Result(token_ids=out_ids[:n].tolist(), finish_reason=_FINISH_REASONS[result.finish_reason],
-                  timings=timings, cached_tokens=start if seq is not None else 0)
-
-
 class _Finished:
     def __init__(self, result: Result | None = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
 
 
-def stream(run: Callable[[Callable], Result]) -> Iterator:
-    """Yields what `run(on_item)` hands its callback (ids, or text pieces), run on a worker thread.
+def stream(run: Callable[[Callable, threading.Event], Result]) -> Iterator:
+    """Yields what `run(on_item, cancel)` hands its callback (ids, or text pieces), run on a worker thread.
 
     Closing the generator early (break, close(), garbage collection, an
-    exception in the consumer) makes the next callback stop the C loop, and
-    waits for the worker.  The generator's return value is run's
+    exception in the consumer) sets `cancel`, which stops the run at its next
+    id, and waits for the worker.  The generator's return value is run's
     Result; errors of the run are raised in the consumer."""
     items: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
@@ -378,7 +307,7 @@ def stream(run: Callable[[Callable], Result]) -> Iterator:
 
     def work() -> None:
         try:
-            items.put(_Finished(result=run(on_item)))
+            items.put(_Finished(result=run(on_item, stop)))
         except BaseException as exc:
             items.put(_Finished(error=exc))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _cache, _states, errors, generation, pipeline
+from . import _cache, _states, errors, generation, pipeline, scheduler
 from . import profile as _profile
 from ._native import check, ffi, lib
 from .config import Config
@@ -74,6 +75,11 @@ class Model:
     computes only the rest (Result.cached_tokens), and the features of encoded images, so that an image
     seen again is not encoded again (Result.cached_images).  A sequence takes sequence_bytes_per_token
     per token of its capacity (the 2.2B model: 192 KiB in BF16, 384 KiB in fp32).
+
+    max_sequences: calls run on one engine thread, and up to this many (default 4) decode together,
+    one pass over the weights advancing each by a token: calls from several threads, server requests
+    and generate_many's requests; more wait their turn.  Each running call holds a sequence of its
+    prompt's length plus max_tokens.
     """
 
     def __init__(self, model_dir: PathLike, threads: int | None = None, precision: str = "bf16",
@@ -94,18 +100,17 @@ class Model:
         if not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes < 0:
             raise errors.InputError(f"cache_bytes must be an integer >= 0 (0 = no cache), not {cache_bytes!r}")
         self._states = _states.StateCache(cache_bytes)
-        if not isinstance(max_sequences, int) or isinstance(max_sequences, bool) or not 1 <= max_sequences <= 512:
-            raise errors.InputError(f"max_sequences must be an integer in [1, 512], not {max_sequences!r}")
-        self.max_sequences = max_sequences
-        """The most requests generate_many decodes together (load(..., max_sequences=N))."""
+        if not isinstance(max_sequences, int) or isinstance(max_sequences, bool) or \
+                not 1 <= max_sequences <= lib.SV_PREFILL_CHUNK:
+            raise errors.InputError(f"max_sequences must be an integer in [1, {lib.SV_PREFILL_CHUNK}], "
+                                    f"not {max_sequences!r}")
+        self._scheduler = scheduler.Scheduler(self, max_sequences)
         if on_log is not None and not callable(on_log):
             raise errors.InputError("on_log must be a callable taking a message string")
         self.model_dir = path
-        # One engine handle is not reentrant: calls into it are serialised.
+        # One engine handle is not reentrant: calls into it are serialised (generations run on the
+        # scheduler's engine thread, which takes the lock for each step).
         self._lock = threading.RLock()
-        # True while a C call that calls back into Python (generation) runs;
-        # only the thread holding the lock can see it set.
-        self._in_callback_call = False
         out = ffi.new("sv_model **")
         options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision],
                                                 "quant": _QUANTS[quant]})
@@ -177,13 +182,15 @@ class Model:
     def close(self) -> None:
         """Releases the weights mapping and the engine's threads; idempotent.
 
-        Safe from any thread: it waits for a call running on another thread to
-        finish.  From inside this model's own callback (on_token) it would free
-        the engine under the running call, so it raises instead."""
-        with self._lock:
-            if self._in_callback_call:
+        Safe from any thread: it waits for the calls running on other threads to
+        finish.  From inside this model's own callback (on_token) it would wait
+        for the running call, so it raises instead."""
+        if hasattr(self, "_scheduler"):
+            if self._scheduler.in_callback():
                 raise errors.Error("cannot close a Model from inside its own generation callback; "
                                    "return True from on_token to stop, then close")
+            self._scheduler.close()
+        with self._lock:
             if hasattr(self, "_states"):
                 self._states.clear()
             handle, self._handle = getattr(self, "_handle", None), None
@@ -243,26 +250,24 @@ class Model:
         prompt = Prompt.build(self.config, input_ids, params.max_tokens).with_image_embeds(image_embeds)
         return generation.stream(functools.partial(self._decode, prompt, params))
 
-    def _decode(self, prompt: Prompt, params: SamplingParams, on_token: TokenCallback | None) -> Result:
-        """The token loop on this model's engine: ids after `prompt`, each shown to on_token.
+    def _decode(self, prompt: Prompt, params: SamplingParams, on_token: TokenCallback | None,
+                cancel: threading.Event | None = None) -> Result:
+        """The token loop on this model's engine thread (scheduler.py), decoding together with the other
+        running calls: ids after `prompt`, each shown to on_token on this thread.
 
         With a cache budget, the prompt continues the cached sequence sharing its longest prefix (at
         least its last token is computed again, for its logits), and the sequence goes back to the
         cache afterwards, however the call ended."""
         eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
-        with self._lock:
-            handle = self._ptr
-            outer, self._in_callback_call = self._in_callback_call, True
-            try:
-                if self._states.budget <= 0:
-                    return generation.decode(handle, prompt, params, eos, on_token)
-                seq, start, key = self._take_sequence(prompt)
-                try:
-                    return generation.decode(handle, prompt, params, eos, on_token, seq=seq, start=start)
-                finally:
-                    self._release_sequence(seq, key)
-            finally:
-                self._in_callback_call = outer
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        call = scheduler.Call(prompt, params, eos, events, cancel=cancel)
+        self._scheduler.submit(call)
+        [(ids, ended, stopped, raised)] = self._scheduler.collect(events, [call], [on_token])
+        if raised is not None:
+            raise raised
+        if ended.error is not None:
+            raise ended.error
+        return scheduler.result_of(prompt, ids, ended, stopped)
 
     def _take_sequence(self, prompt: Prompt) -> tuple[_sequence.Sequence, int, np.ndarray | None]:
         """(sequence, start, key) for a prompt (the caller holds the lock): the cached sequence sharing its
@@ -294,12 +299,18 @@ class Model:
         their Results in order.
 
         Every running request advances one token per pass over the weights (sv_decode_batch), at most
-        max_sequences at a time (load(..., max_sequences=N)); each keeps its own sampling settings, stop
+        max_sequences at a time (load(..., max_sequences=N), shared with calls from other threads); each
+        keeps its own sampling settings, stop
         strings, max_tokens and on_token (returning True cancels that request only).  A request that
         fails (bad arguments, an exception from its on_token) does not disturb the others: its Result
         has finish_reason 'error', the exception in `error`, and whatever it generated before.  In
         precision fp32 greedy answers equal generate()'s one by one."""
         return _batch.generate_many(self, requests)
+
+    @property
+    def max_sequences(self) -> int:
+        """The most calls decoded together, from all threads (load(..., max_sequences=N)); more wait."""
+        return self._scheduler.max_sequences
 
     @property
     def cache_bytes(self) -> int:
@@ -376,7 +387,8 @@ class Model:
                  system_prompt: str | None = None, do_image_splitting: bool | None = None,
                  longest_edge: int | None = None,
                  on_progress: Callable[[int, int], Any] | None = None, videos: Sequence = (),
-                 fps: float | None = None, max_frames: int | None = None) -> Result:
+                 fps: float | None = None, max_frames: int | None = None,
+                 cancel: threading.Event | None = None) -> Result:
         """Answers a prompt about images (or a whole conversation) and returns the text.
 
         `prompt` + `images` is one user turn through the chat template (after `system_prompt` if
@@ -384,7 +396,10 @@ class Model:
         feeds `prompt` verbatim (one `<image>` marker per image). temperature 0 is greedy. Generation
         ends at the model's EOS tokens, a `stop` string (cut from the text) or `max_tokens`.
         `on_token(piece)` sees the text as it is decoded and may return True to stop. Ctrl-C and
-        exceptions from on_token cancel generation and propagate; the model stays usable.
+        exceptions from on_token cancel generation and propagate; the model stays usable.  Setting
+        `cancel` (a threading.Event, from any thread) stops it too: before the prompt's next chunk or
+        after the next token (finish_reason 'cancelled').  Calls from several threads run together:
+        their decode steps share each pass over the weights (up to max_sequences of them).
         `on_progress(done, total)` follows the encoding of the images' tiles (those not already in the
         image cache).
         `videos` (SmolVLM2): files (decoded with PyAV, `smolvision[video]`) or smolvision.video.VideoFrames, one
@@ -394,7 +409,7 @@ class Model:
                                 seed=seed, stop=stop, raw=raw, system_prompt=system_prompt,
                                 do_image_splitting=do_image_splitting, longest_edge=longest_edge,
                                 on_progress=on_progress, videos=videos, fps=fps, max_frames=max_frames)
-        return self._answer(request, on_token)
+        return self._answer(request, on_token, cancel)
 
     def stream(self, prompt: str | None = None, images: Sequence = (), messages=None,
                **options) -> Iterator[str]:
@@ -403,8 +418,9 @@ class Model:
         The prompt is prepared now (arguments checked, images encoded); generation runs on a worker
         thread, and closing the iterator early stops it after at most one more token.  The generator's
         return value (StopIteration.value) is the Result."""
-        if "on_token" in options:
-            raise errors.InputError("stream() yields the text itself; on_token is for generate()")
+        if "on_token" in options or "cancel" in options:
+            raise errors.InputError("stream() yields the text itself and stops when closed; on_token and cancel "
+                                    "are for generate()")
         return generation.stream(functools.partial(self._answer, self._prepare(prompt, images, messages, **options)))
 
     def _prepare(self, prompt: str | None = None, images: Sequence = (), messages=None, *, max_tokens: int = 256,
@@ -480,10 +496,11 @@ class Model:
                         self._states.put_image(keys[i], found[i])
         return np.concatenate(found), len(images) - len(missing)
 
-    def _answer(self, request: _Request, on_token: Callable[[str], Any] | None) -> Result:
+    def _answer(self, request: _Request, on_token: Callable[[str], Any] | None,
+                cancel: threading.Event | None = None) -> Result:
         """Steps two and three of generate(): the token loop, its ids assembled into text as they come."""
         text = TextAssembler(self.tokenizer, request.stop, on_token)
-        result = self._decode(request.prompt, request.params, text.on_id)
+        result = self._decode(request.prompt, request.params, text.on_id, cancel)
         result = replace(result, cached_images=request.cached_images)
         return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
 
@@ -572,6 +589,6 @@ def load(model_dir: PathLike, threads: int | None = None, precision: str = "bf16
     (see Model), `profile=True` times each phase and op class (Model.profile(); None follows
     SMOLVISION_PROFILE), `quant` is None, "q8" or "q4" (see Model), `cache_bytes` bounds the cached
     sequences and image features (default 1 GiB; 0 turns the cache off; see Model), `max_sequences` how many
-    requests Model.generate_many decodes together (default 4)."""
+    calls decode together (generate_many's requests and calls from several threads; default 4; more wait)."""
     return Model(model_dir, threads=threads, precision=precision, profile=profile, quant=quant, on_log=on_log,
                  cache_bytes=cache_bytes, max_sequences=max_sequences)

@@ -1,0 +1,180 @@
+"""Continuous batching: calls to one Model from several threads decode together on its engine thread
+(scheduler.py), and each still gets exactly the answer it would get alone (precision fp32), with its own
+sampling settings, stop strings, cancellation and errors.
+
+The tests hold the engine at its first step until their threads have all submitted, in order, so the
+batches they look at are the same on every run; wrappers on the scheduler's steps record what each step
+computed.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+import smolvision
+from helpers import write_image
+
+QUESTIONS = ["Describe the picture.", "What is the weather like today in the old harbour town?",
+             "Count to five.", "Write a haiku about lighthouses and the sea at night, please."]
+
+
+@pytest.fixture(scope="module")
+def alone(gqa_dir):
+    with smolvision.load(gqa_dir, threads=2, precision="fp32", cache_bytes=0) as model:
+        yield model
+
+
+class Recorded:
+    """A model whose engine waits at its first step until `gate` is set and logs its steps: ("decode",
+    rows) for each decode step, ("chunk", prompt tokens) for each prompt chunk, in engine order."""
+
+    def __init__(self, gqa_dir, max_sequences: int = 4) -> None:
+        self.model = smolvision.load(gqa_dir, threads=2, precision="fp32", cache_bytes=0,
+                                     max_sequences=max_sequences)
+        self.gate = threading.Event()
+        self.log: list[tuple[str, int]] = []
+        engine = self.model._scheduler
+        start, decode, read_chunk = engine._start, engine._decode, engine._read_chunk
+
+        def gated_start(m, call):
+            self.gate.wait()
+            return start(m, call)
+
+        def recording_decode(m, calls):
+            self.log.append(("decode", len(calls)))
+            return decode(m, calls)
+
+        def recording_chunk(m, call):
+            self.log.append(("chunk", len(call.prompt.ids)))
+            return read_chunk(m, call)
+
+        engine._start, engine._decode, engine._read_chunk = gated_start, recording_decode, recording_chunk
+
+    @property
+    def widths(self) -> list[int]:
+        return [n for kind, n in self.log if kind == "decode"]
+
+    def run(self, calls) -> list:
+        """Runs each callable on its own thread, submitted in order before the engine's first step;
+        returns their results or the exceptions they raised."""
+        outcomes: list = [None] * len(calls)
+        engine = self.model._scheduler
+
+        def wrap(i, fn):
+            try:
+                outcomes[i] = fn()
+            except BaseException as exc:  # KeyboardInterrupt included: the test looks at it
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=wrap, args=(i, fn)) for i, fn in enumerate(calls)]
+        deadline = time.monotonic() + 120
+        for n, t in enumerate(threads, start=1):
+            t.start()
+            while engine.waiting + engine.running < n:
+                assert time.monotonic() < deadline, "the calls never reached the scheduler"
+                time.sleep(0.002)
+        self.gate.set()
+        for t in threads:
+            t.join(timeout=300)
+            assert not t.is_alive(), "a thread hung"
+        return outcomes
+
+
+def test_threads_decode_together_with_their_own_settings(gqa_dir, alone):
+    greedy = alone.generate(QUESTIONS[1], max_tokens=12)
+    stop = greedy.text[len(greedy.text) // 2:][:3]
+    assert stop and stop in greedy.text
+    # The stop string's call comes last: its first decode step, with all four, happens before its caller
+    # can have seen the stop (the steps after depend on when that caller looks).
+    requests = [dict(prompt=QUESTIONS[2], max_tokens=9, temperature=0.9, top_k=30, top_p=0.9, seed=11),
+                dict(prompt=QUESTIONS[3], max_tokens=7, temperature=1.3, min_p=0.05, repetition_penalty=1.3, seed=3),
+                dict(prompt=QUESTIONS[0], max_tokens=10),
+                dict(prompt=QUESTIONS[1], max_tokens=12, stop=[stop])]
+    engine = Recorded(gqa_dir)
+    with engine.model as model:
+        results = engine.run([lambda r=r: model.generate(**r) for r in requests])
+    assert max(engine.widths) == 4, engine.log  # the four decoded in one pass over the weights
+    assert results[3].text == greedy.text[:greedy.text.index(stop)] and results[3].finish_reason == "stop"
+    for request, result in zip(requests, results):
+        expected = alone.generate(**request)
+        assert (result.token_ids, result.text, result.finish_reason) == \
+            (expected.token_ids, expected.text, expected.finish_reason)
+
+
+def test_cancelling_or_failing_one_of_four_leaves_the_others_alone(gqa_dir, alone):
+    seen: list[str] = []
+
+    def cancel_after_two(piece: str) -> bool:
+        seen.append(piece)
+        return len(seen) >= 2
+
+    def explode(piece: str) -> None:
+        raise RuntimeError("callback failed")
+
+    def interrupt(piece: str) -> None:  # what Ctrl-C looks like to the thread running the callback
+        raise KeyboardInterrupt
+
+    requests = [dict(prompt=q, max_tokens=10) for q in QUESTIONS]
+    callbacks = [cancel_after_two, None, explode, interrupt]
+    engine = Recorded(gqa_dir)
+    with engine.model as model:
+        outcomes = engine.run([lambda r=r, c=c: model.generate(**r, on_token=c) for r, c in zip(requests, callbacks)])
+        assert model._scheduler.running == 0 and model._scheduler.waiting == 0
+        assert model.generate(QUESTIONS[1], max_tokens=10).token_ids == outcomes[1].token_ids  # still usable
+    assert max(engine.widths) >= 2, engine.log  # the third call's first step carries the second's too
+    assert outcomes[0].finish_reason == "cancelled" and outcomes[0].text == "".join(seen) and len(seen) == 2
+    assert outcomes[0].token_ids == alone.generate(**requests[0]).token_ids[:len(outcomes[0].token_ids)]
+    assert outcomes[1].token_ids == alone.generate(**requests[1]).token_ids
+    assert isinstance(outcomes[2], RuntimeError) and isinstance(outcomes[3], KeyboardInterrupt)
+
+
+def test_max_sequences_bounds_the_batch_and_the_rest_wait(gqa_dir, alone):
+    requests = [dict(prompt=q, max_tokens=6 + i) for i, q in enumerate(QUESTIONS)]
+    engine = Recorded(gqa_dir, max_sequences=2)
+    with engine.model as model:
+        results = engine.run([lambda r=r: model.generate(**r) for r in requests])
+    assert max(engine.widths) == 2, engine.log
+    for request, result in zip(requests, results):
+        assert result.token_ids == alone.generate(**request).token_ids
+
+
+def test_a_long_prompt_is_read_in_chunks_between_decode_steps(gqa_dir, alone, tmp_path):
+    photo = write_image(tmp_path / "photo.png", seed=4)
+    long_prompt = "Here is a long story about lighthouses. " * 160  # well over one 512-token chunk
+    requests = [dict(prompt=QUESTIONS[1], max_tokens=40), dict(prompt=long_prompt, images=[photo], max_tokens=5)]
+    engine = Recorded(gqa_dir)
+    with engine.model as model:
+        results = engine.run([lambda r=r: model.generate(**r) for r in requests])
+    log = engine.log
+    long_tokens = results[1].prompt_tokens
+    assert long_tokens > 2 * 512
+    chunks = [i for i, (kind, n) in enumerate(log) if kind == "chunk" and n == long_tokens]
+    assert len(chunks) == math.ceil(long_tokens / 512), log  # chunks of at most 512 tokens
+    # The first call kept decoding between the long prompt's chunks.
+    assert all(("decode", 1) in log[a + 1:b] for a, b in zip(chunks, chunks[1:])), log
+    for request, result in zip(requests, results):
+        expected = alone.generate(**request)
+        assert (result.token_ids, result.text) == (expected.token_ids, expected.text)
+
+
+def test_a_cancel_event_stops_a_call_from_another_thread(gqa_dir):
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        cancel = threading.Event()
+        pieces: list[str] = []
+
+        def on_token(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) == 2:
+                cancel.set()  # as another thread would: the call stops after its next id at most
+
+        result = model.generate(QUESTIONS[3], max_tokens=200, on_token=on_token, cancel=cancel)
+        assert result.finish_reason == "cancelled" and len(result.token_ids) < 200
+        ready = threading.Event()
+        ready.set()
+        before = model.generate(QUESTIONS[3], max_tokens=200, cancel=ready)  # set before it starts
+        assert before.finish_reason == "cancelled" and before.token_ids == []
+        with pytest.raises(smolvision.InputError, match="cancel"):
+            model.stream(QUESTIONS[0], cancel=ready)
