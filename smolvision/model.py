@@ -312,6 +312,11 @@ class Model:
         """The most calls decoded together, from all threads (load(..., max_sequences=N)); more wait."""
         return self._scheduler.max_sequences
 
+    def scheduler_stats(self) -> scheduler.Stats:
+        """Calls running and waiting on the engine now, and the decode steps and rows so far (their ratio
+        is the mean number of calls each pass over the weights advanced)."""
+        return self._scheduler.stats()
+
     @property
     def cache_bytes(self) -> int:
         """The byte budget of the cached sequences and image features (load(..., cache_bytes=...))."""
@@ -504,19 +509,20 @@ class Model:
         result = replace(result, cached_images=request.cached_images)
         return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
 
-    # Tiles per engine call when progress is reported: small enough to report often, large enough
-    # that each weight is still read once for several tiles.
-    _PROGRESS_TILES = 4
+    # Tiles per engine call: few, so that the generations running on other threads get a decode step
+    # between calls and progress is reported often; each weight is still read once for two tiles.  A
+    # tile's features do not depend on the tiles beside it in a call.
+    _TILES_PER_CALL = 2
 
     def _encode_tiles(self, pixel_values: np.ndarray, on_progress) -> np.ndarray:
-        if on_progress is None:
-            return self.encode_pixel_values(pixel_values)
         total, rows = len(pixel_values), []
-        on_progress(0, total)
-        for start in range(0, total, self._PROGRESS_TILES):
-            rows.append(self.encode_pixel_values(pixel_values[start:start + self._PROGRESS_TILES]))
-            on_progress(min(start + self._PROGRESS_TILES, total), total)
-        return np.concatenate(rows)
+        if on_progress is not None:
+            on_progress(0, total)
+        for start in range(0, total, self._TILES_PER_CALL):
+            rows.append(self.encode_pixel_values(pixel_values[start:start + self._TILES_PER_CALL]))
+            if on_progress is not None:
+                on_progress(min(start + self._TILES_PER_CALL, total), total)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def encode_pixel_values(self, pixel_values: np.ndarray) -> np.ndarray:
         """Image features of preprocessed tiles, as transformers' `get_image_features`.

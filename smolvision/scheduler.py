@@ -34,7 +34,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,19 @@ from .generation import Prompt, SamplingParams, TokenCallback
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
     from .sequence import Sequence
+
+
+class Stats(NamedTuple):
+    """What a Model's engine is doing and has done (Model.scheduler_stats())."""
+
+    running: int
+    """Calls being computed now (at most max_sequences)."""
+    waiting: int
+    """Calls waiting for a place."""
+    decode_steps: int
+    """Decode steps so far: passes over the weights that advanced the running calls by a token each."""
+    decode_rows: int
+    """Tokens those steps produced: decode_rows / decode_steps is the mean batch width."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._local = threading.local()
+        self._decode_steps = self._decode_rows = 0
 
     @property
     def running(self) -> int:
@@ -120,6 +134,9 @@ class Scheduler:
     def waiting(self) -> int:
         """Calls waiting for one of the max_sequences places."""
         return len(self._pending)
+
+    def stats(self) -> Stats:
+        return Stats(self._running, len(self._pending), self._decode_steps, self._decode_rows)
 
     def in_callback(self) -> bool:
         """True on a thread running one of this model's callbacks (on_token) now."""
@@ -291,6 +308,8 @@ class Scheduler:
         with model._lock:
             status = lib.sv_decode_batch(model._ptr, handles, len(calls), ffi.from_buffer("int32_t[]", ids),
                                          ffi.from_buffer("float[]", logits))
+        self._decode_steps += 1
+        self._decode_rows += len(calls)
         for row, call in enumerate(calls):
             if status != lib.SV_OK:
                 self._end(model, call, "error", _error_of(status))

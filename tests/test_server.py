@@ -499,3 +499,32 @@ def test_local_media_special_files_refused(server, media_dir):
         os.mkfifo(fifo)
     assert_error_shape(post(server, image_part("pipe.png")), 400, "invalid_image_url")
     assert_error_shape(post(server, image_part("sub")), 400, "invalid_image_url")
+
+
+def metric(text: str, name: str) -> float:
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_parallel_requests_decode_together(mha_dir):
+    """With --parallel 2, a request that arrives while another streams joins its decode steps (each of its
+    steps carries both rows: the server's decode rows outnumber its steps by its token count), and its
+    answer is still Model.generate's (fp32, cache off, the same settings)."""
+    question = "Count to twenty, please."
+    with smolvision.load(mha_dir, threads=1, precision="fp32", cache_bytes=0) as alone:
+        expected = alone.generate(question, max_tokens=24)
+    assert len(expected.token_ids) == 24  # no EOS: all 24 decode beside the long answer
+    proc = ServerProcess(mha_dir, "--parallel", "2", "--precision", "fp32", "--cache-mb", "0", "--no-webui")
+    try:
+        with httpx.stream("POST", proc.url + "/v1/chat/completions", json={**LONG, "stream": True}, timeout=60) as r:
+            lines = r.iter_lines()  # kept: a dropped iterator closes the stream, which cancels the answer
+            assert next(lines).startswith("data: ")  # the long answer is decoding
+            before = httpx.get(proc.url + "/metrics").text
+            answer = post(proc, {"messages": [{"role": "user", "content": question}], "max_tokens": 24}).json()
+            after = httpx.get(proc.url + "/metrics").text
+        assert answer["choices"][0]["message"]["content"] == expected.text
+        steps = metric(after, "smolvision_decode_steps_total") - metric(before, "smolvision_decode_steps_total")
+        rows = metric(after, "smolvision_decode_rows_total") - metric(before, "smolvision_decode_rows_total")
+        assert rows - steps >= 23, (steps, rows)  # its 23 decode steps (the first id comes from its prompt)
+    finally:
+        assert proc.stop() == 0
+        assert "Traceback" not in proc.log, proc.log

@@ -52,8 +52,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     group.add_argument("--alias", metavar="NAME", help="the model's name in /v1/models and responses "
                                                        "(default: the directory's or repo's name)")
     group.add_argument("--parallel", type=common.positive_int, default=1, metavar="N",
-                       help="requests in progress at once (default 1); today they take turns on the one model, "
-                            "see the README")
+                       help="requests in progress at once, decoded together (default 1)")
     group.add_argument("--max-queue", type=common.non_negative_int, default=16, metavar="N",
                        help="requests that may wait beyond --parallel (default 16); more are answered 503 with "
                             "Retry-After")

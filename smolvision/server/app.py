@@ -15,6 +15,7 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -72,7 +73,27 @@ class Metrics:
         self.request_seconds = Histogram("smolvision_request_seconds", "Chat completion seconds, admission to end",
                                          registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.queue_depth = Gauge("smolvision_queue_depth", "Requests waiting for a turn", registry=r)
-        self.running = Gauge("smolvision_running_sequences", "Sequences generating now", registry=r)
+        self.running = Gauge("smolvision_running_sequences", "Requests generating now (decoding together)",
+                             registry=r)
+
+    def watch_model(self, model) -> None:
+        """Adds the model's decode steps and rows (rows / steps: the mean batch width) to the series."""
+        if hasattr(model, "scheduler_stats"):
+            self.registry.register(_DecodeCollector(model))
+
+
+class _DecodeCollector:
+    """The model's decode counters, read at each scrape."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def collect(self):
+        stats = self.model.scheduler_stats()
+        yield CounterMetricFamily("smolvision_decode_steps", "Decode steps: passes over the weights that advanced "
+                                  "every running request by a token", value=stats.decode_steps)
+        yield CounterMetricFamily("smolvision_decode_rows", "Tokens produced by the decode steps (rows / steps is "
+                                  "the mean batch width)", value=stats.decode_rows)
 
 
 class ServerState:
@@ -91,6 +112,7 @@ class ServerState:
         engine = Engine(model, self.options.parallel, self.options.max_queue, on_finished=self._finished)
         self.metrics.queue_depth.set_function(lambda: engine.queued)
         self.metrics.running.set_function(lambda: engine.running)
+        self.metrics.watch_model(model)
         self.engine = engine
 
     def _finished(self, job: Job, finished: Finished) -> None:

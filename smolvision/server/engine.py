@@ -1,14 +1,14 @@
-"""The server's scheduler: admits generation requests, bounds the wait queue, runs them on worker
-threads and cancels them when their client goes away.
+"""The server's admission: bounds the requests in progress and the wait queue, runs each admitted
+request on a worker thread and cancels it when its client goes away.
 
 This class is the seam between HTTP and the model.  The HTTP layer only calls `submit`, reads a
 `Job`'s events and calls `Job.cancel`; what happens inside may change without touching it.
 
-Today it runs on the public `Model` API: one `Model`, whose calls are serialised by its lock, so
-one generation computes at a time.  `parallel` requests are active and take turns in arrival order,
-each running to completion; up to `max_queue` more wait.  When the engine gains batched decoding
-(sequences that decode together), `_run` is what changes: the active requests become sequences of
-one batch instead of turns.
+It runs on the public `Model` API: up to `parallel` requests call `Model.generate` at once, each on its
+own worker thread, and the Model's scheduler decodes them together (one pass over the weights advances
+every running request by a token; a new prompt is read in chunks between those steps).  Up to
+`max_queue` more wait in arrival order.  A cancelled job stops at its next token (its `cancel` event is
+the generation's), or before its prompt's next chunk.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class Job:
         return self._cancel.is_set()
 
     def cancel(self) -> None:
-        """Stops the job: a queued one never runs, a running one stops at its next text piece.
+        """Stops the job: a queued one never runs, a running one stops at its next token.
         Idempotent and harmless after the end."""
         if self._cancel.is_set():
             return
@@ -97,7 +97,8 @@ class Job:
 class Engine:
     """Runs generations of one Model for concurrent requests, with a bounded queue.
 
-    parallel: requests active at once (today they take turns on the one Model, see the module);
+    parallel: requests in progress at once, decoded together by the Model (give it max_sequences >=
+    parallel, or the rest wait inside it);
     max_queue: requests that may wait beyond those.  A request beyond both is refused with QueueFull.
     on_finished(job, finished) is called on the event loop after each job ends (metrics, logs).
     """
@@ -109,9 +110,8 @@ class Engine:
         self.model = model
         self.parallel, self.max_queue = parallel, max_queue
         self._on_finished = on_finished
-        # Today: one generation computes at a time on the one Model (its lock would serialise more).
-        self._turn = asyncio.Semaphore(1)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smolvision-serve")
+        self._turn = asyncio.Semaphore(parallel)
+        self._worker = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="smolvision-serve")
         self._jobs: set[Job] = set()
         self._running = 0
         self._recent_seconds = 1.0  # a running mean of request seconds, for Retry-After
@@ -123,7 +123,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Sequences computing now."""
+        """Requests in progress now (their generations decode together)."""
         return self._running
 
     @property
@@ -159,7 +159,7 @@ class Engine:
                 self._running += 1
                 try:
                     loop = asyncio.get_running_loop()
-                    # Not cancellable from here: the worker thread stops itself at its next piece.
+                    # Not cancellable from here: the generation stops itself at its next token.
                     finished.result = await asyncio.shield(
                         loop.run_in_executor(self._worker, self._generate, job, generation))
                 finally:
@@ -178,20 +178,19 @@ class Engine:
             self._on_finished(job, finished)
 
     def _generate(self, job: Job, generation: Generation):
-        """On the worker thread: one Model.generate call, streaming its pieces to the job."""
+        """On a worker thread: one Model.generate call, streaming its pieces to the job."""
         if job.cancelled:
             raise Cancelled()
 
-        def on_piece(piece: str) -> bool:
+        def on_piece(piece: str) -> None:
             job._put_threadsafe(piece)
-            return job.cancelled
 
         def on_progress(done: int, total: int) -> None:  # between image tiles: stop early too
             if job.cancelled:
                 raise Cancelled()
 
         return self.model.generate(messages=generation.messages, images=generation.images, on_token=on_piece,
-                                   on_progress=on_progress, **generation.options)
+                                   on_progress=on_progress, cancel=job._cancel, **generation.options)
 
     def cancel_all(self) -> None:
         """Refuses new jobs and cancels every admitted one (the start of a shutdown)."""
