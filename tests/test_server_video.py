@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 
-import httpx
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -20,7 +19,7 @@ from servers import ServerProcess, data_url  # noqa: E402
 from test_server import assert_error_shape, collect_stream, post, user  # noqa: E402
 
 QUESTION = "What happens in this video?"
-MAX_VIDEO_BYTES = 200_000  # the server's --max-video-mb 0.2 (the request body limit stays at 1 MB)
+MAX_VIDEO_BYTES = 200_000  # the server's --max-video-mb (in MB: / 2**20); its body limit stays 1 MB
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +133,18 @@ def test_video_limits(server, media_dir):
     assert_error_shape(post(server, video_request(data_url(b"\x89PNG", "image/png"))), 400, "invalid_video_url")
     turn = {"messages": [{"role": "assistant", "content": [video_part(clip)]}]}
     assert_error_shape(post(server, turn), 400, "invalid_value")
+
+
+def test_remote_video_fetch_keeps_the_image_rules():
+    """With remote media allowed, a video URL goes through the same SSRF-checked fetch as an image."""
+    from smolvision.server.media import MediaPolicy, load_media_bytes
+    from smolvision.server.protocol import APIError
+
+    policy = MediaPolicy(allow_remote=True, max_bytes=1000)
+    for url in ("http://127.0.0.1:9/clip.mp4", "http://[::1]:9/clip.mp4", "http://169.254.169.254/clip.mp4"):
+        with pytest.raises(APIError) as info:
+            load_media_bytes(url, policy, "video")
+        assert info.value.code == "remote_media_forbidden", url
+    with pytest.raises(APIError) as info:
+        load_media_bytes("http://user:pw@example.com/clip.mp4", policy, "video")
+    assert info.value.code == "invalid_video_url"

@@ -50,7 +50,8 @@ class ChatRequest:
     """A checked chat-completions request."""
 
     messages: list[dict]
-    """Hugging Face form: content is a list of {"type": "image"} and {"type": "text", "text": ...}."""
+    """Hugging Face form: content is a list of {"type": "image"}, {"type": "video"} and
+    {"type": "text", "text": ...}."""
     image_urls: list[str]
     """The image URLs of every image block, in order (resolved to bytes by media.py)."""
     options: dict[str, Any]
