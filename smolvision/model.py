@@ -407,8 +407,8 @@ class Model:
         their decode steps share each pass over the weights (up to max_sequences of them).
         `on_progress(done, total)` follows the encoding of the images' tiles (those not already in the
         image cache).
-        `videos` (SmolVLM2): files (decoded with PyAV, `smolvision[video]`) or smolvision.video.VideoFrames, one
-        `{"type": "video"}` block / `<video>` marker each; `fps` / `max_frames` override the model's sampling."""
+        `videos` (SmolVLM2): files or their bytes (decoded with PyAV, `smolvision[video]`) or
+        smolvision.video.VideoFrames, one `{"type": "video"}` block / `<video>` marker each; `fps` / `max_frames` override the model's sampling."""
         request = self._prepare(prompt, images, messages, max_tokens=max_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                 seed=seed, stop=stop, raw=raw, system_prompt=system_prompt,

@@ -23,6 +23,7 @@ Decoding uses PyAV (the optional extra `smolvision[video]`); everything else is 
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ from smolvision._files import read_json
 from smolvision.errors import ImageError, InputError, ModelError
 from smolvision.processing import DEFAULT_MAX_PIXELS, load_image
 
-__all__ = ["VIDEO_TOKEN", "PreprocessedVideo", "VideoFrames", "VideoProcessor", "number_in_words",
+__all__ = ["VIDEO_TOKEN", "PreprocessedVideo", "VideoFrames", "VideoProcessor", "import_av", "number_in_words",
            "render_video_chat", "video_prompt"]
 
 VIDEO_TOKEN = "<video>"
@@ -61,7 +62,7 @@ class VideoFrames:
     duration: float | None = None
 
 
-VideoInput = Union[str, "os.PathLike[str]", VideoFrames]
+VideoInput = Union[str, "os.PathLike[str]", bytes, VideoFrames]
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,14 +181,15 @@ class VideoProcessor:
     # ---- preprocessing ----
 
     def preprocess(self, video: VideoInput) -> PreprocessedVideo:
-        """A file (decoded with PyAV, frames sampled) or VideoFrames (used as given) as the model's tiles."""
+        """A file, or a file's bytes (decoded with PyAV, frames sampled), or VideoFrames (used as given) as the
+        model's tiles."""
         if isinstance(video, VideoFrames):
             return self._from_frames(video)
-        if isinstance(video, (str, os.PathLike)):
-            frames, indices, fps, duration = self.decode(os.fspath(video))
+        if isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)):
+            frames, indices, fps, duration = self.decode(video)
             timestamps = tuple(float(i) / fps for i in indices)
             return PreprocessedVideo(self._tiles(frames), timestamps, duration, tuple(int(i) for i in indices))
-        raise InputError(f"a video must be a path or VideoFrames, not {type(video).__name__}")
+        raise InputError(f"a video must be a path, bytes or VideoFrames, not {type(video).__name__}")
 
     def _from_frames(self, video: VideoFrames) -> PreprocessedVideo:
         frames, timestamps = list(video.frames), list(video.timestamps)
@@ -204,36 +206,42 @@ class VideoProcessor:
         duration = video.duration if video.duration is not None else timestamps[-1]
         return PreprocessedVideo(self._tiles(rgb), tuple(float(t) for t in timestamps), float(duration), ())
 
-    def decode(self, path: str) -> tuple:
-        """(sampled uint8 HxWx3 frames, their indices, the stream's fps, its duration) of a video file."""
-        av = _import_av()
+    def decode(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> tuple:
+        """(sampled uint8 HxWx3 frames, their indices, the stream's fps, its duration) of a video file, or of
+        the bytes of one (e.g. a server's upload: PyAV reads them from memory)."""
+        av = import_av()
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            name, source = "<video bytes>", io.BytesIO(source)  # `name` names the input in messages
+        else:
+            source = os.fspath(source)
+            name = repr(source)
         try:
-            container = av.open(path)
+            container = av.open(source)
         except FileNotFoundError as err:
-            raise ImageError(f"cannot open video file {path!r}: no such file") from err
+            raise ImageError(f"cannot open video file {name}: no such file") from err
         except Exception as err:  # PyAV raises many types for bad input
-            raise ImageError(f"cannot decode video {path!r}: {err}") from err
+            raise ImageError(f"cannot decode video {name}: {err}") from err
         with container:
             if not container.streams.video:
-                raise ImageError(f"{path!r} has no video stream")
+                raise ImageError(f"{name} has no video stream")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width <= 0 or height <= 0:
-                raise ImageError(f"{path!r}: the video is empty ({width}x{height})")
+                raise ImageError(f"{name}: the video is empty ({width}x{height})")
             if width * height > self.max_pixels:
-                raise ImageError(f"{path!r}: frames are {width}x{height} = {width * height} pixels, more than the "
+                raise ImageError(f"{name}: frames are {width}x{height} = {width * height} pixels, more than the "
                                  f"limit of {self.max_pixels}")
             fps = float(stream.average_rate) if stream.average_rate else 0.0
             if not fps > 0 or not math.isfinite(fps):
-                raise ImageError(f"{path!r}: the video stream declares no frame rate")
+                raise ImageError(f"{name}: the video stream declares no frame rate")
             total = int(stream.frames)
             if total <= 0:  # Matroska / WebM declare no count: count the packets (no decoding)
-                total = _count_frames(container, stream, path)
+                total = _count_frames(container, stream, name)
                 container.seek(0)
             if total <= 0:
-                raise ImageError(f"{path!r}: the video has no frames")
+                raise ImageError(f"{name}: the video has no frames")
             if total > MAX_DECLARED_FRAMES:
-                raise ImageError(f"{path!r}: the stream declares {total} frames, more than {MAX_DECLARED_FRAMES}")
+                raise ImageError(f"{name}: the stream declares {total} frames, more than {MAX_DECLARED_FRAMES}")
             duration = total / fps
             indices = self.sample_indices(total, fps, duration)
             wanted = set(int(i) for i in indices)
@@ -244,16 +252,16 @@ class VideoProcessor:
                         break
                     if i in wanted:
                         if frame.width * frame.height > self.max_pixels:
-                            raise ImageError(f"{path!r}: frame {i} is {frame.width}x{frame.height}, more than "
+                            raise ImageError(f"{name}: frame {i} is {frame.width}x{frame.height}, more than "
                                              f"{self.max_pixels} pixels")
                         frames.append(frame.to_ndarray(format="rgb24"))
                         found.append(i)
             except ImageError:
                 raise
             except Exception as err:
-                raise ImageError(f"cannot decode video {path!r}: {err}") from err
+                raise ImageError(f"cannot decode video {name}: {err}") from err
         if not frames:
-            raise ImageError(f"{path!r}: no frame could be decoded")
+            raise ImageError(f"{name}: no frame could be decoded")
         return frames, np.array(found), fps, duration
 
     def _tiles(self, frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -280,7 +288,7 @@ class VideoProcessor:
         return values
 
 
-def _count_frames(container, stream, path: str) -> int:
+def _count_frames(container, stream, name: str) -> int:
     """Video packets in the stream, each one frame, counted up to MAX_DECLARED_FRAMES + 1."""
     count = 0
     try:
@@ -290,11 +298,12 @@ def _count_frames(container, stream, path: str) -> int:
                 if count > MAX_DECLARED_FRAMES:
                     break
     except Exception as err:
-        raise ImageError(f"cannot decode video {path!r}: {err}") from err
+        raise ImageError(f"cannot decode video {name}: {err}") from err
     return count
 
 
-def _import_av():
+def import_av():
+    """The `av` module (PyAV); InputError naming the `video` extra when it is not installed."""
     try:
         import av
     except ImportError as err:

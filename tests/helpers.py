@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,22 @@ def load_error(model_dir) -> str:
     with pytest.raises(smolvision.ModelError) as info:
         smolvision.load(model_dir)
     return str(info.value)
+
+
+def write_clip(path, seconds: float = 5, fps: int = 10, width: int = 102, height: int = 58) -> None:
+    """A clip (mpeg4 in the file's container) whose frames differ visibly: a moving bright square and a
+    colour that changes every frame."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        y, x = np.mgrid[:height, :width]
+        for n in range(int(seconds * fps)):
+            rgb = np.stack([(x * 2 + n * 5) % 256, (y * 3 + n * 11) % 256, np.full_like(x, (n * 23) % 256)], -1)
+            rgb[(abs(x - 5 - n * 2) < 6) & (abs(y - height // 2) < 6)] = 255
+            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -353,6 +353,14 @@ def test_remote_images_refused_by_default(server):
     assert "--allow-remote-images" in error["message"]
 
 
+def test_video_to_a_model_without_video_is_400(server):
+    """A SmolVLM (not SmolVLM2) model: refused before the video is read, whatever its source."""
+    for url in ("data:video/mp4;base64,AAAA", "clip.mp4", "https://example.com/clip.mp4"):
+        body = user([{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "what?"}])
+        error = assert_error_shape(post(server, body), 400, "video_unsupported")
+        assert "no video support" in error["message"] and "SmolVLM2" in error["message"], url
+
+
 class _ImageHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/redirect":

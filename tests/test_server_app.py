@@ -2,9 +2,11 @@
 to do on cue: fail mid-stream, load slowly, fail to load."""
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -109,6 +111,52 @@ def test_system_prompt_default_and_options_reach_the_model():
     assert opts2["stop"] == ("x",)
 
 
+class VideoRecorder:
+    """A SmolVLM2 stand-in that records what reaches it."""
+
+    config = SimpleNamespace(family="smolvlm2")
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def generate(self, messages, images, videos, on_token, on_progress, **options):
+        self.calls.append((messages, images, videos))
+        return Result(text="ok", token_ids=[1], finish_reason="stop", n_tiles=0,
+                      timings=Timings(prompt_tokens=5, generated_tokens=1, prefill_s=0.01, decode_s=0.02))
+
+
+def _url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def test_videos_reach_the_model_as_bytes_in_order():
+    model = VideoRecorder()
+    content = [{"type": "video_url", "video_url": {"url": _url(b"first clip", "video/mp4")}},
+               {"type": "image_url", "image_url": {"url": _url(b"an image", "image/png")}},
+               {"type": "video_url", "video_url": _url(b"second clip", "video/webm")},  # the bare-string form too
+               {"type": "text", "text": "Compare."}]
+    with TestClient(server.create_app(model, log=lambda line: None)) as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content + content}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_videos"  # the default --max-videos 2
+    [(messages, images, videos)] = model.calls
+    assert messages == [{"role": "user", "content": [{"type": "video"}, {"type": "image"}, {"type": "video"},
+                                                     {"type": "text", "text": "Compare."}]}]
+    assert images == [b"an image"] and videos == [b"first clip", b"second clip"]
+
+
+def test_video_without_pyav_is_400_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    model = VideoRecorder()
+    content = [{"type": "video_url", "video_url": {"url": _url(b"clip", "video/mp4")}}]
+    with TestClient(server.create_app(model, log=lambda line: None)) as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "video_unsupported"
+    assert 'pip install "smolvision[video]"' in r.json()["error"]["message"]
+    assert model.calls == []
+
+
 def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(smolvision.Error, match=r'smolvision\[server\]'):
@@ -127,9 +175,13 @@ def test_cli_serve_options(capsys, tmp_path):
     assert cli.main(["serve", "-h"]) == 0
     help_text = capsys.readouterr().out
     for option in ("--host", "--port", "--api-key", "--api-key-file", "--parallel", "--max-queue",
-                   "--allowed-local-media-path", "--allow-remote-images", "--max-body-mb", "--max-images",
-                   "--cors-origin", "--no-webui", "--threads", "--quant", "--max-tokens", "--temperature"):
+                   "--allowed-local-media-path", "--allow-remote-images", "--allow-remote-media", "--max-body-mb",
+                   "--max-images", "--max-videos", "--max-video-mb", "--cors-origin", "--no-webui", "--threads", "--quant", "--max-tokens", "--temperature"):
         assert option in help_text
+    args = cli.parse_args(["serve", "-d", "M", "--allow-remote-media", "--max-videos", "0", "--max-video-mb", "50"])
+    assert (args.allow_remote_images, args.max_videos, args.max_video_mb) == (True, 0, 50.0)
+    args = cli.parse_args(["serve", "-d", "M", "--allow-remote-images"])
+    assert (args.allow_remote_images, args.max_videos, args.max_video_mb) == (True, 2, None)
     assert cli.main(["serve", "--api-key", "a", "--api-key-file", "f"]) == cli.EXIT_USAGE
     assert cli.main(["serve", "--parallel", "0"]) == cli.EXIT_USAGE
     assert cli.main(["serve", "--allowed-local-media-path", str(tmp_path / "nope")]) == cli.EXIT_USAGE

@@ -21,6 +21,7 @@ import torch
 
 import modelgen
 import smolvision
+from helpers import write_clip
 from smolvision.video import VideoFrames, VideoProcessor, number_in_words
 
 HAVE_BF16 = smolvision.cpu_features()["bf16_matmul"]
@@ -194,25 +195,6 @@ def test_image_logits_bf16_within_the_contract(model_factory):
 # ---- video ----
 
 
-def write_clip(path, seconds: float = 5, fps: int = 10, width: int = 102, height: int = 58) -> None:
-    """A clip (mpeg4 in the file's container) whose frames differ visibly: a moving bright square and a
-    colour that changes every frame."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[:height, :width]
-        for n in range(int(seconds * fps)):
-            rgb = np.stack([(x * 2 + n * 5) % 256, (y * 3 + n * 11) % 256, np.full_like(x, (n * 23) % 256)], -1)
-            rgb[(abs(x - 5 - n * 2) < 6) & (abs(y - height // 2) < 6)] = 255
-            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def decode_all(path):
     """Every frame with PyAV and the metadata transformers' PyAV reader reports."""
     import av
@@ -334,6 +316,20 @@ def test_undecodable_video_is_an_image_error(v2_dir, tmp_path, content):
     bad.write_bytes(content)
     with smolvision.load(v2_dir, precision="fp32") as model, pytest.raises(smolvision.ImageError):
         model.build_inputs(prompt="<video>", videos=[str(bad)])
+
+
+def test_video_bytes_decode_as_the_file(model_factory, tmp_path):
+    """A file's bytes (what the server receives) give the same frames, times and pixels as the file."""
+    clip = tmp_path / "clip.mkv"  # no declared frame count: the packets are counted in memory too
+    write_clip(clip, 3, 5, 50, 30)
+    processor = VideoProcessor.from_dir(model_factory("smolvlm2"))
+    from_file, from_bytes = processor.preprocess(str(clip)), processor.preprocess(clip.read_bytes())
+    assert from_bytes.frame_indices == from_file.frame_indices and len(from_file.frame_indices) == 3
+    assert (from_bytes.timestamps, from_bytes.duration) == (from_file.timestamps, from_file.duration)
+    assert np.array_equal(from_bytes.pixel_values, from_file.pixel_values)
+    for content in (b"", b"not a video at all" * 100, clip.read_bytes()[:200]):
+        with pytest.raises(smolvision.ImageError, match="<video bytes>"):
+            processor.preprocess(content)
 
 
 def test_hostile_videos_are_refused_before_decoding(v2_dir, tmp_path):

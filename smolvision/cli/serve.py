@@ -13,8 +13,8 @@ from . import common
 
 DESCRIPTION = (
     "Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health, "
-    "/metrics) and a web page at /. Binds to 127.0.0.1 by default; images come only as data: URLs "
-    "unless --allowed-local-media-path or --allow-remote-images say otherwise. "
+    "/metrics) and a web page at /. Binds to 127.0.0.1 by default; images and videos come only as data: URLs "
+    "unless --allowed-local-media-path or --allow-remote-media say otherwise. "
     "Needs the server extra: pip install \"smolvision[server]\".")
 
 
@@ -57,15 +57,22 @@ def add_parser(commands) -> argparse.ArgumentParser:
                        help="requests that may wait beyond --parallel (default 16); more are answered 503 with "
                             "Retry-After")
     group.add_argument("--allowed-local-media-path", type=_directory, metavar="DIR",
-                       help="allow file:// URLs and paths to images inside DIR (symlinks and .. resolved; off "
-                            "by default)")
-    group.add_argument("--allow-remote-images", action="store_true",
-                       help="allow http(s) image URLs (public addresses only, no redirects, size-capped, "
+                       help="allow file:// URLs and paths to images and videos inside DIR (symlinks and .. "
+                            "resolved; off by default)")
+    group.add_argument("--allow-remote-media", "--allow-remote-images", dest="allow_remote_images",
+                       action="store_true",
+                       help="allow http(s) image and video URLs (public addresses only, no redirects, size-capped, "
                             "10 s timeout; off by default)")
     group.add_argument("--max-body-mb", type=common.positive_float, default=20.0, metavar="MB",
                        help="largest request body, and largest single image, in MB (default 20)")
     group.add_argument("--max-images", type=common.positive_int, default=8, metavar="N",
                        help="most images in one request (default 8)")
+    group.add_argument("--max-videos", type=common.non_negative_int, default=2, metavar="N",
+                       help="most videos (video_url parts, SmolVLM2 models) in one request (default 2; 0 refuses "
+                            "video)")
+    group.add_argument("--max-video-mb", type=common.positive_float, metavar="MB",
+                       help="largest single video, from a data: URL, a local file or a download, in MB "
+                            "(default: --max-body-mb)")
     group.add_argument("--cors-origin", dest="cors_origins", action="append", nargs="+", default=[],
                        metavar="ORIGIN", help="let web pages from ORIGIN call the API ('*' for any, e.g. the "
                                               "SmolVLM webcam page opened from a file)")
@@ -154,7 +161,8 @@ def run_command(args: argparse.Namespace, reporter: common.Reporter) -> int:
     app = create_app(load, model_name=name, api_key=api_key, parallel=args.parallel, max_queue=args.max_queue,
                      allowed_local_media_path=args.allowed_local_media_path,
                      allow_remote_images=args.allow_remote_images, max_body_mb=args.max_body_mb,
-                     max_images=args.max_images, cors_origins=[o for group in args.cors_origins for o in group],
+                     max_images=args.max_images, max_videos=args.max_videos, max_video_mb=args.max_video_mb,
+                     cors_origins=[o for group in args.cors_origins for o in group],
                      webui=not args.no_webui, defaults=defaults, log=log)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import sys
 import threading
@@ -24,10 +25,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import errors
+from .. import errors, video
 from . import protocol
 from .engine import Engine, Finished, Generation, Job, QueueFull
-from .media import MediaPolicy, load_image_bytes
+from .media import MediaPolicy, load_media_bytes
 from .protocol import APIError, Defaults
 
 EXEMPT_PATHS = ("/", "/health")
@@ -43,8 +44,12 @@ class ServerOptions:
     max_queue: int = 16
     allowed_local_media_path: str | None = None
     allow_remote_images: bool = False
+    """Allow http(s) image and video URLs (`--allow-remote-media` / `--allow-remote-images`)."""
     max_body_mb: float = 20.0
     max_images: int = 8
+    max_videos: int = 2
+    max_video_mb: float | None = None
+    """The largest single video (data URL, local file or download); None: max_body_mb."""
     cors_origins: Sequence[str] = ()
     webui: bool = True
     defaults: Defaults = field(default_factory=Defaults)
@@ -106,6 +111,8 @@ class ServerState:
         self.load_error: BaseException | None = None
         self.media = MediaPolicy(options.allowed_local_media_path, options.allow_remote_images,
                                  max_bytes=int(options.max_body_mb * 1024 * 1024))
+        video_mb = options.max_body_mb if options.max_video_mb is None else options.max_video_mb
+        self.video_media = dataclasses.replace(self.media, max_bytes=int(video_mb * 1024 * 1024))
         self.log = options.log or (lambda line: print(line, file=sys.stderr, flush=True))
 
     def attach(self, model) -> None:
@@ -138,8 +145,9 @@ def create_app(model, **options) -> Starlette:
     called on a thread at startup, and /health answers 503 until it returns).
 
     Options (all keywords, see ServerOptions and `smolvision serve -h`): model_name, api_key, parallel,
-    max_queue, allowed_local_media_path, allow_remote_images, max_body_mb, max_images, cors_origins,
-    webui, defaults (a protocol.Defaults), log.  The app does not close the model.
+    max_queue, allowed_local_media_path, allow_remote_images (images and videos), max_body_mb, max_images,
+    max_videos, max_video_mb, cors_origins, webui, defaults (a protocol.Defaults), log.  The app does not
+    close the model.
     """
     state = ServerState(ServerOptions(**options))
 
@@ -271,19 +279,38 @@ async def chat_completions(request: Request):
     try:
         state.engine.check_room()  # a full server refuses before reading and decoding the body
         body = protocol.parse_json(await request.body())
-        chat = protocol.parse_chat_request(body, state.options.defaults, state.options.max_images)
-        images: list[bytes] = []
-        for url in chat.image_urls:
-            if url.startswith(("data:", "DATA:")):
-                images.append(load_image_bytes(url, state.media))
-            else:  # file reads and remote fetches block: off the event loop
-                images.append(await asyncio.to_thread(load_image_bytes, url, state.media))
-        job = state.engine.submit(Generation(chat.messages, images, chat.options))
+        chat = protocol.parse_chat_request(body, state.options.defaults, state.options.max_images,
+                                           state.options.max_videos)
+        if chat.video_urls:
+            _check_video_support(state.engine.model)
+        images = [await _load(url, state.media, "image") for url in chat.image_urls]
+        videos = [await _load(url, state.video_media, "video") for url in chat.video_urls]
+        job = state.engine.submit(Generation(chat.messages, images, chat.options, videos))
     except QueueFull as full:
         state.metrics.rejected.inc()
         raise APIError(503, str(full), "overloaded_error", "queue_full",
                        headers={"Retry-After": str(full.retry_after)}) from None
     return CompletionResponse(job, chat, state)
+
+
+async def _load(url: str, policy: MediaPolicy, kind: str) -> bytes:
+    if url.startswith(("data:", "DATA:")):
+        return load_media_bytes(url, policy, kind)
+    # file reads and remote fetches block: off the event loop
+    return await asyncio.to_thread(load_media_bytes, url, policy, kind)
+
+
+def _check_video_support(model) -> None:
+    """Refuses video_url parts, before fetching anything, when the model or the install cannot take video."""
+    family = getattr(getattr(model, "config", None), "family", None)
+    if family != "smolvlm2":
+        raise APIError(400, f"this model ({family or 'unknown'} family) has no video support: video_url parts "
+                            "need a SmolVLM2 model", "invalid_request_error", "video_unsupported")
+    try:
+        video.import_av()
+    except errors.InputError:
+        raise APIError(400, 'this server cannot decode video: PyAV is not installed (pip install '
+                            '"smolvision[video]" on the server)', "invalid_request_error", "video_unsupported") from None
 
 
 class CompletionResponse:

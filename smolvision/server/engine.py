@@ -36,11 +36,12 @@ class Cancelled(Exception):
 
 @dataclass
 class Generation:
-    """What to generate: Model.generate's messages, images (bytes) and keyword options."""
+    """What to generate: Model.generate's messages, images and videos (bytes) and keyword options."""
 
     messages: list[dict]
     images: list[bytes] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    videos: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -189,8 +190,8 @@ class Engine:
             if job.cancelled:
                 raise Cancelled()
 
-        return self.model.generate(messages=generation.messages, images=generation.images, on_token=on_piece,
-                                   on_progress=on_progress, cancel=job._cancel, **generation.options)
+        return self.model.generate(messages=generation.messages, images=generation.images, videos=generation.videos,
+                                   on_token=on_piece, on_progress=on_progress, cancel=job._cancel, **generation.options)
 
     def cancel_all(self) -> None:
         """Refuses new jobs and cancels every admitted one (the start of a shutdown)."""

@@ -50,7 +50,8 @@ class ChatRequest:
     """A checked chat-completions request."""
 
     messages: list[dict]
-    """Hugging Face form: content is a list of {"type": "image"} and {"type": "text", "text": ...}."""
+    """Hugging Face form: content is a list of {"type": "image"}, {"type": "video"} and
+    {"type": "text", "text": ...}."""
     image_urls: list[str]
     """The image URLs of every image block, in order (resolved to bytes by media.py)."""
     options: dict[str, Any]
@@ -58,6 +59,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     model: str | None = None
+    video_urls: list[str] = field(default_factory=list)
+    """The video URLs of every {"type": "video"} block, in order (from `video_url` parts)."""
 
 
 @dataclass
@@ -102,7 +105,7 @@ def _number(body: dict, name: str, default, low: float, high: float, low_open: b
     return value
 
 
-def parse_chat_request(body: dict, defaults: Defaults, max_images: int) -> ChatRequest:
+def parse_chat_request(body: dict, defaults: Defaults, max_images: int, max_videos: int = 0) -> ChatRequest:
     """Checks a chat-completions body; raises APIError(400) naming the offending field."""
     for name, default in UNSUPPORTED_UNLESS_DEFAULT.items():
         value = body.get(name)
@@ -118,7 +121,7 @@ def parse_chat_request(body: dict, defaults: Defaults, max_images: int) -> ChatR
     if model is not None and not isinstance(model, str):
         raise invalid("model must be a string", "model")
 
-    messages, image_urls = _messages(body.get("messages"), max_images)
+    messages, image_urls, video_urls = _messages(body.get("messages"), max_images, max_videos)
     if defaults.system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": defaults.system_prompt}]})
 
@@ -158,7 +161,7 @@ def parse_chat_request(body: dict, defaults: Defaults, max_images: int) -> ChatR
         include_usage = stream_options.get("include_usage", False)
         if not isinstance(include_usage, bool):
             raise invalid("stream_options.include_usage must be true or false", "stream_options")
-    return ChatRequest(messages, image_urls, options, stream, include_usage, model)
+    return ChatRequest(messages, image_urls, options, stream, include_usage, model, video_urls)
 
 
 def _stop(value, default: Sequence[str]) -> tuple[str, ...]:
@@ -171,11 +174,12 @@ def _stop(value, default: Sequence[str]) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _messages(value, max_images: int) -> tuple[list[dict], list[str]]:
+def _messages(value, max_images: int, max_videos: int) -> tuple[list[dict], list[str], list[str]]:
     if not isinstance(value, list) or not value:
         raise invalid("messages must be a non-empty list", "messages")
     messages: list[dict] = []
     urls: list[str] = []
+    video_urls: list[str] = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -202,27 +206,38 @@ def _messages(value, max_images: int) -> tuple[list[dict], list[str]]:
                     raise invalid(f"{pwhere}.text must be a string", pwhere)
                 blocks.append({"type": "text", "text": text})
             elif kind == "image_url":
-                if role != "user":
-                    raise invalid(f"{pwhere}: images are accepted in user messages only", pwhere)
-                image = part.get("image_url")
-                url = image.get("url") if isinstance(image, dict) else image
-                if not isinstance(url, str) or not url:
-                    raise invalid(f"{pwhere}.image_url.url must be a non-empty string", pwhere)
-                urls.append(url)
+                urls.append(_media_url(part, "image", role, pwhere))
                 if len(urls) > max_images:
                     raise invalid(f"more than {max_images} images in one request (the server's --max-images)",
                                   pwhere, code="too_many_images")
                 blocks.append({"type": "image"})
+            elif kind == "video_url":
+                video_urls.append(_media_url(part, "video", role, pwhere))
+                if len(video_urls) > max_videos:
+                    raise invalid(f"more than {max_videos} videos in one request (the server's --max-videos)",
+                                  pwhere, code="too_many_videos")
+                blocks.append({"type": "video"})
             else:
-                raise invalid(f"{pwhere}: unsupported content part type {kind!r} (text and image_url are)",
-                              pwhere, code="unsupported_content_type")
+                raise invalid(f"{pwhere}: unsupported content part type {kind!r} (text, image_url and video_url "
+                              "are)", pwhere, code="unsupported_content_type")
         if role == "assistant":
             # The model produced " answer" after "Assistant:", and the template writes ": " itself (as `chat`).
             for block in blocks:
                 if block["type"] == "text":
                     block["text"] = block["text"].strip()
         messages.append({"role": role, "content": blocks})
-    return messages, urls
+    return messages, urls, video_urls
+
+
+def _media_url(part: dict, kind: str, role: str, where: str) -> str:
+    """The URL of an `image_url` / `video_url` part: {"url": ...} or the URL string itself."""
+    if role != "user":
+        raise invalid(f"{where}: {kind}s are accepted in user messages only", where)
+    media = part.get(f"{kind}_url")
+    url = media.get("url") if isinstance(media, dict) else media
+    if not isinstance(url, str) or not url:
+        raise invalid(f"{where}.{kind}_url.url must be a non-empty string", where)
+    return url
 
 
 # ---- responses ----
