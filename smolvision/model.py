@@ -382,6 +382,7 @@ class Model:
         if (messages is None) == (prompt is None):
             raise errors.InputError("give exactly one of messages (templated) or prompt (verbatim)")
         text = prompt if messages is None else self.apply_chat_template(messages, add_generation_prompt)
+        self._check_video_support(_as_list(videos))
         return self._prompts.build(text, _as_list(images), do_image_splitting, longest_edge, _as_list(videos), fps,
                                    max_frames)
 
@@ -446,6 +447,7 @@ class Model:
         if not all(isinstance(s, str) for s in stop):
             raise errors.InputError("stop must be a string or a sequence of strings")
         images, videos = _as_list(images), _as_list(videos)
+        self._check_video_support(videos)
         generation.check_context(len(images) * self._prompts.image_seq_len, max_tokens,
                                  self.config.text.max_position_embeddings, images=len(images))
         if messages is not None:
@@ -476,6 +478,11 @@ class Model:
         n_tiles = 0 if inputs.pixel_values is None else len(inputs.pixel_values)
         return _Request(ids.with_image_embeds(embeds), SamplingParams.build(params, {"eos_token_ids": eos}),
                         tuple(stop), n_tiles, encode_s, cached_images)
+
+    def _check_video_support(self, videos: list) -> None:
+        if videos and self.config.family != "smolvlm2":
+            raise errors.InputError(f"this model ({self.config.family} family) has no video support: videos need a "
+                                    "SmolVLM2 model")
 
     def _image_features(self, images: Sequence[PreprocessedImage], on_progress) -> tuple[np.ndarray | None, int]:
         """The features of the prompt's images, in order, and how many came from the image cache (keyed by

@@ -459,3 +459,14 @@ def test_video_conversations_render_as_transformers_default_template(model_facto
         messages, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=add_generation_prompt)
     with smolvision.load(path, precision="fp32") as model:
         assert model.apply_chat_template(messages, add_generation_prompt) == theirs
+
+
+def test_videos_on_a_model_without_video_support_are_refused(mha_dir, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, seconds=1, fps=4)
+    with smolvision.load(mha_dir) as model:
+        assert model.config.family != "smolvlm2"
+        for call in (lambda: model.generate("What happens?", videos=[clip], max_tokens=2),
+                     lambda: model.build_inputs(prompt="<video>", videos=[clip])):
+            with pytest.raises(smolvision.InputError, match="no video support"):
+                call()
