@@ -162,6 +162,9 @@ def test_multi_turn(client, model):
         hf_user("And its colour?")], images=[image], max_tokens=12)
     assert second.choices[0].message.content == expected.text
     assert second.usage.prompt_tokens == expected.prompt_tokens > first.usage.prompt_tokens
+    # The second turn continued the first's cached sequence: its whole prompt (image included) was not
+    # computed again.
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
 
 
 def test_sampling_params_and_seed(client, model):
