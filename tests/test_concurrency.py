@@ -2,8 +2,8 @@
 
 One Model may be shared by threads: their generations run on the model's engine thread and decode
 together (test_continuous_batching.py), with the single-threaded results (precision fp32: a batched
-step may reorder sums, which bf16 rounding could turn into a different id).  Separate Models are independent and run in parallel, since the GIL is released
-during C work.  Generation can be cancelled from another thread, and close() racing a generate either
+step may reorder sums, which bf16 rounding could turn into a different id).  Separate Models are
+independent and run in parallel, since the GIL is released during C work.  Generation can be cancelled from another thread, and close() racing a generate either
 lets it finish or makes it raise smolvision.Error, never crashes.
 """
 from __future__ import annotations
