@@ -205,18 +205,14 @@ def _messages(value, max_images: int, max_videos: int) -> tuple[list[dict], list
                 if not isinstance(text, str):
                     raise invalid(f"{pwhere}.text must be a string", pwhere)
                 blocks.append({"type": "text", "text": text})
-            elif kind == "image_url":
-                urls.append(_media_url(part, "image", role, pwhere))
-                if len(urls) > max_images:
-                    raise invalid(f"more than {max_images} images in one request (the server's --max-images)",
-                                  pwhere, code="too_many_images")
-                blocks.append({"type": "image"})
-            elif kind == "video_url":
-                video_urls.append(_media_url(part, "video", role, pwhere))
-                if len(video_urls) > max_videos:
-                    raise invalid(f"more than {max_videos} videos in one request (the server's --max-videos)",
-                                  pwhere, code="too_many_videos")
-                blocks.append({"type": "video"})
+            elif kind in ("image_url", "video_url"):
+                media = kind.removesuffix("_url")
+                found, limit = (urls, max_images) if media == "image" else (video_urls, max_videos)
+                found.append(_media_url(part, media, role, pwhere))
+                if len(found) > limit:
+                    raise invalid(f"more than {limit} {media}s in one request (the server's --max-{media}s)",
+                                  pwhere, code=f"too_many_{media}s")
+                blocks.append({"type": media})
             else:
                 raise invalid(f"{pwhere}: unsupported content part type {kind!r} (text, image_url and video_url "
                               "are)", pwhere, code="unsupported_content_type")
