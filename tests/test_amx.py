@@ -274,7 +274,8 @@ def test_real_amx_in_a_fresh_process():
     fails this test rather than passing quietly on the fallback."""
     import json
     home = str(Path(smolvision.__file__).resolve().parent.parent)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+    # without SMOLVISION_ISA too, which conftest.py sets where this process was refused the tile state
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONFAULTHANDLER", "SMOLVISION_ISA")}
     env["PYTHONPATH"] = os.pathsep.join([home, str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     code = "import json, test_amx; print(json.dumps(test_amx.child_report()))"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True, text=True)
