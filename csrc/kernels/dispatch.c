@@ -164,8 +164,8 @@ const sv_quant_isa *sv_quant_isa_for(sv_isa_level level) {
 /* ---- AMX: the tile state from Linux, then the self-check; once per process ---- */
 
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
-static const sv_amx_isa *amx_kernels; /* set by enable_amx if both pass */
-static char amx_why[200] = "absent";  /* sv_amx_status() when amx_kernels is NULL */
+static const sv_amx_isa *amx_enabled; /* set by enable_amx if both pass */
+static char amx_why[200] = "absent";  /* sv_amx_status() when amx_enabled is NULL */
 
 #if defined(SV_AMX_KERNELS) && defined(SV_BF16_KERNELS) && defined(__linux__)
 enum { ARCH_GET_XCOMP_PERM_ = 0x1022, ARCH_REQ_XCOMP_PERM_ = 0x1023, XFEATURE_XTILEDATA_ = 18 };
@@ -192,7 +192,7 @@ static void enable_amx(void) {
         snprintf(amx_why, sizeof amx_why, "failed self-check: %s", why);
         return;
     }
-    amx_kernels = &sv_amx_isa_tiles;
+    amx_enabled = &sv_amx_isa_tiles;
 }
 #else
 static void enable_amx(void) {} /* no AMX kernels in this build, or not Linux: level amx is never detected */
@@ -202,7 +202,7 @@ const sv_amx_isa *sv_amx_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
     if (level != SV_ISA_AMX || !runs(level)) return NULL;
     pthread_once(&amx_once, enable_amx);
-    return amx_kernels;
+    return amx_enabled;
 }
 
 const char *sv_amx_status(void) {
