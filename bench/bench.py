@@ -99,7 +99,8 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     model = smolvision.load(model_dir, threads=threads)
     features = smolvision.cpu_features()
     out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info(),
-           "kernels": f"matmul and small kernels {features['kernels']}, quantized {features['quant_kernels']}",
+           "kernels": f"matmul and small kernels {features['kernels']}, quantized {features['quant_kernels']}, "
+                      f"AMX {features['amx']}",
            "precision": f"{model.precision} (the default; "
                         + ("BF16 x BF16 products summed in FP32 on AVX512_BF16)" if features["bf16_matmul"]
                            and model.precision == "bf16" else "FP32 activations and accumulation)")}
@@ -327,12 +328,14 @@ def limit_cells(limits: dict | None, costs: Costs, work: Workload, e2e: dict | N
     # The CPU-time figures: on an idle machine they equal the wall-clock ones, on a shared one
     # they are still the hardware's ceiling.
     fp32, bf16, bw = limits["fp32_gflop_s_cpu"] * 1e9, limits["bf16_gflop_s_cpu"], limits["read_gb_s_cpu"] * 1e9
+    amx = limits.get("amx_bf16_gflop_s_cpu")
 
     def compute(flops: float, unit: str, per_second: bool) -> str:
         """The bound at the FP32 peak (and at the BF16 one): flops per item -> items/s or s/item."""
         def bound(peak: float) -> str:
             return _number(peak / flops if per_second else flops / peak)
-        return f"{'≤' if per_second else '≥'} {bound(fp32)} {unit}" + (f" ({bound(bf16 * 1e9)} BF16)" if bf16 else "")
+        return (f"{'≤' if per_second else '≥'} {bound(fp32)} {unit}" + (f" ({bound(bf16 * 1e9)} BF16)" if bf16 else "")
+                + (f" ({bound(amx * 1e9)} AMX)" if amx else ""))
 
     # q8 / q4 store 8.5 / 4.5 bits a weight (blocks of 32 with an fp16 scale) instead of BF16's 16
     decode_limit = (f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth; "
@@ -494,8 +497,10 @@ def main() -> None:
               f"and its RSS is not compared)")
     if limits:
         bf16 = f"{limits['bf16_gflop_s']} GFLOP/s" if limits["bf16_gflop_s"] else "not on this CPU"
+        amx = f"{limits['amx_bf16_gflop_s']} GFLOP/s" if limits.get("amx_bf16_gflop_s") else "not here"
         print(f"- machine ({limits['threads']} threads, {limits['isa']}): read bandwidth {limits['read_gb_s']} GB/s, "
-              f"FP32 FMA peak {limits['fp32_gflop_s']} GFLOP/s, BF16 dot-product peak {bf16}")
+              f"FP32 FMA peak {limits['fp32_gflop_s']} GFLOP/s, BF16 dot-product peak {bf16}, "
+              f"AMX BF16 tile peak {amx}")
         cpu_bf16 = f", BF16 {limits['bf16_gflop_s_cpu']}" if limits["bf16_gflop_s_cpu"] else ""
         print(f"  (from CPU time, i.e. what an idle machine gives: {limits['read_gb_s_cpu']} GB/s, "
               f"FP32 {limits['fp32_gflop_s_cpu']}{cpu_bf16} GFLOP/s)")

@@ -9,7 +9,8 @@ n=729 tokens through a 4304x1152 weight (SigLIP fc1; compute bound: GFLOP/s,
 against the FP32 FMA peak), through BLAS sgemm and through our own GEMM
 kernels (sv_matmul uses its own where the ISA has one).  The "avx512bf16 bf16"
 rows run precision="bf16": x rounded to BF16, BF16 x BF16 products summed in
-fp32 (vdpbf16ps); the percentages there are still of the FP32 FMA peak.
+fp32 (vdpbf16ps); the "amx bf16" row the same on AMX tiles (tdpbf16ps), where
+they run; the percentages there are still of the FP32 FMA peak.
 Layer: the six matmuls of one SigLIP-SO400M encoder layer (q, k, v, o
 1152x1152, fc1 4304x1152, fc2 1152x4304; n=729, BF16 weights) in each precision.  Figures for this machine
 are in shared/MEASUREMENTS.md; pass --bandwidth/--peak to compare elsewhere.
@@ -110,7 +111,7 @@ def main() -> None:
         w = to_weights(wf, dtype)
         runs = [(isa, use_blas, False) for isa in ISAS for use_blas in (True, False)]
         if dtype == "bf16":
-            runs.append(("avx512bf16", False, True))
+            runs += [("avx512bf16", False, True), ("amx", False, True)]  # amx: the tiles, where they run
         for isa, use_blas, bf16 in runs:
             label = f"{isa} bf16" if bf16 else isa
             for threads in (1, 2):

@@ -1,8 +1,10 @@
 /* machine_limits.c - the machine's own ceilings, measured with the same
  * thread count the engines get: memory read bandwidth (streaming AVX-512 or
  * AVX2 loads over an array far larger than the caches), the FP32 FMA peak
- * (independent FMA chains, no memory traffic) and, where the CPU has
- * AVX512_BF16, the BF16 dot-product peak (vdpbf16ps).
+ * (independent FMA chains, no memory traffic), where the CPU has
+ * AVX512_BF16, the BF16 dot-product peak (vdpbf16ps), and where it has AMX
+ * (and Linux grants the tile state), the AMX BF16 tile peak (tdpbf16ps);
+ * a figure the CPU cannot measure is null, with the reason on stderr.
  *
  * bench/bench.py compiles this on the fly and reads one JSON line:
  *     cc -O2 -pthread machine_limits.c -o machine_limits
@@ -10,19 +12,24 @@
  * Peaks are FLOP/s with a multiply-add counted as two FLOPs.  Each figure comes
  * twice: from wall time and from the slowest thread's CPU time ("_cpu"), which
  * on a shared machine still shows what the hardware can do. */
+#define _GNU_SOURCE /* syscall() */
+#include <cpuid.h>
+#include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 /* FMA rounds per thread per run: 20 million (~0.1-0.2 s at 3-4 GHz) unless argv says otherwise. */
 static long fma_iters = 20000000L;
 #define RUNS 5              /* best of RUNS: the machine may be shared */
 
-enum test { READ_AVX512, READ_AVX2, FMA_AVX512, FMA_AVX2, DPBF16 };
+enum test { READ_AVX512, READ_AVX2, FMA_AVX512, FMA_AVX2, DPBF16, AMX_BF16 };
 
 struct job {
     enum test test;
@@ -111,6 +118,61 @@ __attribute__((target("avx512f,avx512bf16"))) static float dpbf16(void) {
     return _mm512_reduce_add_ps(total);
 }
 
+/* LDTILECFG's operand, palette 1: all eight tiles 16 rows of 64 bytes. */
+static const unsigned char TILE_CONFIG[64] = {
+    [0] = 1,
+    [16] = 64, [18] = 64, [20] = 64, [22] = 64, [24] = 64, [26] = 64, [28] = 64, [30] = 64,
+    [48] = 16, [49] = 16, [50] = 16, [51] = 16, [52] = 16, [53] = 16, [54] = 16, [55] = 16,
+};
+static const unsigned short TILE_ONES[16 * 32] = {[0 ... 16 * 32 - 1] = 0x3f80}; /* BF16 1.0 */
+
+/* AMX_ROUNDS(fma_iters) rounds of four tdpbf16ps into four independent accumulator tiles (two A tiles
+ * times two B tiles, as a GEMM blocks them): each is a 16 x 32 by 32 x 16 BF16 product, 16 * 16 * 32 * 2
+ * FLOPs.  Operands stay in the tiles: this is the instruction's own peak, no memory traffic. */
+#define AMX_ROUNDS(iters) ((iters) / 4)
+__attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16(void) {
+    float out[16 * 16];
+    _tile_loadconfig(TILE_CONFIG);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, TILE_ONES, 64);
+    _tile_loadd(5, TILE_ONES, 64);
+    _tile_loadd(6, TILE_ONES, 64);
+    _tile_loadd(7, TILE_ONES, 64);
+    for (long i = 0; i < AMX_ROUNDS(fma_iters); i++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    return out[0];
+}
+
+/* AMX-TILE and AMX-BF16 (cpuid 7.0 edx bits 24, 22), the OS managing the tile state (XCR0 bits 17, 18),
+ * and Linux granting it to this process; else 0 and why on stderr. */
+static int amx_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 22) & 1)) {
+        fprintf(stderr, "machine_limits: no AMX-BF16 on this CPU: AMX peak skipped\n");
+        return 0;
+    }
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x60000) != 0x60000) {
+        fprintf(stderr, "machine_limits: the OS does not enable the AMX tile state: AMX peak skipped\n");
+        return 0;
+    }
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) {
+        fprintf(stderr, "machine_limits: Linux refused the AMX tile state (%s): AMX peak skipped\n", strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
 static void *run_job(void *arg) {
     struct job *job = arg;
     double start = seconds_of(CLOCK_THREAD_CPUTIME_ID);
@@ -120,6 +182,7 @@ static void *run_job(void *arg) {
     case FMA_AVX512: job->sink = fma_avx512(); break;
     case FMA_AVX2: job->sink = fma_avx2(); break;
     case DPBF16: job->sink = dpbf16(); break;
+    case AMX_BF16: job->sink = amx_bf16(); break;
     }
     job->cpu_seconds = seconds_of(CLOCK_THREAD_CPUTIME_ID) - start;
     return NULL;
@@ -163,6 +226,7 @@ int main(int argc, char **argv) {
     int has512 = __builtin_cpu_supports("avx512f"), has2 = __builtin_cpu_supports("avx2") &&
                                                          __builtin_cpu_supports("fma");
     int hasbf16 = has512 && __builtin_cpu_supports("avx512bf16");
+    int hasamx = amx_usable();
     if (!has2) {
         fprintf(stderr, "machine_limits: this CPU has no AVX2/FMA\n");
         return 1;
@@ -175,25 +239,31 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i++) data[i] = (float)(i & 7); /* touch every page before timing */
     size_t slice = n / threads / 64 * 64;
-    double read_cpu = 0, fma_cpu = 0, bf16_cpu = 0;
+    double read_cpu = 0, fma_cpu = 0, bf16_cpu = 0, amx_cpu = 0;
     double read_s = best_seconds(has512 ? READ_AVX512 : READ_AVX2, threads, data, n, &read_cpu);
     double fma_s = best_seconds(has512 ? FMA_AVX512 : FMA_AVX2, threads, NULL, 0, &fma_cpu);
     double bf16_s = hasbf16 ? best_seconds(DPBF16, threads, NULL, 0, &bf16_cpu) : 0;
+    double amx_s = hasamx ? best_seconds(AMX_BF16, threads, NULL, 0, &amx_cpu) : 0;
     free(data);
-    if (read_s <= 0 || fma_s <= 0 || bf16_s < 0) {
+    if (read_s <= 0 || fma_s <= 0 || bf16_s < 0 || amx_s < 0) {
         fprintf(stderr, "machine_limits: could not start threads\n");
         return 1;
     }
     double read_gb = (double)slice * threads * sizeof(float) / 1e9;
     double fma_gflop = (double)threads * fma_iters * 12 * (has512 ? 16 : 8) * 2 / 1e9;
     double bf16_gflop = (double)threads * fma_iters * 12 * 64 / 1e9;
+    double amx_gflop = (double)threads * AMX_ROUNDS(fma_iters) * 4 * (16 * 16 * 32 * 2) / 1e9;
     printf("{\"isa\": \"%s\", \"threads\": %d, \"read_gb_s\": %.2f, \"read_gb_s_cpu\": %.2f, "
            "\"fp32_gflop_s\": %.1f, \"fp32_gflop_s_cpu\": %.1f, ",
            has512 ? "avx512" : "avx2", threads, read_gb / read_s, read_gb / read_cpu, fma_gflop / fma_s,
            fma_gflop / fma_cpu);
     if (hasbf16)
-        printf("\"bf16_gflop_s\": %.1f, \"bf16_gflop_s_cpu\": %.1f}\n", bf16_gflop / bf16_s, bf16_gflop / bf16_cpu);
+        printf("\"bf16_gflop_s\": %.1f, \"bf16_gflop_s_cpu\": %.1f, ", bf16_gflop / bf16_s, bf16_gflop / bf16_cpu);
     else
-        printf("\"bf16_gflop_s\": null, \"bf16_gflop_s_cpu\": null}\n");
+        printf("\"bf16_gflop_s\": null, \"bf16_gflop_s_cpu\": null, ");
+    if (hasamx)
+        printf("\"amx_bf16_gflop_s\": %.1f, \"amx_bf16_gflop_s_cpu\": %.1f}\n", amx_gflop / amx_s, amx_gflop / amx_cpu);
+    else
+        printf("\"amx_bf16_gflop_s\": null, \"amx_bf16_gflop_s_cpu\": null}\n");
     return 0;
 }

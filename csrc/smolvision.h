@@ -354,8 +354,9 @@ sv_tokenizer *sv_model_tokenizer(sv_model *model);
 /* Not for applications: entry points that let tests and benchmarks drive the
  * kernels directly. */
 
-/* The matmul kernel family this process uses: "portable", "avx2", "avx512" or
- * "avx512bf16" (the best the CPU runs, or lower if SMOLVISION_ISA says so). */
+/* The matmul kernel family this process uses: "portable", "avx2", "avx512",
+ * "avx512bf16" or "amx" (the best the CPU runs, or lower if SMOLVISION_ISA says
+ * so; "amx" only once Linux granted the tile state and the self-check passed). */
 const char *sv_kernels_isa(void);
 
 /* y = x @ W^T + b with the named ISA's kernels on a fresh pool of `threads`:
@@ -375,6 +376,26 @@ sv_status sv_debug_matmul(const char *isa, int32_t blas, const float *x, int64_t
 sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const float *x, int64_t n, const void *w,
                                     int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                                     int32_t threads, int32_t repeat, double *seconds);
+
+/* What became of AMX (level amx, the tile BF16 GEMM of precision BF16) in this process: "on", "absent"
+ * (CPU or build), "off (SMOLVISION_ISA)", "refused: ..." (Linux did not grant the tile state) or "failed
+ * self-check: ..." (its results disagreed with plain C, so the AVX512_BF16 kernels run instead).  The
+ * first call at level amx asks Linux for the tile state and runs the self-check. */
+const char *sv_kernels_amx(void);
+
+/* y = x @ W^T + b, W = w[rows, cols] BF16, with precision BF16 through the AMX GEMM on the plain-C
+ * emulation of the tile instructions (every n, however small), on a fresh pool of `threads`; runs on
+ * any CPU.  planted 1: a copy of those kernels with a planted bug (pack swaps the halves of each BF16
+ * pair), to show the tests can fail. */
+sv_status sv_debug_matmul_amx_emulated(int32_t planted, const float *x, int64_t n, const uint16_t *w, int64_t rows,
+                                       int64_t cols, const float *b, float *y, int32_t threads);
+/* The AMX self-check (the one dispatch runs before using the real tiles) on the emulated kernels, or with
+ * planted 1 on their bugged copy: SV_OK if it passes, else SV_ERR_UNSUPPORTED with its reason. */
+sv_status sv_debug_amx_self_check(int32_t planted);
+/* One emulated TDPBF16PS: LDTILECFG config[64], then tiles 0, 1, 2 loaded from c, a, b (images of 16
+ * rows of 64 bytes, as many rows and bytes as the config gives each), TDPBF16PS tmm0, tmm1, tmm2, and
+ * tile 0 stored back to c. */
+sv_status sv_debug_amx_emulated_dpbf16ps(const uint8_t *config, const uint8_t *a, const uint8_t *b, uint8_t *c);
 
 /* Teacher-forced scoring through the decode path: prefills ids[0, n_prompt) (text only), then feeds
  * ids[n_prompt, n) one at a time as generation does.  out_logits[n - n_prompt + 1, vocab] receives the

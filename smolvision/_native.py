@@ -51,9 +51,13 @@ def build_info() -> str:
 
 
 def cpu_features() -> dict:
-    """Which matmul kernels this process runs: {"kernels": "portable" | "avx2" | "avx512" | "avx512bf16" | "neon"
-    (the best this CPU runs, or lower if the SMOLVISION_ISA environment variable says so), "bf16_matmul":
-    whether precision="bf16" runs BF16 x BF16 kernels here (AVX512_BF16) rather than falling back to fp32,
-    "quant_kernels": the int8 kernels of quant="q8" / "q4": "avx512vnni", "avx2" or "portable"}."""
+    """Which matmul kernels this process runs: {"kernels": "portable" | "avx2" | "avx512" | "avx512bf16" | "amx"
+    | "neon" (the best this CPU runs, or lower if the SMOLVISION_ISA environment variable says so), "bf16_matmul":
+    whether precision="bf16" runs BF16 x BF16 kernels here (AVX512_BF16, AMX) rather than falling back to fp32,
+    "quant_kernels": the int8 kernels of quant="q8" / "q4": "avx512vnni", "avx2" or "portable",
+    "amx": what became of the AMX tile GEMM: "on", "absent" (CPU or build), "off (SMOLVISION_ISA)",
+    "refused: ..." (Linux did not grant the tile state) or "failed self-check: ..."}.
+    On a CPU with AMX the first call asks Linux for the tile state and runs the AMX self-check."""
     return {"kernels": ffi.string(lib.sv_kernels_isa()).decode(), "bf16_matmul": bool(lib.sv_kernels_bf16()),
-            "quant_kernels": ffi.string(lib.sv_kernels_quant()).decode()}
+            "quant_kernels": ffi.string(lib.sv_kernels_quant()).decode(),
+            "amx": ffi.string(lib.sv_kernels_amx()).decode()}

@@ -17,7 +17,7 @@ import torch
 
 from smolvision._native import ffi, lib
 
-ISAS = ("portable", "avx2", "avx512", "avx512bf16", "neon")
+ISAS = ("portable", "avx2", "avx512", "avx512bf16", "amx", "neon")
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (1000, 129), (33, 1000)]  # (rows, cols) of W
 BATCHES = (1, 3, 17, 300)

@@ -139,8 +139,8 @@ def test_load_ex_checks_precision_and_takes_null_options(mha_dir):
 
 def test_cpu_features_names_the_kernels():
     features = smolvision.cpu_features()
-    assert features["kernels"] in ("portable", "avx2", "avx512", "avx512bf16", "neon")
-    assert features["bf16_matmul"] == (features["kernels"] == "avx512bf16")
+    assert features["kernels"] in ("portable", "avx2", "avx512", "avx512bf16", "amx", "neon")
+    assert features["bf16_matmul"] == (features["kernels"] in ("avx512bf16", "amx"))
 
 
 # ---- the contract on the tiny models ----

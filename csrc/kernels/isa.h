@@ -8,13 +8,17 @@
 #ifndef SV_KERNELS_ISA_H
 #define SV_KERNELS_ISA_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../threadpool.h"
 #include "matrix.h"
 
-/* x86-64 climbs portable < avx2 < avx512 < avx512bf16; aarch64 has portable < neon. */
-typedef enum { SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_NEON, SV_ISA_COUNT } sv_isa_level;
+/* x86-64 climbs portable < avx2 < avx512 < avx512bf16 < amx; aarch64 has portable < neon.  Level amx is
+ * avx512bf16's kernels plus the AMX GEMM for BF16 products with enough rows (sv_amx_isa). */
+typedef enum {
+    SV_ISA_PORTABLE, SV_ISA_AVX2, SV_ISA_AVX512, SV_ISA_AVX512BF16, SV_ISA_AMX, SV_ISA_NEON, SV_ISA_COUNT
+} sv_isa_level;
 
 /* AArch64 (little-endian: Linux, macOS): Advanced SIMD is baseline, matmul_neon.c needs no CPU check. */
 #if defined(__aarch64__) && !defined(__AARCH64EB__)
@@ -60,6 +64,21 @@ typedef struct {
                  int64_t width, const float *b);
 } sv_bf16_isa;
 
+/* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights
+ * and more than min_n input rows (fewer take sv_bf16_isa's dot).  Its operands are padded so every tile
+ * is whole: the driver rounds x into xb[round_up(n, row_align), ldx] with ldx = round_up(W.cols, k_align),
+ * zero beyond x; pack writes panel[ldx / 2, panel_width] in sv_bf16_isa's pair layout, zero-padded to
+ * ldx / 2 pair rows (the layout AMX reads B in); gemm: y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for
+ * i < n, c < width. */
+typedef struct {
+    const char *name;
+    int min_n;
+    int panel_width, k_align, row_align;
+    void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
+    void (*gemm)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+                 int64_t width, const float *b);
+} sv_amx_isa;
+
 /* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver
  * (matmul_quant.c) quantizes the activations once per matmul to int8 blocks, codes xq[n, ldq] with
  * scales xd[n, nb] and code sums xs[n, nb] (sv_q_quantize_activations), which every thread reads. */
@@ -100,6 +119,10 @@ extern const sv_isa sv_isa_neon;
 #ifdef SV_BF16_KERNELS
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
+#ifdef SV_AMX_KERNELS
+extern const sv_amx_isa sv_amx_isa_tiles; /* matmul_amx.c: the real instructions */
+#endif
+extern const sv_amx_isa sv_amx_isa_emulated; /* matmul_amx_emulated.c: the same kernel on amx_emulation.h */
 extern const sv_quant_isa sv_quant_isa_portable;
 #ifdef SV_X86_KERNELS
 extern const sv_quant_isa sv_quant_isa_avx2;
@@ -122,6 +145,21 @@ const sv_isa *sv_isa_for(sv_isa_level level);
 const sv_ops *sv_ops_for(sv_isa_level level);
 /* The BF16 x BF16 kernels for a level: NULL below SV_ISA_AVX512BF16 (precision "bf16" then runs fp32). */
 const sv_bf16_isa *sv_bf16_isa_for(sv_isa_level level);
+/* The AMX GEMM for a level: NULL below SV_ISA_AMX, and where Linux refuses the tile state or the kernel
+ * fails its self-check (both tried once per process, on the first call at level amx). */
+const sv_amx_isa *sv_amx_for(sv_isa_level level);
+/* What became of AMX in this process: "on", "absent" (CPU or build), "off (SMOLVISION_ISA=...)",
+ * "refused: ..." or "failed self-check: ...".  Runs the first-call check of sv_amx_for. */
+const char *sv_amx_status(void);
+/* Whether an AMX GEMM's pack and gemm agree with a plain-C evaluation on small products of edge shapes:
+ * exactly where every sum is exact in fp32, to fp32 rounding on real values (amx_check.c).  If not, or
+ * out of memory, 0 and why. */
+int sv_amx_self_check(const sv_amx_isa *amx, char *why, size_t why_size);
+/* sv_matmul's driver with explicit kernels (bf16 or amx may be NULL; isa takes what they do not), for the
+ * test hooks of the emulated AMX kernels (amx_debug.c). */
+void sv_matmul_with(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y,
+                    const float *x, int64_t n, const sv_matrix *W, const float *b);
+
 /* The int8 kernels of quantized weights for a level: AVX-512 VNNI where the level is AVX-512 or above
  * and the CPU has AVX512_VNNI, else AVX2 from level AVX2 up, else portable; NULL above what the CPU runs. */
 const sv_quant_isa *sv_quant_isa_for(sv_isa_level level);
@@ -130,9 +168,13 @@ void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, 
                      const float *b);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */
 sv_isa_level sv_isa_selected(void);
-/* "portable", "avx2", "avx512", "avx512bf16", "neon" -> level; -1 for an unknown name. */
+/* "portable", "avx2", "avx512", "avx512bf16", "amx", "neon" -> level; -1 for an unknown name. */
 int sv_isa_parse(const char *name);
 const char *sv_isa_level_name(sv_isa_level level);
+
+/* dst[n] = x[n] rounded to BF16, nearest even, in plain C (finite inputs; sv_to_bf16 where there are no
+ * AVX512_BF16 kernels). */
+void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n);
 
 /* Scalar widening for the portable kernels, branch-free so loops over it vectorise. */
 static inline float sv_bits_to_float(uint32_t bits) {

@@ -21,9 +21,14 @@
  * per matmul into the pool's shared buffer, in parallel, and the BF16 x BF16
  * kernels (isa.h: sv_bf16_isa) run the same dot / packed-GEMM split; anything
  * else, or a shared buffer that cannot grow, takes the fp32 paths above.
+ * At level amx (dispatch.c: granted and self-checked) products of more than
+ * the AMX kernels' min_n rows run on tiles instead of the BF16 GEMM: x is
+ * rounded into a buffer padded to whole tiles (isa.h: sv_amx_isa), panels
+ * are packed as for the BF16 GEMM, zero-padded to whole tiles.
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../kernels.h"
 #include "../error.h"
@@ -49,7 +54,7 @@
 
 enum { BLAS_PANEL_MAX = 512 }; /* rows of W widened per sgemm call: 256 and 512 measured best */
 
-typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM } matmul_path;
+typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM, PATH_AMX } matmul_path;
 
 /* When BLAS may run (the `blas` argument of sv_debug_matmul). */
 typedef enum { BLAS_NEVER = 0, BLAS_FIRST = 1, BLAS_FALLBACK = 2 } blas_use;
@@ -63,6 +68,7 @@ typedef struct {
     const sv_matrix *W;
     const float *b;
     const sv_bf16_isa *bf16; /* the BF16 paths: their kernels and x rounded, xb[n, ldx] */
+    const sv_amx_isa *amx;   /* the AMX path (NULL: not this product): xb[round_up(n, row_align), ldx] */
     uint16_t *xb;
     int64_t ldx;
 } matmul_job;
@@ -88,9 +94,20 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* xb[i, :] = x[i, :] rounded to BF16, nearest even (finite inputs), zero-padded: the emulated AMX tests'
+ * rounding, where there are no AVX512_BF16 kernels. */
+static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k) {
+    for (int64_t i = 0; i < n; i++) {
+        sv_to_bf16_plain(xb + i * ldx, x + i * k, k);
+        for (int64_t c = k; c < ldx; c++) xb[i * ldx + c] = 0;
+    }
+}
+
 static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    j->bf16->round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
+    void (*round_rows)(uint16_t *, int64_t, const float *, int64_t, int64_t) =
+        j->bf16 ? j->bf16->round_rows : round_rows_plain;
+    round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
 }
 
 static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
@@ -109,6 +126,18 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
         int64_t w = r1 - r < width ? r1 - r : width;
         j->bf16->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
         j->bf16->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
+    }
+}
+
+static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    int64_t r0, r1, width = j->amx->panel_width, ldy = j->W->rows;
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
+    uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
+    for (int64_t r = r0; r < r1; r += width) {
+        int64_t w = r1 - r < width ? r1 - r : width;
+        j->amx->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
+        j->amx->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
 }
 
@@ -168,13 +197,27 @@ static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const
     return own ? PATH_GEMM : PATH_DOT;
 }
 
-/* Whether this product takes the BF16 paths; if so, x is rounded into the pool's shared buffer (job->xb). */
+static int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
+
+/* Whether this product takes the BF16 paths (AMX among them: job->amx stays set only if it does); if so, x
+ * is rounded into the pool's shared buffer (job->xb), padded with zeros as the path needs. */
 static int round_for_bf16(matmul_job *job) {
-    if (!job->bf16 || job->W->dtype != ST_BF16) return 0;
-    job->ldx = (job->W->cols + 1) / 2 * 2;
-    job->xb = sv_pool_shared(job->pool, (size_t)(job->n * job->ldx) * sizeof(uint16_t));
-    if (!job->xb) return 0;
+    const sv_amx_isa *amx = job->amx;
+    job->amx = NULL;
+    if (job->W->dtype != ST_BF16) return 0;
+    if (amx && job->n > amx->min_n &&
+        round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= SV_POOL_SCRATCH_BYTES)
+        job->amx = amx;
+    if (!job->bf16 && !job->amx) return 0;
+    job->ldx = round_up(job->W->cols, job->amx ? job->amx->k_align : 2);
+    int64_t rows = job->amx ? round_up(job->n, job->amx->row_align) : job->n;
+    job->xb = sv_pool_shared(job->pool, (size_t)(rows * job->ldx) * sizeof(uint16_t));
+    if (!job->xb) {
+        job->amx = NULL;
+        return 0;
+    }
     sv_pool_run(job->pool, round_task, job, job->n);
+    memset(job->xb + job->n * job->ldx, 0, (size_t)((rows - job->n) * job->ldx) * sizeof(uint16_t));
     return 1;
 }
 
@@ -183,12 +226,17 @@ static matmul_path choose_bf16_path(const sv_bf16_isa *bf, int64_t n, const sv_m
     return n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
 }
 
-static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, blas_use use, float *y,
-                   const float *x, int64_t n, const sv_matrix *W, const float *b) {
+/* amx, bf16: NULL where the product does not run on them; isa takes whatever they do not. */
+static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, blas_use use,
+                   float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
-    matmul_job job = {isa, pool, y, x, n, W, b, bf16, NULL, 0};
+    matmul_job job = {isa, pool, y, x, n, W, b, bf16, amx, NULL, 0};
     int64_t blocks = sv_row_blocks(W->rows);
-    switch (round_for_bf16(&job) ? choose_bf16_path(bf16, n, W) : choose_path(isa, use, n, W)) {
+    matmul_path path = !round_for_bf16(&job) ? choose_path(isa, use, n, W)
+                       : job.amx             ? PATH_AMX
+                                             : choose_bf16_path(bf16, n, W);
+    switch (path) {
+    case PATH_AMX: sv_pool_run(pool, amx_task, &job, blocks); break;
     case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
     case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;
     case PATH_DOT: sv_pool_run(pool, dot_task, &job, blocks); break;
@@ -207,13 +255,25 @@ static const sv_bf16_isa *bf16_kernels(sv_precision precision, sv_isa_level leve
     return precision == SV_PRECISION_BF16 ? sv_bf16_isa_for(level) : NULL;
 }
 
+/* The AMX kernels a precision runs with at this ISA level: NULL for fp32, below amx, or where AMX was
+ * refused or failed its self-check (the first call at level amx runs both). */
+static const sv_amx_isa *amx_kernels(sv_precision precision, sv_isa_level level) {
+    return precision == SV_PRECISION_BF16 ? sv_amx_for(level) : NULL;
+}
+
+void sv_matmul_with(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y,
+                    const float *x, int64_t n, const sv_matrix *W, const float *b) {
+    matmul(pool, isa, bf16, amx, BLAS_FALLBACK, y, x, n, W, b);
+}
+
 void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
     double t = sv_op_begin(ctx);
     sv_isa_level level = sv_isa_selected();
     if (sv_dtype_is_quant(W->dtype))
         sv_matmul_quant(ctx->pool, ctx->precision, level, y, x, n, W, b); /* load option quant: matmul_quant.c */
     else
-        matmul(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level), BLAS_FALLBACK, y, x, n, W, b);
+        matmul(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level), amx_kernels(ctx->precision, level),
+               BLAS_FALLBACK, y, x, n, W, b);
     sv_op_end(ctx, SV_OP_MATMUL, t);
 }
 
@@ -228,6 +288,10 @@ void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
         bf16->round_rows(dst, n, x, 1, n);
         return;
     }
+    sv_to_bf16_plain(dst, x, n);
+}
+
+void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) { /* finite inputs: add half an ulp of BF16, ties to even, and truncate */
         union { float f; uint32_t u; } v = {x[i]};
         dst[i] = (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
@@ -244,7 +308,13 @@ void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {
 
 /* ---- test hooks (declared in smolvision.h) ---- */
 
-const char *sv_kernels_isa(void) { return sv_isa_level_name(sv_isa_selected()); }
+const char *sv_kernels_isa(void) {
+    sv_isa_level level = sv_isa_selected();
+    if (level == SV_ISA_AMX && !sv_amx_for(level)) level = SV_ISA_AVX512BF16; /* refused or failed: what runs */
+    return sv_isa_level_name(level);
+}
+
+const char *sv_kernels_amx(void) { return sv_amx_status(); }
 
 int32_t sv_kernels_bf16(void) { return sv_bf16_isa_for(sv_isa_selected()) != NULL; }
 
@@ -253,12 +323,15 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
                               int32_t threads, int32_t repeat, double *seconds) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
     if (level < 0)
-        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, neon)", isa_name ? isa_name : "(null)");
+        return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, amx, neon)", isa_name ? isa_name : "(null)");
     const sv_isa *isa = sv_isa_for((sv_isa_level)level);
     if (!isa) return sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build cannot run the %s kernels", isa_name);
     if (precision != SV_PRECISION_FP32 && precision != SV_PRECISION_BF16)
         return sv_fail(SV_ERR_ARG, "precision is %d, not 0 (fp32) or 1 (bf16)", precision);
     const sv_bf16_isa *bf16 = bf16_kernels((sv_precision)precision, (sv_isa_level)level);
+    const sv_amx_isa *amx = amx_kernels((sv_precision)precision, (sv_isa_level)level);
+    if (level == SV_ISA_AMX && precision == SV_PRECISION_BF16 && !amx)
+        return sv_fail(SV_ERR_UNSUPPORTED, "AMX does not run in this process: %s", sv_amx_status());
     if (blas < BLAS_NEVER || blas > BLAS_FALLBACK) return sv_fail(SV_ERR_ARG, "blas is %d, not 0, 1 or 2", blas);
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return sv_fail(SV_ERR_ARG, "dtype %d is not 0 (F32), 1 (F16) or 2 (BF16)", dtype);
@@ -269,9 +342,9 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
-    if (seconds) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
+    if (seconds) matmul(pool, isa, bf16, amx, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
     double start = sv_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, (blas_use)blas, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, amx, (blas_use)blas, y, x, n, &W, b);
     if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;

@@ -1,0 +1,114 @@
+/* matmul_amx_impl.h - the AMX BF16 GEMM (isa.h: sv_amx_isa), written once
+ * against amx_tiles.h and compiled twice: matmul_amx.c on the real tile
+ * instructions, matmul_amx_emulated.c on their plain-C model (for tests on
+ * any CPU).  The including file defines, before including this:
+ *   AMX_TABLE, AMX_NAME   the sv_amx_isa table's identifier and name
+ *   AMX_MIN_N             its min_n
+ *   pack_pairs(panel, w, ldw, cols, r0, r1)
+ *                         sv_bf16_isa's pack for PANEL columns (isa.h layout)
+ * Everything else here is plain C, so the emulated build runs it unchanged.
+ *
+ * TDPBF16PS multiplies a 16 x 32 BF16 tile A by a 32 x 16 BF16 tile B into
+ * a 16 x 16 fp32 tile C: A's rows are 32 consecutive BF16 of a row of x (so
+ * xb, x rounded row-major, is A as it is), and B's row k holds the pairs
+ * (W[c, 2k], W[c, 2k + 1]) for its 16 columns c as 32-bit words: exactly the
+ * panel layout of the AVX512_BF16 GEMM, whose pack is reused.  A product of
+ * two BF16 is exact in fp32, so as with vdpbf16ps the only errors are x's
+ * rounding to BF16 and the fp32 sums.
+ *
+ * Blocking: a panel of 32 weight rows against 32 input rows at a time, in
+ * 2 x 2 accumulator tiles (C 0-3) fed by two A tiles (4, 5) and the panel's
+ * two 16-column halves (B 6, 7): four tile loads per four tile products.
+ * Edges cost no special cases inside the loop: the driver pads xb with zero
+ * columns to a multiple of 32 and zero rows to a multiple of 16, pack pads
+ * the panel with zero pair rows to match, and the accumulators go through
+ * a small block in memory, from which only the n x width results that exist
+ * are copied out (with the bias). */
+#include <stdint.h>
+#include <string.h>
+
+#include "amx_tiles.h"
+#include "isa.h"
+
+enum {
+    PANEL = 32,   /* weight rows per packed panel: two B tiles of 16 columns */
+    K_BLOCK = 32, /* BF16 elements in one A tile row (64 bytes) */
+    M_BLOCK = 16, /* rows of a tile */
+    M_STEP = 32   /* input rows per step: two A tiles */
+};
+
+/* LDTILECFG's 64-byte operand, palette 1 (SDM vol. 2, LDTILECFG). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+_Static_assert(sizeof(tile_config) == 64, "LDTILECFG reads 64 bytes");
+
+/* Every tile whole: 16 rows of 64 bytes.  A constant rather than a local filled in before use: GCC 12's
+ * _tile_loadconfig tells the compiler it reads only the first 8 bytes, so stores to the rest of a local
+ * could legally be dropped. */
+static const tile_config CONFIG = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {M_BLOCK, M_BLOCK, M_BLOCK, M_BLOCK, M_BLOCK, M_BLOCK, M_BLOCK, M_BLOCK},
+};
+
+/* The sv_amx_isa pack: pack_pairs, then zero pair rows up to the K_BLOCK multiple the last B tiles read. */
+static void pack(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1) {
+    pack_pairs(panel, w, ldw, cols, r0, r1);
+    int64_t pairs = (cols + 1) / 2, padded = (cols + K_BLOCK - 1) / K_BLOCK * K_BLOCK / 2;
+    memset(panel + pairs * PANEL, 0, (size_t)((padded - pairs) * PANEL) * sizeof *panel);
+}
+
+/* y[i, c] = xb[i, :] . panel[:, c] + b[c] for i < n, c < width: xb[round_up(n, M_BLOCK), ldx] (ldx a
+ * multiple of K_BLOCK, zero-padded), panel[ldx / 2, PANEL], y[n, ldy]. */
+static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+                 int64_t width, const float *b) {
+    TILE_CONFIG(&CONFIG);
+    _Alignas(64) float block[M_STEP][PANEL]; /* the four accumulator tiles, for copying out */
+    const int64_t x_stride = ldx * (int64_t)sizeof *xb, panel_stride = PANEL * (int64_t)sizeof *panel;
+    for (int64_t i = 0; i < n; i += M_STEP) {
+        const int two = n - i > M_BLOCK; /* a second A tile: xb is padded to whole tiles, not to M_STEP */
+        const uint16_t *a = xb + i * ldx;
+        TILE_ZERO(0);
+        TILE_ZERO(1);
+        if (two) {
+            TILE_ZERO(2);
+            TILE_ZERO(3);
+        }
+        for (int64_t k = 0; k < ldx; k += K_BLOCK) {
+            const uint32_t *p = panel + k / 2 * PANEL;
+            TILE_LOAD(6, p, panel_stride);
+            TILE_LOAD(7, p + 16, panel_stride);
+            TILE_LOAD(4, a + k, x_stride);
+            TILE_DPBF16PS(0, 4, 6);
+            TILE_DPBF16PS(1, 4, 7);
+            if (two) {
+                TILE_LOAD(5, a + M_BLOCK * ldx + k, x_stride);
+                TILE_DPBF16PS(2, 5, 6);
+                TILE_DPBF16PS(3, 5, 7);
+            }
+        }
+        TILE_STORE(0, &block[0][0], sizeof block[0]);
+        TILE_STORE(1, &block[0][16], sizeof block[0]);
+        if (two) {
+            TILE_STORE(2, &block[16][0], sizeof block[0]);
+            TILE_STORE(3, &block[16][16], sizeof block[0]);
+        }
+        int64_t rows = n - i < M_STEP ? n - i : M_STEP;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < width; c++) y[(i + r) * ldy + c] = block[r][c] + (b ? b[c] : 0.0f);
+    }
+    TILE_RELEASE(); /* back to the init state: the OS then need not save 8 KB of tiles per switch */
+}
+
+const sv_amx_isa AMX_TABLE = {
+    .name = AMX_NAME,
+    .min_n = AMX_MIN_N,
+    .panel_width = PANEL,
+    .k_align = K_BLOCK,
+    .row_align = M_BLOCK,
+    .pack = pack,
+    .gemm = gemm,
+};
