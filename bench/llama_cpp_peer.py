@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
@@ -70,22 +72,30 @@ def llama_cpp_tools(threads: int, need: tuple[str, ...] = ("bench", "quantize"))
     return tools
 
 
+CONVERTER_IMPORTS = "import sentencepiece, torch"  # convert_hf_to_gguf.py imports both, whatever the tokenizer
+
+
 def converter_python() -> str:
-    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece (imported
-    even for BPE tokenizers), else a venv in CACHE on top of this one's packages, with it added."""
-    if subprocess.run([sys.executable, "-c", "import sentencepiece"], capture_output=True).returncode == 0:
+    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece and torch, else a venv
+    in CACHE on top of this one's packages, with sentencepiece added."""
+    if subprocess.run([sys.executable, "-c", CONVERTER_IMPORTS], capture_output=True).returncode == 0:
         return sys.executable
     venv = CACHE / "convert-venv"
     python = venv / "bin" / "python"
     # On a fresh machine the venv does not exist yet: running its python would raise FileNotFoundError.
-    if not python.exists() or subprocess.run([str(python), "-c", "import sentencepiece"],
+    if not python.exists() or subprocess.run([str(python), "-c", CONVERTER_IMPORTS],
                                              capture_output=True).returncode != 0:
         log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
-        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]
-        for step in steps:
-            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
-                raise RuntimeError(f"could not set up {venv} for the GGUF conversion")
+        if subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"could not create {venv} for the GGUF conversion")
+        # This interpreter's packages (torch, numpy...) seen from the venv: --system-site-packages would
+        # give the base interpreter's instead when this one is itself a venv.
+        site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+        site_packages.mkdir(parents=True, exist_ok=True)
+        (site_packages / "bench-parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        install = [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]
+        if subprocess.run(install, stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"could not install sentencepiece into {venv} for the GGUF conversion")
     return str(python)
 
 
