@@ -1,6 +1,7 @@
 """smolvision against its peers, one table from one run.
 
     PYTHONPATH=. python3 bench/bench.py --model DIR [--threads 2] [--llama-cpp] [--quant] [--no-peers] [--quick]
+                                        [--sequences | --only-sequences]
 
 Phases (each engine in its own subprocess, so peak RSS is that engine's own):
   vision encode   one image_size x image_size tile (384 for SmolVLM-Instruct), seconds
@@ -30,6 +31,12 @@ Ratios are speedups of smolvision over the best peer with the same kind of weigh
 against transformers BF16 and llama.cpp BF16; with --quant, q8 against Q8_0 and q4 against
 Q4_K_M): above 1 means smolvision is faster (or smaller, for RSS).
 
+With --sequences (or --only-sequences, without the phase table) a second section follows with the
+rows of issue 13, from bench/sequences.py: the follow-up turn about the same image (smolvision
+with its cache, with load(cache_bytes=0), transformers), aggregate decode tok/s of 1, 2, 4, 8
+sequences in BF16 and q8 next to llama.cpp's llama-batched-bench (with --llama-cpp) on the same
+weights, and the peak RSS of a process holding 8 sequences of 2048 tokens.
+
 --quick shrinks every phase (short prompts, few tokens, one short limits run) so that
 the script can be smoke-tested on a tiny model in seconds.  Wall-clock figures on a
 shared machine measure the other tenants too; the header shows the load average.
@@ -51,33 +58,14 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_cpp_peer import run_llama_cpp
-from workload import CACHE, Workload, log
+import sequences
+from llama_cpp_peer import run_llama_batched, run_llama_cpp
+from workload import CACHE, Workload, log, prompt_ids, test_image, tile_pixels
 
 HERE = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------- inputs both engines share
-
-def prompt_ids(config: dict, n: int, seed: int) -> np.ndarray:
-    """n random ordinary token ids (no special or image ids), the same for every engine."""
-    rng = np.random.default_rng(seed)
-    vocab = config["text_config"]["vocab_size"]
-    ids = rng.integers(100, min(vocab, 49152) - 1, size=n)
-    ids[ids == config["image_token_id"]] = 100
-    return ids.astype(np.int64)
-
-
-def tile_pixels(config: dict) -> np.ndarray:
-    """One normalized tile, float32 [1, 3, S, S] in [-1, 1]."""
-    size = config["vision_config"]["image_size"]
-    return np.random.default_rng(1).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-
-
-def test_image(edge: int) -> np.ndarray:
-    """A edge x edge RGB uint8 image (random noise: the content does not change the cost)."""
-    return np.random.default_rng(2).integers(0, 256, (edge, edge, 3), dtype=np.uint8)
-
 
 def best_seconds(run, repeats: int) -> float:
     """The shortest wall time of `repeats` calls of run()."""
@@ -229,7 +217,8 @@ def worker_smolvision_quant(quant: str):
 
 
 WORKERS = {"smolvision": worker_smolvision, "transformers": worker_transformers,
-           "smolvision-q8": worker_smolvision_quant("q8"), "smolvision-q4": worker_smolvision_quant("q4")}
+           "smolvision-q8": worker_smolvision_quant("q8"), "smolvision-q4": worker_smolvision_quant("q4"),
+           **{f"sequences-{name}": worker for name, worker in sequences.WORKERS.items()}}
 
 
 def run_child(command: list, env: dict | None = None) -> tuple:
@@ -439,6 +428,11 @@ def main() -> None:
                         help="run smolvision and llama.cpp this many times, one after the other, and keep each "
                              "phase's best: memory bandwidth on shared hosts drifts by minutes, and interleaved "
                              "rounds give both engines the same chances (transformers runs once)")
+    parser.add_argument("--sequences", action="store_true",
+                        help="also the rows of issue 13 after the phase table: follow-up turn (cache on / off, "
+                             "transformers), aggregate decode of 1-8 sequences (BF16, q8; llama-batched-bench with "
+                             "--llama-cpp), peak RSS of 8 sequences of 2k tokens")
+    parser.add_argument("--only-sequences", action="store_true", help="the --sequences rows without the phase table")
     parser.add_argument("--quick", action="store_true", help="tiny phases, for smoke-testing the script")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -455,6 +449,44 @@ def main() -> None:
 
     config = json.loads((Path(args.model) / "config.json").read_text())
     load_before = os.getloadavg()[0]
+    header = [f"## smolvision benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
+              f"- model: `{args.model}` (text hidden {config['text_config']['hidden_size']}, "
+              f"{config['text_config']['num_hidden_layers']} layers; vision {config['vision_config']['image_size']} px)",
+              f"- CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} threads per engine; "
+              f"load average before the run {load_before:.1f}"]
+    if args.only_sequences:
+        print("\n".join(header) + "\n", flush=True)
+    else:
+        phases(args, work, config, header)
+    if args.sequences or args.only_sequences:
+        print(sequence_rows(args, work))
+
+
+def cpu_name() -> str:
+    if not Path("/proc/cpuinfo").exists():
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+
+
+def sequence_rows(args: argparse.Namespace, work: Workload) -> str:
+    """The --sequences section (bench/sequences.py): each worker in its own process, then llama-batched-bench."""
+    follow = run_engine("sequences-follow-up", args)
+    follow_peer = None if args.no_peers else run_engine("sequences-transformers-follow-up", args)
+    columns = {"smolvision BF16": sequences.rates_of(run_engine("sequences-batched", args)),
+               "smolvision q8": sequences.rates_of(run_engine("sequences-batched-q8", args))}
+    if not args.no_peers and args.llama_cpp:
+        for quant, rates in run_llama_batched(args, list(work.batch_widths), work.batch_prompt,
+                                              work.batch_decode).items():
+            columns[f"llama.cpp {quant}"] = rates
+    elif not args.no_peers:
+        log("llama.cpp batched columns skipped: pass --llama-cpp to build and run llama-batched-bench")
+    rss = run_engine("sequences-rss", args)
+    return sequences.section(work, follow, follow_peer, columns, rss)
+
+
+def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[str]) -> None:
+    """The phase table: every engine on vision, prefill, decode, end to end and peak RSS."""
     log("measuring the machine limits")
     limits = machine_limits(args.threads, args.quick)
     engines: dict = {"smolvision": None}
@@ -476,14 +508,7 @@ def main() -> None:
         log("llama.cpp columns skipped: pass --llama-cpp to build and run llama-bench")
 
     mine = engines["smolvision"] or {}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    print(f"## smolvision benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n")
-    print(f"- model: `{args.model}` (text hidden {config['text_config']['hidden_size']}, "
-          f"{config['text_config']['num_hidden_layers']} layers; vision {config['vision_config']['image_size']} px)")
-    print(f"- CPU: {cpu}, {os.cpu_count()} logical CPUs, {args.threads} threads per engine; "
-          f"load average before the run {load_before:.1f}")
+    print("\n".join(header))
     if args.rounds > 1:
         print(f"- {args.rounds} interleaved rounds of smolvision and llama.cpp: each phase's best round "
               f"(transformers: one run)")
@@ -510,7 +535,8 @@ def main() -> None:
         if result and result.get("e2e_tiles") is not None:
             print(f"- end to end, {name}: {result['e2e_tiles']} tiles, {result['e2e_prompt_tokens']} prompt tokens")
     print()
-    print(table(work, engines, limit_cells(limits, Costs.of(config), work, mine)))
+    print(table(work, engines, limit_cells(limits, Costs.of(config), work, mine)), end="\n\n", flush=True)
+
 
 
 if __name__ == "__main__":

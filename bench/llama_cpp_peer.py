@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,8 +24,13 @@ from workload import CACHE, Workload, log
 LLAMA_QUANTS = ("BF16", "Q8_0", "Q4_K_M")
 
 
-def llama_cpp_tools(threads: int) -> dict:
-    """Paths of llama-bench and llama-quantize and the convert script, building them once into CACHE.
+TARGETS = {"bench": "llama-bench", "quantize": "llama-quantize", "batched_bench": "llama-batched-bench",
+           "server": "llama-server"}
+
+
+def llama_cpp_tools(threads: int, need: tuple[str, ...] = ("bench", "quantize")) -> dict:
+    """Paths of the llama.cpp programs in `need` (keys of TARGETS) and the convert script, building the
+    missing ones once into CACHE.
 
     Raises RuntimeError with the reason when something cannot be fetched or built."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -45,40 +52,50 @@ def llama_cpp_tools(threads: int) -> dict:
         with tarfile.open(sdists[-1]) as archive:
             archive.extractall(CACHE, filter="data")
     build = CACHE / f"build-{name}"
-    tools = {"bench": build / "bin" / "llama-bench", "quantize": build / "bin" / "llama-quantize",
-             "convert": source / "convert_hf_to_gguf.py", "version": name}
-    if not (tools["bench"].exists() and tools["quantize"].exists()):
-        log(f"llama.cpp: building llama-bench and llama-quantize into {build} (once; long on few cores)")
+    tools = {key: build / "bin" / target for key, target in TARGETS.items()}
+    tools.update(convert=source / "convert_hf_to_gguf.py", version=name)
+    missing = [TARGETS[key] for key in need if not tools[key].exists()]
+    if missing:
+        log(f"llama.cpp: building {', '.join(missing)} into {build} (once; long on few cores)")
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        # The server's web UI is left out: it would be downloaded (no network here) or built with npm.
         steps = [["cmake", "-S", str(source), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
                   "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"],
-                 ["cmake", "--build", str(build), "-j", str(max(threads, 1)), "--target", "llama-bench",
-                  "llama-quantize"]]
+                  "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF",
+                  "-DLLAMA_USE_PREBUILT_UI=OFF", "-DBUILD_SHARED_LIBS=OFF"],
+                 ["cmake", "--build", str(build), "-j", str(max(threads, 1)), "--target", *missing]]
         for step in steps:
             if subprocess.run(step, stdout=sys.stderr).returncode != 0:
-                raise RuntimeError(f"building llama.cpp failed at: {' '.join(step[:3])} ...")
+                raise RuntimeError(f"building llama.cpp failed at: {' '.join(step[:3])} ... {' '.join(missing)}")
     if not tools["convert"].exists():
         raise RuntimeError(f"{tools['convert']} is missing from the sdist")
     return tools
 
 
+CONVERTER_IMPORTS = "import sentencepiece, torch"  # convert_hf_to_gguf.py imports both, whatever the tokenizer
+
+
 def converter_python() -> str:
-    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece (imported
-    even for BPE tokenizers), else a venv in CACHE on top of this one's packages, with it added."""
-    if subprocess.run([sys.executable, "-c", "import sentencepiece"], capture_output=True).returncode == 0:
+    """A Python that can run convert_hf_to_gguf.py: this one if it has sentencepiece and torch, else a venv
+    in CACHE on top of this one's packages, with sentencepiece added."""
+    if subprocess.run([sys.executable, "-c", CONVERTER_IMPORTS], capture_output=True).returncode == 0:
         return sys.executable
     venv = CACHE / "convert-venv"
     python = venv / "bin" / "python"
     # On a fresh machine the venv does not exist yet: running its python would raise FileNotFoundError.
-    if not python.exists() or subprocess.run([str(python), "-c", "import sentencepiece"],
+    if not python.exists() or subprocess.run([str(python), "-c", CONVERTER_IMPORTS],
                                              capture_output=True).returncode != 0:
         log(f"llama.cpp: installing sentencepiece for convert_hf_to_gguf.py into {venv}")
-        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]]
-        for step in steps:
-            if subprocess.run(step, stdout=sys.stderr).returncode != 0:
-                raise RuntimeError(f"could not set up {venv} for the GGUF conversion")
+        if subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"could not create {venv} for the GGUF conversion")
+        # This interpreter's packages (torch, numpy...) seen from the venv: --system-site-packages would
+        # give the base interpreter's instead when this one is itself a venv.
+        site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+        site_packages.mkdir(parents=True, exist_ok=True)
+        (site_packages / "bench-parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        install = [str(python), "-m", "pip", "install", "-q", "sentencepiece>=0.1.98,<0.3.0"]
+        if subprocess.run(install, stdout=sys.stderr).returncode != 0:
+            raise RuntimeError(f"could not install sentencepiece into {venv} for the GGUF conversion")
     return str(python)
 
 
@@ -133,14 +150,15 @@ def write_llama_checkpoint(model_dir: Path, out: Path) -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def llama_cpp_models(tools: dict, model_dir: Path) -> dict:
-    """{quant: gguf path} for LLAMA_QUANTS, converted and quantized once per model directory."""
+def llama_cpp_models(tools: dict, model_dir: Path, quants: tuple[str, ...] = LLAMA_QUANTS) -> dict:
+    """{quant: gguf path} for `quants` (BF16 and LLAMA_QUANTS' others), converted and quantized once per
+    model directory."""
     stat = (model_dir / "config.json").stat()
     digest = hashlib.sha256(f"{model_dir.resolve()}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     key = f"{model_dir.resolve().name}-{digest}"
     folder = CACHE / "gguf" / key
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {quant: folder / f"text-{quant.lower()}.gguf" for quant in LLAMA_QUANTS}
+    paths = {quant: folder / f"text-{quant.lower()}.gguf" for quant in ("BF16", *quants)}
     if not paths["BF16"].exists():
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             log("llama.cpp: writing the text model as a Llama checkpoint")
@@ -152,15 +170,15 @@ def llama_cpp_models(tools: dict, model_dir: Path) -> dict:
             if convert.returncode != 0:
                 raise RuntimeError("convert_hf_to_gguf.py failed")
             partial.rename(paths["BF16"])
-    for quant in LLAMA_QUANTS[1:]:
-        if not paths[quant].exists():
+    for quant in quants:
+        if quant != "BF16" and not paths[quant].exists():
             log(f"llama.cpp: quantizing to {quant}")
             partial = paths[quant].with_suffix(".partial")
             if subprocess.run([str(tools["quantize"]), str(paths["BF16"]), str(partial), quant],
                               stdout=sys.stderr, stderr=subprocess.DEVNULL).returncode != 0:
                 raise RuntimeError(f"llama-quantize to {quant} failed")
             partial.rename(paths[quant])
-    return paths
+    return {quant: paths[quant] for quant in quants}
 
 
 def run_llama_bench(tools: dict, gguf: Path, threads: int, work: Workload) -> dict:
@@ -198,4 +216,56 @@ def run_llama_cpp(args: argparse.Namespace, work: Workload) -> dict:
         return results
     except (RuntimeError, OSError, ValueError, KeyError) as error:
         log(f"llama.cpp columns skipped: {error}")
+        return {}
+
+
+# ---------------------------------------------------------------- llama-batched-bench (aggregate decode)
+
+def parse_batched_bench(output: str) -> dict[int, float]:
+    """{parallel sequences B: S_TG t/s} from the markdown table llama-batched-bench prints (one row per
+    width of -npl, for the one -npp/-ntg pair bench.py passes).  ValueError when there is no table."""
+    header, rates = None, {}
+    for line in output.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if header is None:
+            if "B" in cells and "S_TG t/s" in cells:
+                header = cells
+            continue
+        if len(cells) != len(header) or all(set(cell) <= {"-"} for cell in cells):
+            continue  # the separator line, or something else the tool logged between rows
+        row = dict(zip(header, cells))
+        rates[int(row["B"])] = float(row["S_TG t/s"])
+    if not rates:
+        raise ValueError("no table with an S_TG t/s column in llama-batched-bench's output")
+    return rates
+
+
+def run_batched_bench(tools: dict, gguf: Path, threads: int, widths: list[int], prompt: int, steps: int) -> dict:
+    """{width: generated tokens/s over all sequences} of llama-batched-bench on one GGUF: each of `width`
+    sequences gets its own `prompt`-token prompt (not shared), then `steps` decode steps of all together."""
+    context = max(widths) * (prompt + steps)
+    command = [str(tools["batched_bench"]), "-m", str(gguf), "-t", str(threads), "-c", str(context),
+               "-b", "2048", "-ub", "512", "-npp", str(prompt), "-ntg", str(steps),
+               "-npl", ",".join(map(str, widths))]
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"llama-batched-bench failed: {' '.join(command)}\n{run.stderr[-2000:]}")
+    return parse_batched_bench(run.stdout + "\n" + run.stderr)
+
+
+def run_llama_batched(args: argparse.Namespace, widths: list[int], prompt: int, steps: int) -> dict:
+    """{quant: {width: tok/s}} for BF16 and Q8_0; empty (with a message) when llama.cpp could not be built or run."""
+    try:
+        tools = llama_cpp_tools(args.threads, need=("quantize", "batched_bench"))
+        results = {}
+        for quant, gguf in llama_cpp_models(tools, Path(args.model), quants=("BF16", "Q8_0")).items():
+            log(f"llama.cpp: llama-batched-bench {quant}, widths {widths}")
+            results[quant] = run_batched_bench(tools, gguf, args.threads, widths, prompt, steps)
+            log(f"llama.cpp {quant}: " + ", ".join(f"{w}: {r:.2f}" for w, r in results[quant].items()) + " tok/s")
+        return results
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        log(f"llama.cpp batched columns skipped: {error}")
         return {}
