@@ -3,7 +3,8 @@
 - follow-up turn: a second question about the same image (the first turn's answer in the conversation),
   time to first token and total, in smolvision with its cache (prefix reuse + image cache: the default
   load()) and without it (load(cache_bytes=0): everything recomputed, as a one-shot engine does), and in
-  transformers (which recomputes everything); the first turn / follow-up ratios (target >= 20x);
+  transformers (which recomputes everything; BF16 where the CPU has native BF16, else FP32, where BF16 is
+  emulated and slower: the peer at its fastest); the first turn / follow-up ratios (target >= 20x);
 - aggregate decode: tokens/s over all sequences of `batch_decode` sv_decode_batch steps with 1, 2, 4, 8
   sequences, each after its own `batch_prompt`-token prompt, BF16 and q8, next to llama.cpp's
   llama-batched-bench (S_TG t/s, the same prompt and generated lengths, -npl 1,2,4,8) on the BF16 and
@@ -19,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from workload import Workload, log, prompt_ids, test_image, tile_pixels
+from workload import Workload, log, peer_dtype_name, prompt_ids, test_image, tile_pixels
 
 QUESTION = "Describe this image."
 FOLLOW_UP = "What colours stand out?"
@@ -94,7 +95,8 @@ def worker_transformers_follow_up(model_dir: str, threads: int, work: Workload) 
     from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
-    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    dtype = {"BF16": torch.bfloat16, "FP32": torch.float32}[peer_dtype_name()]
+    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     image = Image.fromarray(test_image(work.image_edge))
 
@@ -117,7 +119,7 @@ def worker_transformers_follow_up(model_dir: str, threads: int, work: Workload) 
         streamer = FirstToken(start)
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(text=text, images=[[image]], return_tensors="pt")
-        inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         generated = model.generate(**inputs, max_new_tokens=work.e2e_tokens, min_new_tokens=work.e2e_tokens,
                                    do_sample=False, streamer=streamer)
         total = time.perf_counter() - start
@@ -125,7 +127,7 @@ def worker_transformers_follow_up(model_dir: str, threads: int, work: Workload) 
         answer = processor.decode(generated[0, prompt_tokens:], skip_special_tokens=True)
         return streamer.ttft or total, total, answer, prompt_tokens
 
-    out = {}
+    out = {"dtype": peer_dtype_name()}
     with torch.inference_mode():
         config = json.loads((Path(model_dir) / "config.json").read_text())
         model(input_ids=torch.from_numpy(prompt_ids(config, 8, 0))[None])  # fault the weights in
@@ -231,7 +233,8 @@ def follow_up_table(mine: dict | None, peer: dict | None) -> str:
         # With the cache off the first turn is the same work as in a fresh cached model: measured once.
         rows.append(("smolvision, cache off (load(cache_bytes=0))", None, mine["uncached"], first))
     if peer:
-        rows.append(("transformers BF16 (recomputes)", peer["first"], peer["uncached"], peer["first"]))
+        rows.append((f"transformers {peer.get('dtype', 'BF16')} (recomputes)", peer["first"], peer["uncached"],
+                     peer["first"]))
     for name, first, follow, reference in rows:
         lines.append(f"| {name} | {_seconds(first['ttft_s']) if first else 'as above'} "
                      f"| {_seconds(first['total_s']) if first else 'as above'} | {_seconds(follow['ttft_s'])} "

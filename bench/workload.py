@@ -61,3 +61,19 @@ def tile_pixels(config: dict) -> np.ndarray:
     """One normalized tile, float32 [1, 3, S, S] in [-1, 1]."""
     size = config["vision_config"]["image_size"]
     return np.random.default_rng(1).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies BF16 natively (AVX512_BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def peer_dtype_name() -> str:
+    """The dtype a peer runs the follow-up turn in: BF16 where the CPU has native BF16 (as oneDNN then uses
+    it), else FP32, since there BF16 is emulated and several times slower: each peer at its fastest."""
+    return "BF16" if cpu_has_native_bf16() else "FP32"
+
