@@ -87,6 +87,8 @@ class Call:
         """Set by the caller: end this call at the engine's next step."""
         self.cancel = cancel
         """The caller's own cancel switch (e.g. a server request's), checked as `stop` is."""
+        self.finished = threading.Event()
+        """Set by the engine once the call has ended and its sequence is back (after its Ended event)."""
         self.seq: Sequence | None = None
         self.key: np.ndarray | None = None
         self.sampler = None
@@ -200,10 +202,9 @@ class Scheduler:
         except BaseException:
             for call in calls:
                 call.stop.set()
-            while left:
-                tag, item = events.get()
-                if isinstance(item, Ended):
-                    left -= 1
+            # Not by counting Ended events: Ctrl-C landing just after get() returned one loses it.
+            for call in calls:
+                call.finished.wait()
             raise
         for tag, end in enumerate(ended):
             if end.finish_reason == "cancelled":  # by a cancel switch before it computed an id
@@ -344,6 +345,7 @@ class Scheduler:
         finally:
             decode_s = time.perf_counter() - call.decode_from if call.decode_from else 0.0
             call.events.put((call.tag, Ended(reason, error, call.prefill_s, decode_s, call.cached)))
+            call.finished.set()
 
 
 def _error_of(status: int) -> BaseException:

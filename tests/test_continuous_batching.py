@@ -9,6 +9,7 @@ computed.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 
@@ -16,6 +17,8 @@ import pytest
 
 import smolvision
 from helpers import write_image
+from smolvision.generation import Prompt, SamplingParams
+from smolvision.scheduler import Call, Ended
 
 QUESTIONS = ["Describe the picture.", "What is the weather like today in the old harbour town?",
              "Count to five.", "Write a haiku about lighthouses and the sea at night, please."]
@@ -178,3 +181,51 @@ def test_a_cancel_event_stops_a_call_from_another_thread(gqa_dir):
         assert before.finish_reason == "cancelled" and before.token_ids == []
         with pytest.raises(smolvision.InputError, match="cancel"):
             model.stream(QUESTIONS[0], cancel=ready)
+
+
+class LosesFirstEnd:
+    """The engine's event queue, except that the first Ended taken from it is lost to a KeyboardInterrupt:
+    what Ctrl-C does when it lands just after SimpleQueue.get() returned that event (the interpreter checks
+    for signals as the call returns, and the returned item is dropped)."""
+
+    def __init__(self) -> None:
+        self.inner = queue.SimpleQueue()
+        self.lost = False
+
+    def put(self, item) -> None:
+        self.inner.put(item)
+
+    def get(self):
+        item = self.inner.get()
+        if isinstance(item[1], Ended) and not self.lost:
+            self.lost = True
+            raise KeyboardInterrupt
+        return item
+
+
+def test_ctrl_c_just_after_a_call_ended_does_not_hang(gqa_dir):
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        engine, config = model._scheduler, model.config
+        events = LosesFirstEnd()
+        ids = model.tokenizer.encode(QUESTIONS[1])
+        eos = ()  # nothing ends the long one but its max_tokens or its stop flag
+        short = Call(Prompt.build(config, ids), SamplingParams(max_tokens=1), eos, events, 0)  # ends first
+        long = Call(Prompt.build(config, ids), SamplingParams(max_tokens=4000), eos, events, 1)
+        outcome: list = []
+
+        def collect():
+            try:
+                engine.collect(events, [short, long], [None, None])
+            except KeyboardInterrupt as exc:
+                outcome.append(exc)
+
+        engine.submit(short)
+        engine.submit(long)
+        thread = threading.Thread(target=collect, daemon=True)
+        thread.start()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "collect() waited for an Ended it had already taken"
+        assert events.lost and len(outcome) == 1
+        assert long.generated < 4000  # stopped by the interrupt, not run to its end
+        assert engine.running == 0 and engine.waiting == 0
+        assert model.generate(QUESTIONS[0], max_tokens=3).token_ids  # still usable
