@@ -5,7 +5,8 @@ Calls from any thread (generate, stream, generate_ids, generate_many, the server
 `_Call` and wait for its ids.  The engine thread admits up to `max_sequences` calls at a time (later
 ones wait in arrival order) and loops:
 
-1. end the calls whose caller stopped them, giving their sequences back to the model's prefix cache;
+1. end the calls whose caller stopped them (waiting ones too), giving their sequences back to the model's
+   prefix cache;
 2. read one chunk of the prompt of the oldest call still reading its prompt;
 3. advance every call past its prompt by one id, all of them in one sv_decode_batch: one pass over
    the weights for the whole batch, each row attending to its own sequence.
@@ -225,14 +226,21 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
+                    # A call stopped while it waits for a place ends now, not after someone else's answer.
+                    dropped = [call for call in self._pending if call.stopped]
+                    for call in dropped:
+                        self._pending.remove(call)
                     while self._pending and len(active) < self.max_sequences:
                         active.append(self._pending.popleft())
                     self._running = len(active)
-                    if not active:
+                    if not active and not dropped:
                         self._thread = None
                         self._cond.notify_all()
                         return
-                active = self._step(model, active)
+                for call in dropped:
+                    self._end(model, call, "cancelled")
+                if active:
+                    active = self._step(model, active)
         except BaseException as exc:  # a bug here must not leave a caller waiting forever
             with self._cond:
                 active += self._pending

@@ -229,3 +229,34 @@ def test_ctrl_c_just_after_a_call_ended_does_not_hang(gqa_dir):
         assert long.generated < 4000  # stopped by the interrupt, not run to its end
         assert engine.running == 0 and engine.waiting == 0
         assert model.generate(QUESTIONS[0], max_tokens=3).token_ids  # still usable
+
+
+def test_a_call_stopped_while_waiting_for_a_place_ends_at_once(gqa_dir):
+    # max_sequences=1 and a first call that runs until the second has returned: the second, cancelled
+    # while it waits for the place, must not wait for the first to end (Ctrl-C on a waiting call, or a
+    # server request whose client left, would otherwise wait for someone else's whole answer).
+    with smolvision.load(gqa_dir, threads=2, precision="fp32", cache_bytes=0, max_sequences=1) as model:
+        ids = model.tokenizer.encode(QUESTIONS[1])
+        running, second_done = threading.Event(), threading.Event()
+
+        def first_on_token(token_id: int) -> bool:
+            running.set()
+            return second_done.is_set()
+
+        outcomes: dict = {}
+
+        def first():
+            outcomes["first"] = model.generate_ids(ids, max_tokens=3000, eos_token_ids=(), on_token=first_on_token)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert running.wait(timeout=120)
+        cancel = threading.Event()
+        cancel.set()
+        try:
+            outcomes["second"] = model.generate(QUESTIONS[0], max_tokens=5, cancel=cancel)
+        finally:
+            second_done.set()
+            thread.join(timeout=300)
+        assert outcomes["second"].finish_reason == "cancelled" and outcomes["second"].token_ids == []
+        assert outcomes["first"].finish_reason == "cancelled", "the waiting call waited for the running one"
