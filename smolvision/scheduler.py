@@ -151,14 +151,17 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise errors.Error("this Model is closed")
-            self._pending.append(call)
             if self._thread is None:
                 model = self._model_ref()
                 if model is None:
                     raise errors.Error("this Model is gone")
-                self._thread = threading.Thread(target=self._engine, args=(model,), name="smolvision-engine",
-                                                daemon=True)
-                self._thread.start()
+                self._start_engine(model)
+            self._pending.append(call)
+
+    def _start_engine(self, model: Model) -> None:
+        """(Under the condition's lock.)"""
+        self._thread = threading.Thread(target=self._engine, args=(model,), name="smolvision-engine", daemon=True)
+        self._thread.start()
 
     def collect(self, events: queue.SimpleQueue, calls: list[Call],
                 on_ids: list[TokenCallback | None]) -> list[tuple[list[int], Ended, bool, Exception | None]]:
@@ -245,11 +248,19 @@ class Scheduler:
             with self._cond:
                 active += self._pending
                 self._pending.clear()
+            for call in active:
+                try:
+                    self._end(model, call, "error", exc)
+                except BaseException:  # its Ended is out (_end's finally); the others need theirs
+                    pass
+            # Only now: close() returns (and frees the model) once the thread is gone, and calls
+            # submitted meanwhile get a fresh engine.
+            with self._cond:
                 self._running = 0
                 self._thread = None
+                if self._pending:
+                    self._start_engine(model)
                 self._cond.notify_all()
-            for call in active:
-                self._end(model, call, "error", exc)
 
     def _step(self, model: Model, active: list[Call]) -> list[Call]:
         """One round: starts new calls, ends stopped ones, one prompt chunk, one decode step; returns the

@@ -260,3 +260,41 @@ def test_a_call_stopped_while_waiting_for_a_place_ends_at_once(gqa_dir):
             thread.join(timeout=300)
         assert outcomes["second"].finish_reason == "cancelled" and outcomes["second"].token_ids == []
         assert outcomes["first"].finish_reason == "cancelled", "the waiting call waited for the running one"
+
+
+def test_an_exception_in_the_engine_thread_ends_every_call_with_it(gqa_dir, alone):
+    # An engine bug whose clean-up fails too (here: the decode step and then giving each sequence back
+    # raise): every caller gets the error, none waits forever, and the next call starts a fresh engine.
+    engine = Recorded(gqa_dir, max_sequences=2)
+    scheduler = engine.model._scheduler
+    decode, release = scheduler._decode, engine.model._release_sequence
+
+    def broken_decode(m, calls):
+        raise RuntimeError("engine bug")
+
+    def broken_release(seq, key):
+        raise RuntimeError("clean-up bug")
+
+    scheduler._decode, engine.model._release_sequence = broken_decode, broken_release
+    with engine.model as model:
+        outcomes: list = [None] * 3
+
+        def call(i):
+            try:
+                outcomes[i] = model.generate(QUESTIONS[i], max_tokens=5)
+            except BaseException as exc:  # noqa: B036 - the test looks at it
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(3)]
+        for n, thread in enumerate(threads, start=1):  # all three in, in order, before the first step
+            thread.start()
+            while scheduler.waiting + scheduler.running < n:
+                time.sleep(0.002)
+        engine.gate.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "a caller waits forever after the engine failed"
+        assert all(isinstance(o, RuntimeError) for o in outcomes), outcomes
+        assert scheduler.running == 0 and scheduler.waiting == 0
+        scheduler._decode, model._release_sequence = decode, release
+        assert model.generate(QUESTIONS[0], max_tokens=5).token_ids == alone.generate(QUESTIONS[0], max_tokens=5).token_ids
