@@ -298,3 +298,47 @@ def test_an_exception_in_the_engine_thread_ends_every_call_with_it(gqa_dir, alon
         assert scheduler.running == 0 and scheduler.waiting == 0
         scheduler._decode, model._release_sequence = decode, release
         assert model.generate(QUESTIONS[0], max_tokens=5).token_ids == alone.generate(QUESTIONS[0], max_tokens=5).token_ids
+
+
+class BadRows(Prompt):
+    """A prompt whose image rows the C engine refuses (one row too many for its image tokens)."""
+
+    def c_args(self, start: int = 0, end: int | None = None) -> tuple:
+        ids, n, rows, n_rows = super().c_args(start, end)
+        return ids, n, rows, n_rows + 1
+
+
+def test_a_prompt_the_engine_refuses_fails_alone(gqa_dir, alone, tmp_path):
+    photo = write_image(tmp_path / "photo.png", seed=6)
+    engine = Recorded(gqa_dir)
+    model = engine.model
+    inputs = model.build_inputs([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
+                                images=[photo])
+    good = Prompt.build(model.config, inputs.input_ids).with_image_embeds(model.encode_image(photo))
+    bad = BadRows(good.config, good.ids, good.image_embeds)
+    params = SamplingParams(max_tokens=8)
+    with model:
+        outcomes = engine.run([lambda: model.generate(QUESTIONS[1], max_tokens=10),
+                               lambda: model._decode(bad, params, None),
+                               lambda: model.generate(QUESTIONS[2], max_tokens=0),
+                               lambda: model.generate(QUESTIONS[3], max_tokens=1)])
+        assert isinstance(outcomes[1], smolvision.Error), outcomes[1]
+        assert model._decode(good, params, None).token_ids == alone._decode(good, params, None).token_ids
+    for request, outcome in zip([dict(prompt=QUESTIONS[1], max_tokens=10), None,
+                                 dict(prompt=QUESTIONS[2], max_tokens=0), dict(prompt=QUESTIONS[3], max_tokens=1)],
+                                outcomes):
+        if request is not None:
+            expected = alone.generate(**request)
+            assert (outcome.token_ids, outcome.finish_reason) == (expected.token_ids, expected.finish_reason)
+    assert outcomes[2].token_ids == [] and outcomes[2].finish_reason == "length"
+    assert len(outcomes[3].token_ids) == 1
+
+
+def test_a_stream_dropped_without_close_stops_its_call(gqa_dir):
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        stream = model.stream(QUESTIONS[3], max_tokens=3000)
+        next(stream)  # running
+        del stream  # garbage: its finalizer stops the call and waits for it
+        stats = model.scheduler_stats()
+        assert stats.running == 0 and stats.waiting == 0
+        assert stats.decode_rows < 100
