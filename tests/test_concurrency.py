@@ -13,6 +13,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -308,3 +309,19 @@ def test_many_concurrent_calls_leave_only_what_the_cache_holds(mha_dir):
             "a sequence outlived its call outside the cache"
         model.clear_cache()
         assert model.cached_bytes() == 0 and not [s for s in open_sequences() if s._model_ref() is model]
+
+
+def test_a_model_dropped_right_after_a_call_is_freed_with_its_engine(mha_dir):
+    model = smolvision.load(mha_dir, threads=1, precision="fp32")
+    assert model.generate(PROMPT, images=[image(5)], max_tokens=4).token_ids  # leaves a cached sequence
+    engines = [t for t in threading.enumerate() if t.name == "smolvision-engine"]
+    ref = weakref.ref(model)
+    cached = [weakref.ref(s) for s in open_sequences() if s._model_ref() is model]
+    assert cached
+    del model
+    for engine in engines:  # it may still be ending its loop, holding the model until it returns
+        engine.join(timeout=60)
+        assert not engine.is_alive()
+    gc.collect()
+    assert ref() is None, "the dropped Model is still alive"
+    assert all(s() is None or s()._handle is None for s in cached), "its cached sequences outlived it"
