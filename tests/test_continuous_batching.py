@@ -342,3 +342,18 @@ def test_a_stream_dropped_without_close_stops_its_call(gqa_dir):
         stats = model.scheduler_stats()
         assert stats.running == 0 and stats.waiting == 0
         assert stats.decode_rows < 100
+
+
+def test_ctrl_c_between_submitting_and_collecting_stops_the_call(gqa_dir, monkeypatch):
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        def interrupted(events, calls, on_ids):  # Ctrl-C lands before collect() is under way
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(model._scheduler, "collect", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            model.generate_ids(model.tokenizer.encode(QUESTIONS[1]), max_tokens=3000, eos_token_ids=())
+        with pytest.raises(KeyboardInterrupt):
+            model.generate_many([dict(prompt=QUESTIONS[3], max_tokens=3000)] * 2)
+        for engine in [t for t in threading.enumerate() if t.name == "smolvision-engine"]:
+            engine.join(timeout=120)
+        assert model.scheduler_stats().decode_rows < 100, "an abandoned call ran on to its max_tokens"
