@@ -159,7 +159,7 @@ class Scheduler:
             self._pending.append(call)
 
     def _start_engine(self, model: Model) -> None:
-        """(Under the condition's lock.)"""
+        """Starts the engine thread (the caller holds self._cond)."""
         self._thread = threading.Thread(target=self._engine, args=(model,), name="smolvision-engine", daemon=True)
         self._thread.start()
 
@@ -226,6 +226,7 @@ class Scheduler:
 
     def _engine(self, model: Model) -> None:
         active: list[Call] = []
+        dropped: list[Call] = []
         try:
             while True:
                 with self._cond:
@@ -246,7 +247,7 @@ class Scheduler:
                     active = self._step(model, active)
         except BaseException as exc:  # a bug here must not leave a caller waiting forever
             with self._cond:
-                active += self._pending
+                active += dropped + list(self._pending)
                 self._pending.clear()
             for call in active:
                 try:
