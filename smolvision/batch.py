@@ -50,12 +50,13 @@ def generate_many(model: Model, requests: Sequence[Mapping[str, Any]]) -> list[R
         for call in calls:
             model._scheduler.submit(call)
             submitted.append(call)
-    except BaseException:  # the model closed under us: stop what went in, then say why
-        for call in submitted:
+        outcomes = model._scheduler.collect(events, calls, [text.on_id for text in texts])
+    except BaseException:  # the model closed under us, or Ctrl-C: stop what went in, wait for it, say why
+        for call in calls:
             call.stop.set()
-        model._scheduler.collect(events, submitted, [None] * len(submitted))
+        for call in submitted:
+            call.finished.wait()
         raise
-    outcomes = model._scheduler.collect(events, calls, [text.on_id for text in texts])
     for (index, request, _), text, (ids, ended, stopped, raised) in zip(prepared, texts, outcomes):
         result = replace(scheduler.result_of(request.prompt, ids, ended, stopped), cached_images=request.cached_images)
         error = raised or ended.error

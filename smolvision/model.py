@@ -261,8 +261,12 @@ class Model:
         eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
         events: queue.SimpleQueue = queue.SimpleQueue()
         call = scheduler.Call(prompt, params, eos, events, cancel=cancel)
-        self._scheduler.submit(call)
-        [(ids, ended, stopped, raised)] = self._scheduler.collect(events, [call], [on_token])
+        try:
+            self._scheduler.submit(call)
+            [(ids, ended, stopped, raised)] = self._scheduler.collect(events, [call], [on_token])
+        except BaseException:  # Ctrl-C before collect() was under way: nobody would stop the call
+            call.stop.set()
+            raise
         if raised is not None:
             raise raised
         if ended.error is not None:

@@ -5,7 +5,8 @@ Calls from any thread (generate, stream, generate_ids, generate_many, the server
 `_Call` and wait for its ids.  The engine thread admits up to `max_sequences` calls at a time (later
 ones wait in arrival order) and loops:
 
-1. end the calls whose caller stopped them, giving their sequences back to the model's prefix cache;
+1. end the calls whose caller stopped them (waiting ones too), giving their sequences back to the model's
+   prefix cache;
 2. read one chunk of the prompt of the oldest call still reading its prompt;
 3. advance every call past its prompt by one id, all of them in one sv_decode_batch: one pass over
    the weights for the whole batch, each row attending to its own sequence.
@@ -87,6 +88,8 @@ class Call:
         """Set by the caller: end this call at the engine's next step."""
         self.cancel = cancel
         """The caller's own cancel switch (e.g. a server request's), checked as `stop` is."""
+        self.finished = threading.Event()
+        """Set by the engine once the call has ended and its sequence is back (after its Ended event)."""
         self.seq: Sequence | None = None
         self.key: np.ndarray | None = None
         self.sampler = None
@@ -148,14 +151,17 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise errors.Error("this Model is closed")
-            self._pending.append(call)
             if self._thread is None:
                 model = self._model_ref()
                 if model is None:
                     raise errors.Error("this Model is gone")
-                self._thread = threading.Thread(target=self._engine, args=(model,), name="smolvision-engine",
-                                                daemon=True)
-                self._thread.start()
+                self._start_engine(model)
+            self._pending.append(call)
+
+    def _start_engine(self, model: Model) -> None:
+        """Starts the engine thread (the caller holds self._cond)."""
+        self._thread = threading.Thread(target=self._engine, args=(model,), name="smolvision-engine", daemon=True)
+        self._thread.start()
 
     def collect(self, events: queue.SimpleQueue, calls: list[Call],
                 on_ids: list[TokenCallback | None]) -> list[tuple[list[int], Ended, bool, Exception | None]]:
@@ -200,10 +206,9 @@ class Scheduler:
         except BaseException:
             for call in calls:
                 call.stop.set()
-            while left:
-                tag, item = events.get()
-                if isinstance(item, Ended):
-                    left -= 1
+            # Not by counting Ended events: Ctrl-C landing just after get() returned one loses it.
+            for call in calls:
+                call.finished.wait()
             raise
         for tag, end in enumerate(ended):
             if end.finish_reason == "cancelled":  # by a cancel switch before it computed an id
@@ -221,26 +226,42 @@ class Scheduler:
 
     def _engine(self, model: Model) -> None:
         active: list[Call] = []
+        dropped: list[Call] = []
         try:
             while True:
                 with self._cond:
+                    # A call stopped while it waits for a place ends now, not after someone else's answer.
+                    dropped = [call for call in self._pending if call.stopped]
+                    for call in dropped:
+                        self._pending.remove(call)
                     while self._pending and len(active) < self.max_sequences:
                         active.append(self._pending.popleft())
                     self._running = len(active)
-                    if not active:
+                    if not active and not dropped:
                         self._thread = None
                         self._cond.notify_all()
                         return
-                active = self._step(model, active)
+                for call in dropped:
+                    self._end(model, call, "cancelled")
+                if active:
+                    active = self._step(model, active)
         except BaseException as exc:  # a bug here must not leave a caller waiting forever
             with self._cond:
-                active += self._pending
+                active += dropped + list(self._pending)
                 self._pending.clear()
+            for call in active:
+                try:
+                    self._end(model, call, "error", exc)
+                except BaseException:  # its Ended is out (_end's finally); the others need theirs
+                    pass
+            # Only now: close() returns (and frees the model) once the thread is gone, and calls
+            # submitted meanwhile get a fresh engine.
+            with self._cond:
                 self._running = 0
                 self._thread = None
+                if self._pending:
+                    self._start_engine(model)
                 self._cond.notify_all()
-            for call in active:
-                self._end(model, call, "error", exc)
 
     def _step(self, model: Model, active: list[Call]) -> list[Call]:
         """One round: starts new calls, ends stopped ones, one prompt chunk, one decode step; returns the
@@ -344,6 +365,7 @@ class Scheduler:
         finally:
             decode_s = time.perf_counter() - call.decode_from if call.decode_from else 0.0
             call.events.put((call.tag, Ended(reason, error, call.prefill_s, decode_s, call.cached)))
+            call.finished.set()
 
 
 def _error_of(status: int) -> BaseException:

@@ -8,15 +8,18 @@ lets it finish or makes it raise smolvision.Error, never crashes.
 """
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 import smolvision
+from smolvision.sequence import Sequence
 
 PROMPT = "What is in the picture?"
 
@@ -212,3 +215,113 @@ def test_a_tokenizer_view_racing_close_raises_cleanly(mha_dir):
 
     run_threads([encode_loop, close])
     assert results in (["done"], ["error"])
+
+
+def open_sequences() -> list:
+    """Every Sequence of this process whose memory is still held."""
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is Sequence and o._handle is not None]
+
+
+def test_close_from_another_thread_while_four_calls_run(mha_dir):
+    model = smolvision.load(mha_dir, threads=1, precision="fp32", max_sequences=4)
+    started = threading.Barrier(5)  # the four calls have each produced an id, and the closer is ready
+
+    def generate(i: int):
+        seen = []
+
+        def on_token(piece: str) -> None:
+            seen.append(piece)
+            if len(seen) == 1:
+                started.wait(timeout=120)
+
+        try:
+            return model.generate(f"Tell me story number {i}", images=[image(i)], max_tokens=20, on_token=on_token)
+        except smolvision.Error as exc:
+            return exc
+
+    def close():
+        started.wait(timeout=120)
+        model.close()
+
+    *results, _ = run_threads([lambda i=i: generate(i) for i in range(4)] + [close])
+    assert model.closed
+    for result in results:  # close() waits for the admitted calls: each ends on its own terms
+        assert isinstance(result, smolvision.Result) and result.finish_reason in ("stop", "length"), result
+    with pytest.raises(smolvision.Error, match="closed"):
+        model.generate("Hello", max_tokens=1)
+    assert not [s for s in open_sequences() if s._model_ref() is model], "a closed model's sequences are alive"
+
+
+def test_generate_many_while_another_thread_generates(mha_dir):
+    requests = [dict(prompt=PROMPT, images=[image(3)], max_tokens=8), dict(prompt="Count to five.", max_tokens=10),
+                dict(prompt="Hello", max_tokens=6, temperature=0.8, seed=5)]
+    with smolvision.load(mha_dir, threads=1, precision="fp32", cache_bytes=0) as alone:
+        want_many = [alone.generate(**r).token_ids for r in requests]
+        want_single = alone.generate("What is the weather like?", max_tokens=12).token_ids
+    with smolvision.load(mha_dir, threads=1, precision="fp32", max_sequences=3) as model:
+        both = threading.Barrier(2)
+
+        def many():
+            both.wait(timeout=120)
+            return [r.token_ids for r in model.generate_many(requests)]
+
+        def single():
+            both.wait(timeout=120)
+            return [model.generate("What is the weather like?", max_tokens=12).token_ids for _ in range(2)]
+
+        got_many, got_single = run_threads([many, single])
+    assert got_many == want_many
+    assert got_single == [want_single] * 2
+
+
+def test_two_threads_asking_the_same_question_with_the_cache_on(mha_dir):
+    with smolvision.load(mha_dir, threads=1, precision="fp32", cache_bytes=0) as alone:
+        want = alone.generate(PROMPT, images=[image(4)], max_tokens=10).token_ids
+    with smolvision.load(mha_dir, threads=1, precision="fp32") as model:
+        model.generate(PROMPT, images=[image(4)], max_tokens=10)  # the question and image are now cached
+        both = threading.Barrier(2)
+
+        def ask():
+            both.wait(timeout=120)
+            return model.generate(PROMPT, images=[image(4)], max_tokens=10)
+
+        first, second = run_threads([ask, ask])
+        assert first.token_ids == second.token_ids == want
+        assert first.cached_images == second.cached_images == 1
+        # One of them continues the cached sequence; the other, finding it taken, starts afresh or not.
+        assert max(first.cached_tokens, second.cached_tokens) > 0
+        assert model.cached_bytes() <= model.cache_bytes
+
+
+def test_many_concurrent_calls_leave_only_what_the_cache_holds(mha_dir):
+    with smolvision.load(mha_dir, threads=1, precision="fp32", cache_bytes=200_000, max_sequences=4) as model:
+        def calls(worker: int):
+            return [model.generate(f"Question {worker} {i}?", max_tokens=3 + i % 3).finish_reason
+                    for i in range(10)]
+
+        for reasons in run_threads([lambda w=w: calls(w) for w in range(5)]):  # 50 calls, 5 threads
+            assert all(reason in ("stop", "length") for reason in reasons)
+        assert model.cached_bytes() <= model.cache_bytes
+        mine = [s for s in open_sequences() if s._model_ref() is model]
+        cached = [value for kind, _, value in model._states._entries.values() if kind == "seq"]
+        assert len(mine) == len(cached) and all(any(s is c for c in cached) for s in mine), \
+            "a sequence outlived its call outside the cache"
+        model.clear_cache()
+        assert model.cached_bytes() == 0 and not [s for s in open_sequences() if s._model_ref() is model]
+
+
+def test_a_model_dropped_right_after_a_call_is_freed_with_its_engine(mha_dir):
+    model = smolvision.load(mha_dir, threads=1, precision="fp32")
+    assert model.generate(PROMPT, images=[image(5)], max_tokens=4).token_ids  # leaves a cached sequence
+    engines = [t for t in threading.enumerate() if t.name == "smolvision-engine"]
+    ref = weakref.ref(model)
+    cached = [weakref.ref(s) for s in open_sequences() if s._model_ref() is model]
+    assert cached
+    del model
+    for engine in engines:  # it may still be ending its loop, holding the model until it returns
+        engine.join(timeout=60)
+        assert not engine.is_alive()
+    gc.collect()
+    assert ref() is None, "the dropped Model is still alive"
+    assert all(s() is None or s()._handle is None for s in cached), "its cached sequences outlived it"
