@@ -41,27 +41,29 @@ def generate_many(model: Model, requests: Sequence[Mapping[str, Any]]) -> list[R
             prepared.append((index, model._prepare(**options), on_token))
         except Exception as exc:  # TypeError for an unknown argument included: this request only
             results[index] = _failed(exc)
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    calls = [scheduler.Call(request.prompt, request.params, request.params.eos_token_ids, events, tag)
-             for tag, (_, request, _) in enumerate(prepared)]
-    texts = [TextAssembler(model.tokenizer, request.stop, on_token) for _, request, on_token in prepared]
-    submitted = []
-    try:
-        for call in calls:
-            model._scheduler.submit(call)
-            submitted.append(call)
-        outcomes = model._scheduler.collect(events, calls, [text.on_id for text in texts])
-    except BaseException:  # the model closed under us, or Ctrl-C: stop what went in, wait for it, say why
-        for call in calls:
-            call.stop.set()
-        for call in submitted:
-            call.finished.wait()
-        raise
-    for (index, request, _), text, (ids, ended, stopped, raised) in zip(prepared, texts, outcomes):
-        result = replace(scheduler.result_of(request.prompt, ids, ended, stopped), cached_images=request.cached_images)
-        error = raised or ended.error
-        if error is not None:
-            text.on_text = None  # its callback failed (or the engine did): hand it nothing more
-        result = text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
-        results[index] = result if error is None else replace(result, finish_reason="error", error=error)
+    with model._scheduler.caller():  # close() waits until the texts are assembled too
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        calls = [scheduler.Call(request.prompt, request.params, request.params.eos_token_ids, events, tag)
+                 for tag, (_, request, _) in enumerate(prepared)]
+        texts = [TextAssembler(model.tokenizer, request.stop, on_token) for _, request, on_token in prepared]
+        submitted = []
+        try:
+            for call in calls:
+                model._scheduler.submit(call)
+                submitted.append(call)
+            outcomes = model._scheduler.collect(events, calls, [text.on_id for text in texts])
+        except BaseException:  # the model closed under us, or Ctrl-C: stop what went in, wait for it, say why
+            for call in calls:
+                call.stop.set()
+            for call in submitted:
+                call.finished.wait()
+            raise
+        for (index, request, _), text, (ids, ended, stopped, raised) in zip(prepared, texts, outcomes):
+            result = replace(scheduler.result_of(request.prompt, ids, ended, stopped),
+                             cached_images=request.cached_images)
+            error = raised or ended.error
+            if error is not None:
+                text.on_text = None  # its callback failed (or the engine did): hand it nothing more
+            result = text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
+            results[index] = result if error is None else replace(result, finish_reason="error", error=error)
     return results

@@ -261,12 +261,13 @@ class Model:
         eos = params.eos_token_ids if params.eos_token_ids is not None else self.eos_token_ids
         events: queue.SimpleQueue = queue.SimpleQueue()
         call = scheduler.Call(prompt, params, eos, events, cancel=cancel)
-        try:
-            self._scheduler.submit(call)
-            [(ids, ended, stopped, raised)] = self._scheduler.collect(events, [call], [on_token])
-        except BaseException:  # Ctrl-C before collect() was under way: nobody would stop the call
-            call.stop.set()
-            raise
+        with self._scheduler.caller():
+            try:
+                self._scheduler.submit(call)
+                [(ids, ended, stopped, raised)] = self._scheduler.collect(events, [call], [on_token])
+            except BaseException:  # Ctrl-C before collect() was under way: nobody would stop the call
+                call.stop.set()
+                raise
         if raised is not None:
             raise raised
         if ended.error is not None:
@@ -515,10 +516,11 @@ class Model:
     def _answer(self, request: _Request, on_token: Callable[[str], Any] | None,
                 cancel: threading.Event | None = None) -> Result:
         """Steps two and three of generate(): the token loop, its ids assembled into text as they come."""
-        text = TextAssembler(self.tokenizer, request.stop, on_token)
-        result = self._decode(request.prompt, request.params, text.on_id, cancel)
-        result = replace(result, cached_images=request.cached_images)
-        return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
+        with self._scheduler.caller():
+            text = TextAssembler(self.tokenizer, request.stop, on_token)
+            result = self._decode(request.prompt, request.params, text.on_id, cancel)
+            result = replace(result, cached_images=request.cached_images)
+            return text.finish(result, n_tiles=request.n_tiles, image_encode_s=request.encode_s)
 
     # Tiles per engine call: few, so that the generations running on other threads get a decode step
     # between calls and progress is reported often; each weight is still read once for two tiles.  A

@@ -28,12 +28,14 @@ may reorder its sums (fp32 logits within 1e-4 relative of a lone call's).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -125,6 +127,7 @@ class Scheduler:
         self._running = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._callers = 0  # threads inside caller()
         self._local = threading.local()
         self._decode_steps = self._decode_rows = 0
 
@@ -215,11 +218,27 @@ class Scheduler:
                 stopped[tag] = True
         return [(ids[i], ended[i], stopped[i], raised[i]) for i in range(len(calls))]
 
+    @contextlib.contextmanager
+    def caller(self) -> Iterator[None]:
+        """A caller's whole use of the model around its calls, turning ids into text included (the tokenizer
+        is the model's): close() waits for it to end.  Refused once the model is closing."""
+        with self._cond:
+            if self._closed:
+                raise errors.Error("this Model is closed")
+            self._callers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._callers -= 1
+                self._cond.notify_all()
+
     def close(self) -> None:
-        """Refuses new calls and waits until the engine has ended the admitted ones."""
+        """Refuses new calls and waits until the engine has ended the admitted ones and their callers are
+        done with them."""
         with self._cond:
             self._closed = True
-            while self._thread is not None:
+            while self._thread is not None or self._callers:
                 self._cond.wait()
 
     # ---- the engine thread ----

@@ -325,3 +325,39 @@ def test_a_model_dropped_right_after_a_call_is_freed_with_its_engine(mha_dir):
     gc.collect()
     assert ref() is None, "the dropped Model is still alive"
     assert all(s() is None or s()._handle is None for s in cached), "its cached sequences outlived it"
+
+
+def test_close_waits_for_a_caller_still_turning_ids_into_text(mha_dir):
+    """The engine may finish a call while its caller is still in on_token with ids queued: close() waits for
+    the caller too (its text comes from the model's tokenizer), not only for the engine."""
+    model = smolvision.load(mha_dir, threads=1, precision="fp32")
+    first, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    def on_token(piece: str) -> None:
+        if not first.is_set():
+            first.set()
+            release.wait(timeout=120)
+
+    def generate():
+        try:
+            outcome["result"] = model.generate("Tell me a long story", max_tokens=12, on_token=on_token)
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=generate)
+    caller.start()
+    assert first.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while model.scheduler_stats().running:  # the engine is done with the call; its caller is not
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    closer = threading.Thread(target=model.close)
+    closer.start()
+    closer.join(timeout=0.5)
+    assert closer.is_alive(), "close() returned while a caller was still assembling its text"
+    release.set()
+    caller.join(timeout=60)
+    closer.join(timeout=60)
+    assert model.closed and "error" not in outcome, outcome
+    assert outcome["result"].finish_reason in ("stop", "length") and outcome["result"].text
