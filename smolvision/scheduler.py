@@ -145,8 +145,9 @@ class Scheduler:
         return Stats(self._running, len(self._pending), self._decode_steps, self._decode_rows)
 
     def in_callback(self) -> bool:
-        """True on a thread running one of this model's callbacks (on_token) now."""
-        return getattr(self._local, "in_callback", False)
+        """True on a thread inside one of this model's generations now: its callbacks (on_token, the last
+        text piece included) run there, and close() from there would wait for itself."""
+        return getattr(self._local, "in_callback", False) or getattr(self._local, "depth", 0) > 0
 
     # ---- the caller's side ----
 
@@ -226,9 +227,11 @@ class Scheduler:
             if self._closed:
                 raise errors.Error("this Model is closed")
             self._callers += 1
+        self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
         finally:
+            self._local.depth -= 1
             with self._cond:
                 self._callers -= 1
                 self._cond.notify_all()

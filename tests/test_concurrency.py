@@ -361,3 +361,29 @@ def test_close_waits_for_a_caller_still_turning_ids_into_text(mha_dir):
     closer.join(timeout=60)
     assert model.closed and "error" not in outcome, outcome
     assert outcome["result"].finish_reason in ("stop", "length") and outcome["result"].text
+
+
+def test_close_from_the_callback_of_the_last_piece_is_refused_not_a_deadlock(mha_dir):
+    """Text held back while it could still become a stop string reaches on_token only after the token loop
+    (TextAssembler.finish): close() there is still inside the call and must be refused, not wait for itself."""
+    with smolvision.load(mha_dir, threads=1) as model:
+        answer = model.generate("Hello", max_tokens=1).text
+        assert answer
+        outcome = {}
+
+        def on_token(piece: str) -> None:
+            outcome["piece"] = piece
+            model.close()
+
+        def generate():
+            try:  # the whole answer is the start of the stop string: held back to the end
+                model.generate("Hello", max_tokens=1, stop=[answer + "\x00never"], on_token=on_token)
+            except smolvision.Error as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=generate, daemon=True)  # a regression hangs it: let the test fail
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "close() from the last piece's callback waited for its own call"
+        assert outcome["piece"] == answer and "inside its own generation callback" in str(outcome["error"])
+        assert not model.closed
