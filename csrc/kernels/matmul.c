@@ -117,28 +117,30 @@ static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     j->bf16->dot(j->y, j->W->rows, j->xb, j->ldx, j->n, j->W, j->b, r0, r1);
 }
 
-static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const matmul_job *j = arg;
-    int64_t r0, r1, width = j->bf16->panel_width, ldy = j->W->rows;
+/* The panel loop both BF16 GEMMs share (AVX512_BF16 and AMX tiles take the same pair layout): this task's
+ * weight rows packed a panel at a time into the thread's scratch, every input row multiplied by it. */
+static void bf16_panels(const matmul_job *j, int64_t begin, int64_t end, int thread, int64_t width,
+                        void (*pack)(uint32_t *, const uint16_t *, int64_t, int64_t, int64_t, int64_t),
+                        void (*gemm)(float *, int64_t, const uint16_t *, int64_t, int64_t, const uint32_t *,
+                                     int64_t, const float *)) {
+    int64_t r0, r1, ldy = j->W->rows;
     sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
-        j->bf16->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
-        j->bf16->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
+        pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
+        gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
+}
+
+static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    bf16_panels(j, begin, end, thread, j->bf16->panel_width, j->bf16->pack, j->bf16->gemm);
 }
 
 static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    int64_t r0, r1, width = j->amx->panel_width, ldy = j->W->rows;
-    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
-    uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
-    for (int64_t r = r0; r < r1; r += width) {
-        int64_t w = r1 - r < width ? r1 - r : width;
-        j->amx->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
-        j->amx->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
-    }
+    bf16_panels(j, begin, end, thread, j->amx->panel_width, j->amx->pack, j->amx->gemm);
 }
 
 #if SV_HAVE_BLAS
