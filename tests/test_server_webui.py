@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -136,5 +137,9 @@ def test_webcam_mode_asks_about_live_frames(page, server):
     screenshot(page, "webui-webcam.png")
     page.click("#webcam-toggle")
     expect(page.locator("#webcam-toggle")).to_have_attribute("aria-pressed", "false")
+    # The server logs a request once its response has ended, which can be after the page shows the answer.
+    deadline = time.monotonic() + 30
+    while len(server.request_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
     new = server.request_lines()[before:]
     assert new and all(" 200 " in line for line in new), new
