@@ -20,7 +20,7 @@ from smolvision._native import ffi, lib
 ISAS = ("portable", "avx2", "avx512", "avx512bf16", "amx", "neon")
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (1000, 129), (33, 1000)]  # (rows, cols) of W
-BATCHES = (1, 3, 17, 300)
+BATCHES = (1, 2, 3, 8, 17, 33, 300)  # the dot kernels' tile shapes and tails, and the packed GEMM above dot_max_n
 BLAS_NEVER, BLAS_FIRST, BLAS_AS_SV_MATMUL = 0, 1, 2
 # fp32 dot products over K terms: error well under 1e-5 of sum(|x_k w_k|) for these K
 TOLERANCE = 1e-5

@@ -16,9 +16,10 @@
 #define UNROLL _Pragma("GCC unroll 16")
 
 enum {
-    ROWS = 4,       /* weight rows per dot tile */
     ROWS_GEMV = 8,  /* weight rows per dot tile when n = 1: more loads in flight */
-    XROWS = 2,      /* input rows per dot tile: 8 accumulators */
+    ROWS = 4,       /* weight rows per dot tile when n = 2, 3: 2 input rows, 8 accumulators */
+    ROWS_MULTI = 3, /* weight rows per dot tile when n >= 4: XROWS input rows, 12 accumulators */
+    XROWS = 4,      /* input rows per dot tile when n >= 4 (bench: 4 x 3 beat 2 x 4, 4 x 2, 3 x 4, 6 x 2, 8 x 1) */
     PANEL = 16,     /* packed panel width for gemm: two ymm per row of the panel */
     GEMM_XROWS = 6  /* input rows per gemm tile: 12 accumulators */
 };
@@ -51,16 +52,22 @@ INLINE float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes. */
+/* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes.
+ * next: NULL, or the next tile's rows (same stride), fetched into cache alongside: each weight row is its own
+ * short stream (a 4 KB page at K = 2048 BF16), too short for the hardware prefetcher to get ahead on. */
 INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const char *w, size_t stride, st_dtype dtype,
-                     const float *b, const int NI, const int NR) {
-    __m256 acc[XROWS][ROWS_GEMV];
+                     const float *b, const char *next, const int NI, const int NR) {
+    const int64_t esize = dtype == ST_F32 ? 4 : 2;
+    __m256 acc[XROWS][ROWS_GEMV]; /* NI x NR of them used */
     UNROLL
     for (int i = 0; i < NI; i++)
         UNROLL
         for (int r = 0; r < NR; r++) acc[i][r] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
+        if (next && (k * esize) % 64 == 0)
+            UNROLL
+            for (int r = 0; r < NR; r++) _mm_prefetch(next + r * stride + k * esize, _MM_HINT_T0);
         __m256 wv[ROWS_GEMV];
         UNROLL
         for (int r = 0; r < NR; r++) wv[r] = load_w(w + r * stride, k, dtype);
@@ -88,34 +95,43 @@ INLINE void dot_tile(float *y, int64_t ldy, const float *x, int64_t K, const cha
         for (int r = 0; r < NR; r++) y[i * ldy + r] = hsum(acc[i][r]) + (b ? b[r] : 0.0f);
 }
 
-/* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
-#define DOT_ROWS(NI, NR)                                                                               \
-    do {                                                                                               \
-        int64_t r = r0;                                                                                \
-        for (; r + NR <= r1; r += NR)                                                                  \
-            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, NR);      \
-        for (; r < r1; r++) dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, 1); \
-    } while (0)
+/* All n input rows against the NR weight rows at w: blocks of NI input rows, then single ones. The first
+ * block reads the rows from memory (fetching `next` alongside), the others find them in L1/L2. */
+INLINE void dot_inputs(float *y, int64_t ldy, const float *x, int64_t n, int64_t K, const char *w, size_t stride,
+                       st_dtype dtype, const float *b, const char *next, const int NI, const int NR) {
+    int64_t i = 0;
+    for (; i + NI <= n; i += NI, next = NULL) dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, next, NI, NR);
+    for (; i < n; i++, next = NULL) dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, next, 1, NR);
+}
 
+/* Weight rows [r0, r1) against all n input rows, a tile of NR weight rows at a time: the weights are
+ * streamed from memory once however many input rows there are. */
 INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b,
-                      int64_t r0, int64_t r1, st_dtype dtype) {
+                      int64_t r0, int64_t r1, st_dtype dtype, const int NI, const int NR) {
     const int64_t K = W->cols;
     const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
     const char *w = W->data;
-    for (int64_t ib = 0; ib < n; ib += XROWS) {
-        float *yb = y + ib * ldy;
-        const float *xb = x + ib * K;
-        if (n - ib == 1) DOT_ROWS(1, ROWS_GEMV);
-        else DOT_ROWS(2, ROWS);
+    int64_t r = r0;
+    for (; r + NR <= r1; r += NR) {
+        const char *next = NI > 1 && r + 2 * NR <= r1 ? w + (r + NR) * stride : NULL; /* n = 1: measured slower */
+        dot_inputs(y + r, ldy, x, n, K, w + r * stride, stride, dtype, b ? b + r : NULL, next, NI, NR);
     }
+    for (; r < r1; r++) dot_inputs(y + r, ldy, x, n, K, w + r * stride, stride, dtype, b ? b + r : NULL, NULL, NI, 1);
+}
+
+INLINE void dot_shape(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b,
+                      int64_t r0, int64_t r1, st_dtype dtype) {
+    if (n == 1) dot_dtype(y, ldy, x, n, W, b, r0, r1, dtype, 1, ROWS_GEMV);
+    else if (n < XROWS) dot_dtype(y, ldy, x, n, W, b, r0, r1, dtype, 2, ROWS);
+    else dot_dtype(y, ldy, x, n, W, b, r0, r1, dtype, XROWS, ROWS_MULTI);
 }
 
 static void dot(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,
                 int64_t r1) {
     switch (W->dtype) {
-    case ST_F32: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_F32); break;
-    case ST_F16: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_F16); break;
-    default: dot_dtype(y, ldy, x, n, W, b, r0, r1, ST_BF16); break;
+    case ST_F32: dot_shape(y, ldy, x, n, W, b, r0, r1, ST_F32); break;
+    case ST_F16: dot_shape(y, ldy, x, n, W, b, r0, r1, ST_F16); break;
+    default: dot_shape(y, ldy, x, n, W, b, r0, r1, ST_BF16); break;
     }
 }
 
@@ -238,7 +254,7 @@ static void gemm(float *y, int64_t ldy, const float *x, int64_t n, int64_t K, co
 const sv_isa sv_isa_avx2 = {
     .name = "avx2",
     .dot = dot,
-    .dot_max_n = 16, /* packing from n = 16..24 on (K = 1152..8192) */
+    .dot_max_n = 32, /* the packed GEMM wins from n = 32..64 on (K = 2048, 8192; BF16) */
     .widen = widen,
     .panel_width = PANEL,
     .pack = pack,
