@@ -105,8 +105,9 @@ static void quantize(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t
 static void dot(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, const int32_t *xs,
                 int64_t n, const sv_matrix *W, const float *b, int64_t r0, int64_t r1) {
     const int64_t nb = sv_q_blocks(W->cols);
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t r = r0; r < r1; r++)
+    /* rows outer: a weight row is read from memory once, the other input rows find it in L1 */
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < n; i++)
             y[i * ldy + r] = row_dot(W, r, xq + i * ldq, xd + i * nb, xs + i * nb) + (b ? b[r] : 0.0f);
 }
 
