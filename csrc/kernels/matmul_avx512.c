@@ -90,30 +90,33 @@ INLINE void gemv_rows(float *y, const float *x, int64_t K, const char *w, size_t
     }
 }
 
-/* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
-#define DOT_ROWS(NI, NR)                                                                               \
-    do {                                                                                               \
-        int64_t r = r0;                                                                                \
-        for (; r + NR <= r1; r += NR)                                                                  \
-            dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, NR);      \
-        for (; r < r1; r++) dot_tile(yb + r, ldy, xb, K, w + r * stride, stride, dtype, b ? b + r : NULL, NI, 1); \
-    } while (0)
+/* All n input rows against the NR weight rows at w: blocks of XROWS input rows, then the rest. */
+INLINE void dot_inputs(float *y, int64_t ldy, const float *x, int64_t n, int64_t K, const char *w, size_t stride,
+                       st_dtype dtype, const float *b, const int NR) {
+    int64_t i = 0;
+    for (; i + XROWS <= n; i += XROWS) dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, XROWS, NR);
+    switch (n - i) {
+    case 1: dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, 1, NR); break;
+    case 2: dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, 2, NR); break;
+    case 3: dot_tile(y + i * ldy, ldy, x + i * K, K, w, stride, dtype, b, 3, NR); break;
+    default: break;
+    }
+}
 
+/* n = 1: one stream over the rows (gemv_rows).  n > 1: a tile of ROWS weight rows at a time against every
+ * input row, so the weights are read from memory once however many input rows there are. */
 INLINE void dot_dtype(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b,
                       int64_t r0, int64_t r1, st_dtype dtype) {
     const int64_t K = W->cols;
     const size_t stride = (size_t)K * (dtype == ST_F32 ? 4 : 2);
     const char *w = W->data;
-    for (int64_t ib = 0; ib < n; ib += XROWS) {
-        float *yb = y + ib * ldy;
-        const float *xb = x + ib * K;
-        switch (n - ib < XROWS ? n - ib : XROWS) {
-        case 1: gemv_rows(yb, xb, K, w, stride, dtype, b, r0, r1); break;
-        case 2: DOT_ROWS(2, ROWS); break;
-        case 3: DOT_ROWS(3, ROWS); break;
-        default: DOT_ROWS(4, ROWS); break;
-        }
+    if (n == 1) {
+        gemv_rows(y, x, K, w, stride, dtype, b, r0, r1);
+        return;
     }
+    int64_t r = r0;
+    for (; r + ROWS <= r1; r += ROWS) dot_inputs(y + r, ldy, x, n, K, w + r * stride, stride, dtype, b ? b + r : NULL, ROWS);
+    for (; r < r1; r++) dot_inputs(y + r, ldy, x, n, K, w + r * stride, stride, dtype, b ? b + r : NULL, 1);
 }
 
 static void dot(float *y, int64_t ldy, const float *x, int64_t n, const sv_matrix *W, const float *b, int64_t r0,

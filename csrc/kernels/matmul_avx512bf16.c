@@ -111,31 +111,34 @@ static void gemv_rows(float *y, const uint16_t *xb, int64_t K, const char *w, si
     }
 }
 
-/* One input block of NI rows against weight rows [r0, r1): tiles of NR rows, then single rows. */
-#define DOT_ROWS(NI, NR)                                                                                         \
-    do {                                                                                                         \
-        int64_t r = r0;                                                                                          \
-        for (; r + NR <= r1; r += NR)                                                                            \
-            dot_tile(yb + r, ldy, xr, ldx, K, w + r * stride, stride, b ? b + r : NULL, NI, NR);                 \
-        for (; r < r1; r++) dot_tile(yb + r, ldy, xr, ldx, K, w + r * stride, stride, b ? b + r : NULL, NI, 1);  \
-    } while (0)
+/* All n input rows against the NR weight rows at w: blocks of XROWS input rows, then the rest. */
+INLINE void dot_inputs(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, int64_t K, const char *w,
+                       size_t stride, const float *b, const int NR) {
+    int64_t i = 0;
+    for (; i + XROWS <= n; i += XROWS) dot_tile(y + i * ldy, ldy, xb + i * ldx, ldx, K, w, stride, b, XROWS, NR);
+    switch (n - i) {
+    case 1: dot_tile(y + i * ldy, ldy, xb + i * ldx, ldx, K, w, stride, b, 1, NR); break;
+    case 2: dot_tile(y + i * ldy, ldy, xb + i * ldx, ldx, K, w, stride, b, 2, NR); break;
+    case 3: dot_tile(y + i * ldy, ldy, xb + i * ldx, ldx, K, w, stride, b, 3, NR); break;
+    default: break;
+    }
+}
 
-/* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: W BF16 [rows, K], xb[n, ldx], y[n, ldy]. */
+/* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1: W BF16 [rows, K], xb[n, ldx], y[n, ldy].
+ * n = 1: one stream over the rows (gemv_rows).  n > 1: a tile of ROWS weight rows at a time against every
+ * input row, so the weights are read from memory once however many input rows there are. */
 static void dot(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,
                 const float *b, int64_t r0, int64_t r1) {
     const int64_t K = W->cols;
     const size_t stride = (size_t)K * 2;
     const char *w = W->data;
-    for (int64_t ib = 0; ib < n; ib += XROWS) {
-        float *yb = y + ib * ldy;
-        const uint16_t *xr = xb + ib * ldx;
-        switch (n - ib < XROWS ? n - ib : XROWS) {
-        case 1: gemv_rows(yb, xr, K, w, stride, b, r0, r1); break;
-        case 2: DOT_ROWS(2, ROWS); break;
-        case 3: DOT_ROWS(3, ROWS); break;
-        default: DOT_ROWS(4, ROWS); break;
-        }
+    if (n == 1) {
+        gemv_rows(y, xb, K, w, stride, b, r0, r1);
+        return;
     }
+    int64_t r = r0;
+    for (; r + ROWS <= r1; r += ROWS) dot_inputs(y + r, ldy, xb, ldx, n, K, w + r * stride, stride, b ? b + r : NULL, ROWS);
+    for (; r < r1; r++) dot_inputs(y + r, ldy, xb, ldx, n, K, w + r * stride, stride, b ? b + r : NULL, 1);
 }
 
 /* panel[p, c] = the BF16 pair W[r0 + c, 2p : 2p + 2] as one 32-bit word (low half first, as vdpbf16ps reads
