@@ -15,7 +15,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import smolvision  # noqa: E402
 from smolvision import server  # noqa: E402
-from smolvision.generation import Timings  # noqa: E402
+from smolvision.generation import SamplingParams, Timings  # noqa: E402
 from smolvision import Result  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -99,7 +99,7 @@ def test_a_failed_load_is_reported():
 
 def test_system_prompt_default_and_options_reach_the_model():
     model = PiecesThenFailure()
-    defaults = server.protocol.Defaults(system_prompt="Be brief.", max_tokens=3, stop=("END",))
+    defaults = server.protocol.Defaults(system_prompt="Be brief.", sampling=SamplingParams(max_tokens=3), stop=("END",))
     with TestClient(server.create_app(model, defaults=defaults, log=lambda line: None)) as client:
         client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "top_k": -1})
         client.post("/v1/chat/completions", json={"messages": [{"role": "developer", "content": "Mine."},

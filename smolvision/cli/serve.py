@@ -132,15 +132,16 @@ def run_command(args: argparse.Namespace, reporter: common.Reporter) -> int:
     import uvicorn
 
     from ..server.app import create_app
+    from ..generation import SamplingParams
     from ..server.protocol import Defaults
 
     api_key = args.api_key or None
     source = os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else args.model or hub.DEFAULT_REPO
     name = args.alias or source
-    defaults = Defaults(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                        stop=tuple(args.stop), system_prompt=args.system_prompt,
-                        do_image_splitting=False if args.no_split else None, longest_edge=args.max_edge)
+    options = common.generation_kwargs(args)  # the sampling settings, then stop, system prompt, splitting
+    sampling = SamplingParams(**{name: options.pop(name) for name in
+                                 ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")})
+    defaults = Defaults(sampling=sampling, **options)
     loaded: list = []
     failed: list[BaseException] = []
     server = None

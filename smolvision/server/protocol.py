@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
 
+from ..generation import SamplingParams
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields the server does not implement: refused when asking for something other than the default,
 # so a client never silently gets something it did not ask for.
@@ -67,13 +69,8 @@ class ChatRequest:
 class Defaults:
     """Server-wide defaults for what a request leaves out (from the generation options of `serve`)."""
 
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """max_tokens and the sampling settings (validated as Model.generate's are); eos_token_ids is unused."""
     stop: tuple[str, ...] = ()
     system_prompt: str | None = None
     do_image_splitting: bool | None = None
@@ -130,20 +127,20 @@ def parse_chat_request(body: dict, defaults: Defaults, max_images: int, max_vide
     if max_tokens is None:
         max_tokens, name = body.get("max_tokens"), "max_tokens"
     if max_tokens is None:
-        max_tokens = defaults.max_tokens
+        max_tokens = defaults.sampling.max_tokens
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise invalid(f"{name} must be a positive integer, not {max_tokens!r}", name)
-    top_k = _number(body, "top_k", defaults.top_k, -1, 2**31 - 1, integer=True, rule="0 or more (0 or -1 = off)")
-    seed = body.get("seed", defaults.seed)
+    top_k = _number(body, "top_k", defaults.sampling.top_k, -1, 2**31 - 1, integer=True, rule="0 or more (0 or -1 = off)")
+    seed = body.get("seed", defaults.sampling.seed)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
         raise invalid(f"seed must be an integer, not {seed!r}", "seed")
     options = dict(
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", defaults.temperature, 0, 2, rule="in [0, 2] (0 = greedy)"),
-        top_p=_number(body, "top_p", defaults.top_p, 0, 1, low_open=True, rule="in (0, 1]"),
+        temperature=_number(body, "temperature", defaults.sampling.temperature, 0, 2, rule="in [0, 2] (0 = greedy)"),
+        top_p=_number(body, "top_p", defaults.sampling.top_p, 0, 1, low_open=True, rule="in (0, 1]"),
         top_k=max(top_k, 0),
-        min_p=_number(body, "min_p", defaults.min_p, 0, 1, rule="in [0, 1]"),
-        repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty, 0, 100, low_open=True,
+        min_p=_number(body, "min_p", defaults.sampling.min_p, 0, 1, rule="in [0, 1]"),
+        repetition_penalty=_number(body, "repetition_penalty", defaults.sampling.repetition_penalty, 0, 100, low_open=True,
                                    rule="in (0, 100]"),
         seed=None if seed is None else seed % 2**64,
         stop=_stop(body.get("stop"), defaults.stop),
