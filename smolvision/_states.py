@@ -80,7 +80,14 @@ class StateCache:
         return self._entries.pop(best)[2], best_len
 
     def put_sequence(self, key: np.ndarray, seq: Sequence) -> None:
-        """Caches a finished sequence under the key of what it holds (or frees it if it cannot fit)."""
+        """Caches a finished sequence under the key of what it holds (or frees it if it cannot fit).
+
+        Cached sequences whose keys are prefixes of this one's (the same prompt finished by two calls at
+        once, say) are freed: any prompt shares at least as long a prefix with the new one."""
+        for entry_id, (kind, entry_key, old) in list(self._entries.items()):
+            if kind == "seq" and len(entry_key) <= len(key) and common_prefix(entry_key, key) == len(entry_key):
+                del self._entries[entry_id]
+                old.close()
         self._put("seq", key, seq)
 
     # ---- images ----
@@ -93,6 +100,10 @@ class StateCache:
         return None
 
     def put_image(self, key: bytes, features: np.ndarray) -> None:
+        """Caches an image's features; an older copy (two calls encoding one new image at once) goes."""
+        for entry_id, (kind, entry_key, _) in list(self._entries.items()):
+            if kind == "image" and entry_key == key:
+                del self._entries[entry_id]
         self._put("image", key, features)
 
     # ---- both ----

@@ -143,3 +143,43 @@ def test_image_cache_skips_the_vision_encoder(gqa_dir, tmp_path):
         model.reset_profile()
         model.generate("Describe it again.", images=[photo], max_tokens=2)
         assert model.profile().phases["vision"].calls == 0
+
+
+def test_the_same_prompt_finished_twice_at_once_is_cached_once(gqa_dir, tmp_path):
+    """Two calls of one prompt, decoded together, both miss the prefix cache; the second to finish
+    replaces the first's sequence instead of keeping a copy (and the image's features are kept once)."""
+    photo = write_image(tmp_path / "twice.png", seed=4)
+    request = dict(prompt="Describe it.", images=[photo], max_tokens=3)
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        model.generate(**request)
+        alone = model.cached_bytes()
+    with smolvision.load(gqa_dir, threads=2, precision="fp32") as model:
+        first, second = model.generate_many([request, request])
+        assert first.cached_tokens == second.cached_tokens == 0  # both read the whole prompt
+        assert model.scheduler_stats().decode_rows > model.scheduler_stats().decode_steps  # they ran together
+        assert model.cached_bytes() == alone
+
+
+def test_state_cache_replaces_what_a_new_entry_supersedes():
+    """StateCache alone: a sequence whose key is a prefix of a new one's goes (any prompt shares at least
+    as much with the new one), one that diverges stays; an image's features put twice are kept once."""
+    from smolvision._states import StateCache
+
+    class FakeSequence:
+        nbytes = 100
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    cache = StateCache(budget=10_000)
+    short, diverging, longer = FakeSequence(), FakeSequence(), FakeSequence()
+    cache.put_sequence(np.array([1, 2, 3]), short)
+    cache.put_sequence(np.array([1, 2, 4, 5]), diverging)
+    cache.put_sequence(np.array([1, 2, 3, 9]), longer)
+    assert short.closed and not diverging.closed and cache.nbytes == 200
+    assert cache.take_sequence(np.array([1, 2, 3, 7])) == (longer, 3)
+    features = np.zeros(25, np.float32)
+    cache.put_image(b"key", features)
+    cache.put_image(b"key", features.copy())
+    assert cache.nbytes == 100 + features.nbytes
