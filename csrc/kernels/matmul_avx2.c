@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "isa.h"
+#include "transpose_avx2.h"
 
 #define INLINE static inline __attribute__((always_inline))
 /* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
@@ -156,28 +157,6 @@ static void widen(float *dst, const sv_matrix *W, int64_t r0, int64_t r1) {
     case ST_F32: widen_dtype(dst, W, r0, r1, ST_F32); break;
     case ST_F16: widen_dtype(dst, W, r0, r1, ST_F16); break;
     default: widen_dtype(dst, W, r0, r1, ST_BF16); break;
-    }
-}
-
-/* In-register transpose: v[i] element j becomes v[j] element i (8 x 8). */
-INLINE void transpose8(__m256 v[8]) {
-    __m256 t[8], u[8];
-    UNROLL
-    for (int i = 0; i < 8; i += 2) { /* lane-wise [a0 b0 a1 b1], [a2 b2 a3 b3] */
-        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
-    }
-    UNROLL
-    for (int g = 0; g < 8; g += 4) { /* lane-wise element j of rows g..g+3 */
-        u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
-        u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
-        u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
-        u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
-    }
-    UNROLL
-    for (int j = 0; j < 4; j++) { /* low lanes hold elements 0..3, high lanes 4..7 */
-        v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
-        v[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
     }
 }
 
