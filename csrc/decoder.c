@@ -124,7 +124,7 @@ static sv_status scratch_alloc(sv_model *m, int32_t rows, int32_t capacity, sv_d
     int ok = block && s->pos && s->caches;
     if (ok) {
         layout = (sv_kv_cache){c->text_layers, c->text_kv_heads, hd, capacity,
-                               sv_matmul_in_bf16(&m->ctx, m->text.layers[0].q.dtype), NULL, NULL};
+                               sv_kv_in_bf16(&m->ctx, m->text.layers[0].q.dtype), NULL, NULL};
         s->attention = sv_cached_attention_new(&m->ctx, &layout, c->text_heads, ch);
     }
     if (!ok || !s->attention) {

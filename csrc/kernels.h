@@ -83,8 +83,9 @@ void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const f
                        const float *v);
 
 /* A KV cache of `capacity` positions per layer: K as rows [position, head_dim] and V transposed
- * [head_dim, position] per (layer, KV head), the layouts attention reads contiguously; BF16 where the
- * weights' products are (half the memory, and half the bytes a decoded token reads), else fp32. */
+ * [head_dim, position] per (layer, KV head), the layouts attention reads contiguously; BF16 in precision
+ * "bf16" next to BF16 or quantized weights (sv_kv_in_bf16: half the memory, and half the bytes a decoded
+ * token reads), else fp32. */
 typedef struct {
     int64_t layers, kv_heads, head_dim, capacity;
     int bf16;  /* k and vt hold BF16 (uint16_t), else float */
@@ -92,6 +93,10 @@ typedef struct {
     void *vt;  /* [layers, kv_heads, head_dim, capacity] */
 } sv_kv_cache;
 
+/* Whether a cache next to products with these weights holds BF16: precision "bf16" with BF16 or quantized
+ * weights, whatever the CPU (where there are no BF16 kernels attention widens the cached BF16 values and
+ * computes in fp32; transformers' BF16 run keeps its cache in BF16 too). */
+int sv_kv_in_bf16(const sv_ctx *ctx, st_dtype weights);
 /* 0 and an empty cache if out of memory. */
 int sv_kv_cache_init(sv_kv_cache *c, const sv_ctx *ctx, st_dtype weights, int64_t layers, int64_t kv_heads,
                      int64_t head_dim, int64_t capacity);

@@ -14,10 +14,10 @@ sv_status sv_seq_create(sv_model *m, sv_seq **out) {
     if (!seq) return sv_fail(SV_ERR_NOMEM, "out of memory allocating a sequence");
     const sv_config *c = &m->cfg;
     seq->model = m;
-    /* The cache's dtype follows the weights' products: BF16 weights, or quantized ones (their prompts run
-     * the BF16 GEMM too), in precision "bf16".  No positions until the first prefill grows it. */
+    /* The cache's dtype: BF16 in precision "bf16" with BF16 or quantized weights (sv_kv_in_bf16).  No
+     * positions until the first prefill grows it. */
     seq->cache = (sv_kv_cache){c->text_layers, c->text_kv_heads, c->head_dim, 0,
-                               sv_matmul_in_bf16(&m->ctx, m->text.layers[0].q.dtype), NULL, NULL};
+                               sv_kv_in_bf16(&m->ctx, m->text.layers[0].q.dtype), NULL, NULL};
     *out = seq;
     return SV_OK;
 }
@@ -102,6 +102,6 @@ int64_t sv_seq_bytes(const sv_seq *seq) {
 int64_t sv_seq_bytes_per_token(const sv_model *m) {
     if (!m) return 0;
     const sv_config *c = &m->cfg;
-    int bf16 = sv_matmul_in_bf16(&m->ctx, m->text.layers[0].q.dtype);
+    int bf16 = sv_kv_in_bf16(&m->ctx, m->text.layers[0].q.dtype);
     return (int64_t)c->text_layers * 2 * c->text_kv_heads * c->head_dim * (bf16 ? 2 : 4) + (int64_t)sizeof(int32_t);
 }

@@ -4,10 +4,15 @@
 #include <string.h>
 
 #include "../kernels.h"
+#include "../quant.h"
+
+int sv_kv_in_bf16(const sv_ctx *ctx, st_dtype weights) {
+    return ctx->precision == SV_PRECISION_BF16 && (weights == ST_BF16 || sv_dtype_is_quant(weights));
+}
 
 int sv_kv_cache_init(sv_kv_cache *c, const sv_ctx *ctx, st_dtype weights, int64_t layers, int64_t kv_heads,
                      int64_t head_dim, int64_t capacity) {
-    *c = (sv_kv_cache){layers, kv_heads, head_dim, capacity, sv_matmul_in_bf16(ctx, weights), NULL, NULL};
+    *c = (sv_kv_cache){layers, kv_heads, head_dim, capacity, sv_kv_in_bf16(ctx, weights), NULL, NULL};
     size_t bytes = (size_t)(sv_kv_cache_bytes(c) / 2);
     c->k = malloc(bytes);
     c->vt = malloc(bytes);
