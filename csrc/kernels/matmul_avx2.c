@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "isa.h"
-#include "transpose_avx2.h"
+#include "lanes_avx2.h"
 
 #define INLINE static inline __attribute__((always_inline))
 /* Tiles keep their accumulators in registers only if their small loops are fully unrolled. */
@@ -44,13 +44,6 @@ INLINE __m256 load_x_tail(const float *x, int64_t n) {
     float buf[8] = {0};
     memcpy(buf, x, (size_t)n * 4);
     return _mm256_loadu_ps(buf);
-}
-
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* y[i, r] = x[i, :] . w_r + b[r] for i < NI, r < NR, where w_r is the weight row at w + r * stride bytes.

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "transpose_avx2.h"
+#include "lanes_avx2.h"
 
 #define UNROLL _Pragma("GCC unroll 8")
 
@@ -33,13 +33,6 @@ static inline __m256 load_bf16_tail(const uint16_t *p, int64_t n) {
     uint16_t buf[8] = {0};
     memcpy(buf, p, (size_t)n * sizeof *p);
     return load_bf16(buf);
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* out[r] = scale * (x . rows[r * stride : r * stride + len]): blocks of 8 rows share each load of x and

@@ -17,6 +17,7 @@
 
 #include "../quant.h"
 #include "isa.h"
+#include "lanes_avx2.h"
 
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -100,11 +101,7 @@ static float row_dot(const sv_matrix *W, int64_t r, const int8_t *xq, const floa
         memcpy(xsp, xs + b0, (size_t)g * sizeof *xsp);
         group_dot(acc, t, wp, xp, scp, xdp, xsp, 0);
     }
-    __m256 sum = _mm256_add_ps(acc[0], acc[1]);
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    half = _mm_add_ss(half, _mm_movehdup_ps(half));
-    return _mm_cvtss_f32(half);
+    return hsum(_mm256_add_ps(acc[0], acc[1]));
 }
 
 static void dot(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, const int32_t *xs,

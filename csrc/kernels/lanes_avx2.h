@@ -1,9 +1,10 @@
-/* transpose_avx2.h - the 8 x 8 in-register transpose of 32-bit elements that
- * the AVX2 kernels share: matmul_avx2.c packs weight panels with it,
- * ops_avx2.c sums eight dot products across lanes at once.  Include only from
- * files compiled with AVX2 target flags. */
-#ifndef SV_KERNELS_TRANSPOSE_AVX2_H
-#define SV_KERNELS_TRANSPOSE_AVX2_H
+/* lanes_avx2.h - the lane-crossing helpers the AVX2 kernels share: the 8 x 8
+ * in-register transpose of 32-bit elements (matmul_avx2.c packs weight panels
+ * with it, ops_avx2.c sums eight dot products across lanes at once) and the
+ * horizontal sum of one vector.  Include only from files compiled with AVX2
+ * target flags. */
+#ifndef SV_KERNELS_LANES_AVX2_H
+#define SV_KERNELS_LANES_AVX2_H
 
 #include <immintrin.h>
 
@@ -27,6 +28,14 @@ static inline __attribute__((always_inline)) void transpose8(__m256 v[8]) {
         v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
         v[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
     }
+}
+
+/* The sum of v's 8 lanes. */
+static inline __attribute__((always_inline)) float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
 #endif
