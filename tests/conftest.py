@@ -21,7 +21,7 @@ def pytest_sessionstart(session):
     against generate) keep them on the same kernels.  After pytest_configure: asking before faulthandler
     installs its stack would make faulthandler.enable() fail instead."""
     import smolvision
-    if smolvision.cpu_features()["amx"].startswith("refused: "):  # only where SMOLVISION_ISA=amx opted in
+    if smolvision.cpu_features()["amx"].startswith("refused: "):
         os.environ["SMOLVISION_ISA"] = "avx512bf16"
 
 

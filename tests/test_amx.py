@@ -7,10 +7,9 @@ What is checked where:
   (matmul_amx_impl.h, the same file the real build compiles) on that emulation through the matmul driver,
   against float64 and the portable fp32 GEMM on edge shapes; the self-check dispatch runs before using
   real tiles; and a planted bug (pack swapping the halves of each BF16 pair) that all of these must catch.
-- Only on a CPU where cpu_features()["amx"] == "on" (AMX, the opt-in SMOLVISION_ISA=amx, the tile state
-  granted, the self-check passed): the real tile instructions through the same comparisons.  Level amx is
-  opt-in until they have passed on an AMX CPU (`SMOLVISION_ISA=amx pytest tests/test_amx.py`); on this
-  project's dev machine (AVX2) they skip: the real-instruction path has not run there.
+- Only on a CPU where cpu_features()["amx"] == "on" (AMX, no SMOLVISION_ISA below it, the tile state
+  granted, the self-check passed): the real tile instructions through the same comparisons, in this
+  process and in a plain child process.  The project's machines (Sapphire Rapids) run them.
 
 Why the emulation can be trusted to stand in: it is written from the SDM's definitions (LDTILECFG,
 TILELOADD, TDPBF16PS, TILESTORED), not from the kernel, and test_emulation_follows_the_sdm pins it to a
@@ -33,7 +32,7 @@ import smolvision
 from smolvision._native import ffi, lib
 
 AMX = smolvision.cpu_features()["amx"]
-OPTED_IN = os.environ.get("SMOLVISION_ISA") == "amx"
+LOWERED = os.environ.get("SMOLVISION_ISA") not in (None, "", "amx")  # a lower level asked for
 BF16 = 1
 # (rows, cols) of W: one weight, K below one tile row, odd K, a partial panel, a tile's K exactly, several
 # tile rows with a tail, panel tails of 1 and 31 rows
@@ -200,44 +199,57 @@ def test_self_check_passes_the_kernel_and_fails_the_planted_bug():
 def test_cpu_features_report_amx_consistently():
     features = smolvision.cpu_features()
     status = features["amx"]
-    assert status in ("on", "absent", "off (SMOLVISION_ISA)", "off (opt-in: SMOLVISION_ISA=amx)") or \
+    assert status in ("on", "absent", "off (SMOLVISION_ISA)") or \
         status.startswith(("refused: ", "failed self-check: "))
     assert (status == "on") == (features["kernels"] == "amx")
-    if not OPTED_IN:
-        assert status in ("absent", "off (opt-in: SMOLVISION_ISA=amx)", "off (SMOLVISION_ISA)")
+    if LOWERED:
+        assert status in ("absent", "off (SMOLVISION_ISA)")
     if status == "on":
         assert features["bf16_matmul"]
 
 
-def features_with(isa: str) -> dict:
+def child_features(isa: str | None, code: str = "") -> dict:
+    """cpu_features() of a fresh process with SMOLVISION_ISA=isa (None: unset), after running `code`, whose
+    variable `extra` (if it sets one) comes back under "extra"."""
+    import json
     import smolvision as package
     home = str(Path(package.__file__).resolve().parent.parent)
-    env = dict(os.environ, SMOLVISION_ISA=isa, PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = "import json, smolvision; print(json.dumps(smolvision.cpu_features()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True, text=True)
-    import json
-    return json.loads(out.stdout)
+    env = {k: v for k, v in os.environ.items() if k not in ("SMOLVISION_ISA", "PYTHONFAULTHANDLER")}
+    if isa is not None:
+        env["SMOLVISION_ISA"] = isa
+    env["PYTHONPATH"] = home + os.pathsep + os.environ.get("PYTHONPATH", "")
+    program = ("import json, smolvision\nfrom smolvision._native import ffi, lib\nextra = None\n" + code +
+               "\nprint(json.dumps(dict(smolvision.cpu_features(), extra=extra)))")
+    out = subprocess.run([sys.executable, "-c", program], env=env, cwd=home, check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# A BF16 product of 32 rows at level amx through the test hook: its status code in `extra`.
+AMX_HOOK = """
+import numpy as np
+x = np.ones((32, 32), np.float32); w = np.zeros((32, 32), np.uint16); y = np.empty((32, 32), np.float32)
+extra = lib.sv_debug_matmul_precision(b"amx", 1, ffi.from_buffer("float[]", x), 32, ffi.from_buffer(w), 2, 32, 32,
+                                      ffi.NULL, ffi.from_buffer("float[]", y), 1, 1, ffi.NULL)
+"""
 
 
 @pytest.mark.skipif(AMX == "absent", reason="no AMX on this CPU (or in this build): nothing to turn off")
 def test_smolvision_isa_below_amx_turns_it_off():
-    features = features_with("avx512bf16")
+    """A lower SMOLVISION_ISA runs no tile instruction, not even through the test hook naming level amx."""
+    features = child_features("avx512bf16", AMX_HOOK)
     assert features["amx"] == "off (SMOLVISION_ISA)"
     assert features["kernels"] == "avx512bf16"
+    assert features["extra"] == lib.SV_ERR_UNSUPPORTED
 
 
-def test_the_amx_level_runs_only_when_asked_for():
-    """Without SMOLVISION_ISA=amx no tile instruction runs, not even through the test hook naming the level."""
-    features = features_with("")  # an empty name is no level: the default choice
-    assert features["kernels"] != "amx"
-    assert features["amx"] in ("absent", "off (opt-in: SMOLVISION_ISA=amx)")
-    if not OPTED_IN:
-        x = np.ones((32, 32), np.float32)
-        w = np.zeros((32, 32), np.uint16)
-        y = np.empty((32, 32), np.float32)
-        status = lib.sv_debug_matmul_precision(b"amx", BF16, ffi.from_buffer("float[]", x), 32, ffi.from_buffer(w), 2,
-                                               32, 32, ffi.NULL, ffi.from_buffer("float[]", y), 1, 1, ffi.NULL)
-        assert status == lib.SV_ERR_UNSUPPORTED
+def test_amx_is_the_default_where_the_cpu_has_it():
+    """With no SMOLVISION_ISA (or an empty one) a CPU with AMX runs level amx: its status is "on" or why not."""
+    for isa in (None, ""):
+        features = child_features(isa, AMX_HOOK)
+        assert features["amx"] != "off (SMOLVISION_ISA)"
+        assert (features["kernels"] == "amx") == (features["amx"] == "on")
+        assert (features["extra"] == lib.SV_OK) == (features["amx"] == "on")
 
 
 # ---- the real tiles (only where they run) ----
@@ -284,8 +296,7 @@ def child_report() -> dict:
     return {"amx": AMX, "failures": real_amx_failures() if AMX == "on" else []}
 
 
-@pytest.mark.skipif(AMX == "absent" or not OPTED_IN,
-                    reason="no AMX on this CPU (or in this build), or level amx not asked for (SMOLVISION_ISA=amx)")
+@pytest.mark.skipif(AMX == "absent", reason="no AMX on this CPU (or in this build)")
 def test_real_amx_in_a_fresh_process():
     """The same checks in a plain child process.  Under pytest Linux may refuse the tile state: the
     faulthandler plugin's alternate signal stack can be smaller than a signal frame with 8 KB of tiles, and
@@ -294,9 +305,8 @@ def test_real_amx_in_a_fresh_process():
     fails this test rather than passing quietly on the fallback."""
     import json
     home = str(Path(smolvision.__file__).resolve().parent.parent)
-    # asking for level amx, which conftest.py turns off in this process where Linux refused it the tile state
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
-    env["SMOLVISION_ISA"] = "amx"
+    # the default level (amx), which conftest.py turns off in this process where Linux refused it the tile state
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONFAULTHANDLER", "SMOLVISION_ISA")}
     env["PYTHONPATH"] = os.pathsep.join([home, str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     code = "import json, test_amx; print(json.dumps(test_amx.child_report()))"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, check=True, capture_output=True, text=True)

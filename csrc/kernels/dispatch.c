@@ -8,19 +8,19 @@
  * level is always there, and the small kernels are the portable ones
  * (ops_impl.h), which the compiler already vectorises with NEON there.
  * SMOLVISION_ISA=portable|avx2|avx512|avx512bf16|neon lowers the choice
- * (for tests and benchmarks), SMOLVISION_ISA=amx opts in to level amx; a name
- * above what the CPU supports, one of the other architecture, or an unknown
- * one, is ignored.
+ * (for tests and benchmarks); a name above what the CPU supports, one of
+ * the other architecture, or an unknown one, is ignored.
  *
  * Level amx (AMX-TILE and AMX-BF16 on top of avx512bf16, and an OS that
  * enables the tile state in XCR0) needs two more things, tried once per
- * process on its first use (sv_amx_for), as the tile path is the only one
- * not yet run on hardware by its authors: Linux must grant this process the
+ * process on its first use (sv_amx_for): Linux must grant this process the
  * 8 KB tile data state (arch_prctl ARCH_REQ_XCOMP_PERM; it refuses, e.g.,
  * where a thread's alternate signal stack is too small for the larger
- * signal frame), and the kernel must pass its self-check (amx_check.c).
- * Either failing leaves the AVX512_BF16 kernels in charge, silently except
- * for sv_amx_status (smolvision.cpu_features()["amx"]). */
+ * signal frame), and the kernel must pass its self-check (amx_check.c: a
+ * few edge-shape products against plain C, cheap insurance against a CPU
+ * or hypervisor that mishandles the tiles).  Either failing leaves the
+ * AVX512_BF16 kernels in charge, silently except for sv_amx_status
+ * (smolvision.cpu_features()["amx"]). */
 #if defined(__linux__)
 #define _GNU_SOURCE /* syscall() */
 #include <sys/syscall.h>
@@ -88,9 +88,7 @@ static int runs(sv_isa_level level) {
 
 static void choose(void) {
     supported = detect();
-    /* Level amx is opt-in until its tile code has run on AMX hardware (see the top of this file):
-     * without SMOLVISION_ISA=amx an AMX CPU runs level avx512bf16. */
-    selected = supported == SV_ISA_AMX ? SV_ISA_AVX512BF16 : supported;
+    selected = supported;
     const char *forced = getenv("SMOLVISION_ISA");
     int level = forced ? sv_isa_parse(forced) : -1;
     if (level >= 0 && level <= (int)supported && runs((sv_isa_level)level)) selected = (sv_isa_level)level;
@@ -204,7 +202,7 @@ static void enable_amx(void) {} /* no AMX kernels in this build, or not Linux: l
 
 const sv_amx_isa *sv_amx_for(sv_isa_level level) {
     pthread_once(&detect_once, choose);
-    /* Only in a process that opted in (SMOLVISION_ISA=amx, see choose()): test hooks naming the level too. */
+    /* Not where SMOLVISION_ISA chose a lower level: test hooks naming level amx get nothing then either. */
     if (level != SV_ISA_AMX || selected != SV_ISA_AMX) return NULL;
     pthread_once(&amx_once, enable_amx);
     return amx_enabled;
@@ -213,9 +211,6 @@ const sv_amx_isa *sv_amx_for(sv_isa_level level) {
 const char *sv_amx_status(void) {
     pthread_once(&detect_once, choose);
     if (supported != SV_ISA_AMX) return "absent";
-    if (selected != SV_ISA_AMX) {
-        const char *forced = getenv("SMOLVISION_ISA");
-        return forced && sv_isa_parse(forced) >= 0 ? "off (SMOLVISION_ISA)" : "off (opt-in: SMOLVISION_ISA=amx)";
-    }
+    if (selected != SV_ISA_AMX) return "off (SMOLVISION_ISA)";
     return sv_amx_for(SV_ISA_AMX) ? "on" : amx_why;
 }
