@@ -64,18 +64,27 @@ typedef struct {
                  int64_t width, const float *b);
 } sv_bf16_isa;
 
+/* The A operand of the AMX GEMM: BF16 rows of x, zero-padded to whole tiles (16 rows x 32 elements); the
+ * tile of rows 16t.. and elements 32s.. starts at base + t * block + s * step, its rows row_bytes apart.
+ * Row-major xb[rows, ldx] is {xb, 2 ldx, 32, 16 ldx}; the tiled layout the matmul driver writes (each
+ * tile's 1 KB contiguous, so every tile load is one sequential stream, whatever ldx) is
+ * {xt, 64, 512, 512 steps}. */
+typedef struct {
+    const uint16_t *base;
+    int64_t row_bytes, step, block;
+} sv_amx_operand;
+
 /* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights
- * and more than min_n input rows (fewer take sv_bf16_isa's dot).  Its operands are padded so every tile
- * is whole: the driver rounds x into xb[round_up(n, row_align), ldx] with ldx = round_up(W.cols, k_align),
- * zero beyond x; pack writes panel[ldx / 2, panel_width] in sv_bf16_isa's pair layout, zero-padded to
- * ldx / 2 pair rows (the layout AMX reads B in); gemm: y[i, c] = xb[i, :] . W[r0 + c, :] + b[c] for
- * i < n, c < width. */
+ * and more than min_n input rows (fewer take sv_bf16_isa's dot).  pack writes one panel of panel_width
+ * weight rows, panel[steps * k_align / 2, panel_width], steps = ceil(W.cols / k_align), in sv_bf16_isa's
+ * pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[r0 + c, :] + b[c] for
+ * i < n, c < width, the rows of a padded with zeros to a multiple of row_align. */
 typedef struct {
     const char *name;
     int min_n;
     int panel_width, k_align, row_align;
     void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
-    void (*gemm)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+    void (*gemm)(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panel,
                  int64_t width, const float *b);
 } sv_amx_isa;
 

@@ -54,6 +54,9 @@
 
 enum { BLAS_PANEL_MAX = 512 }; /* rows of W widened per sgemm call: 256 and 512 measured best */
 
+/* The AMX path (amx_task): panels packed per group, x taken in chunks of rows, each sized to share L2. */
+enum { AMX_GROUP_BYTES = 1 << 20, AMX_X_CHUNK_BYTES = 256 << 10 };
+
 typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM, PATH_AMX } matmul_path;
 
 /* When BLAS may run (the `blas` argument of sv_debug_matmul). */
@@ -117,30 +120,67 @@ static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
     j->bf16->dot(j->y, j->W->rows, j->xb, j->ldx, j->n, j->W, j->b, r0, r1);
 }
 
-/* The panel loop both BF16 GEMMs share (AVX512_BF16 and AMX tiles take the same pair layout): this task's
- * weight rows packed a panel at a time into the thread's scratch, every input row multiplied by it. */
-static void bf16_panels(const matmul_job *j, int64_t begin, int64_t end, int thread, int64_t width,
-                        void (*pack)(uint32_t *, const uint16_t *, int64_t, int64_t, int64_t, int64_t),
-                        void (*gemm)(float *, int64_t, const uint16_t *, int64_t, int64_t, const uint32_t *,
-                                     int64_t, const float *)) {
-    int64_t r0, r1, ldy = j->W->rows;
+/* The BF16 GEMM: this task's weight rows packed a panel at a time into the thread's scratch, every input
+ * row multiplied by it. */
+static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    int64_t r0, r1, ldy = j->W->rows, width = j->bf16->panel_width;
     sv_block_rows(begin, end, j->W->rows, &r0, &r1);
     uint32_t *panel = (uint32_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
-        pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
-        gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
+        j->bf16->pack(panel, j->W->data, j->W->cols, j->W->cols, r, r + w);
+        j->bf16->gemm(j->y + r, ldy, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
 }
 
-static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
+/* The AMX path's x: xb rounded into whole tiles, each 16 rows x 32 elements contiguous (isa.h,
+ * sv_amx_operand); items are blocks of 16 rows, those past n zero. */
+static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    bf16_panels(j, begin, end, thread, j->bf16->panel_width, j->bf16->pack, j->bf16->gemm);
+    const int64_t k = j->W->cols, tk = j->amx->k_align, tr = j->amx->row_align, steps = j->ldx / tk;
+    uint16_t *row = (uint16_t *)sv_pool_scratch(j->pool, thread); /* one row rounded, zero-padded to ldx */
+    for (int64_t t = begin; t < end; t++)
+        for (int64_t r = 0; r < tr; r++) {
+            int64_t i = t * tr + r;
+            if (i < j->n)
+                (j->bf16 ? j->bf16->round_rows : round_rows_plain)(row, j->ldx, j->x + i * k, 1, k);
+            else
+                memset(row, 0, (size_t)j->ldx * sizeof *row);
+            for (int64_t s = 0; s < steps; s++)
+                memcpy(j->xb + t * tr * j->ldx + s * tr * tk + r * tk, row + s * tk, (size_t)tk * sizeof *row);
+        }
 }
 
+/* Panels are packed a group at a time (up to AMX_GROUP_BYTES, in the thread's scratch) and x is taken
+ * AMX_X_CHUNK_BYTES of rows at a time against the whole group: both then stay in L2, and x is read from
+ * memory once per group rather than once per panel. */
 static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    bf16_panels(j, begin, end, thread, j->amx->panel_width, j->amx->pack, j->amx->gemm);
+    const sv_amx_isa *amx = j->amx;
+    const int64_t width = amx->panel_width, tk = amx->k_align, tr = amx->row_align, steps = j->ldx / tk;
+    const int64_t ldy = j->W->rows;
+    const int64_t panel_words = j->ldx / 2 * width;
+    int64_t r0, r1;
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
+    int64_t group = AMX_GROUP_BYTES / (panel_words * (int64_t)sizeof(uint32_t));
+    if (group < 1) group = 1;
+    int64_t chunk = AMX_X_CHUNK_BYTES / (j->ldx * (int64_t)sizeof *j->xb) / tr * tr;
+    if (chunk < tr) chunk = tr;
+    uint32_t *panels = (uint32_t *)sv_pool_scratch(j->pool, thread);
+    for (int64_t g = r0; g < r1; g += group * width) {
+        int64_t g1 = g + group * width < r1 ? g + group * width : r1;
+        for (int64_t r = g; r < g1; r += width)
+            amx->pack(panels + (r - g) / width * panel_words, j->W->data, j->W->cols, j->W->cols, r,
+                      r + width < g1 ? r + width : g1);
+        for (int64_t i = 0; i < j->n; i += chunk) {
+            sv_amx_operand a = {j->xb + i * j->ldx, tk * (int64_t)sizeof *j->xb, tr * tk, tr * j->ldx};
+            int64_t rows = j->n - i < chunk ? j->n - i : chunk;
+            for (int64_t r = g; r < g1; r += width)
+                amx->gemm(j->y + i * ldy + r, ldy, &a, rows, steps, panels + (r - g) / width * panel_words,
+                          g1 - r < width ? g1 - r : width, j->b ? j->b + r : NULL);
+        }
+    }
 }
 
 #if SV_HAVE_BLAS
@@ -208,7 +248,7 @@ static int round_for_bf16(matmul_job *job) {
     job->amx = NULL;
     if (job->W->dtype != ST_BF16) return 0;
     if (amx && job->n > amx->min_n &&
-        round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= SV_POOL_SCRATCH_BYTES)
+        round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= AMX_GROUP_BYTES)
         job->amx = amx;
     if (!job->bf16 && !job->amx) return 0;
     job->ldx = round_up(job->W->cols, job->amx ? job->amx->k_align : 2);
@@ -218,8 +258,10 @@ static int round_for_bf16(matmul_job *job) {
         job->amx = NULL;
         return 0;
     }
-    sv_pool_run(job->pool, round_task, job, job->n);
-    memset(job->xb + job->n * job->ldx, 0, (size_t)((rows - job->n) * job->ldx) * sizeof(uint16_t));
+    if (job->amx)
+        sv_pool_run(job->pool, round_tiles_task, job, rows / job->amx->row_align);
+    else
+        sv_pool_run(job->pool, round_task, job, job->n);
     return 1;
 }
 

@@ -16,14 +16,20 @@
  * two BF16 is exact in fp32, so as with vdpbf16ps the only errors are x's
  * rounding to BF16 and the fp32 sums.
  *
- * Blocking: a panel of 32 weight rows against 32 input rows at a time, in
- * 2 x 2 accumulator tiles (C 0-3) fed by two A tiles (4, 5) and the panel's
- * two 16-column halves (B 6, 7): four tile loads per four tile products.
- * Edges cost no special cases inside the loop: the driver pads xb with zero
- * columns to a multiple of 32 and zero rows to a multiple of 16, pack pads
- * the panel with zero pair rows to match, and the accumulators go through
- * a small block in memory, from which only the n x width results that exist
- * are copied out (with the bias). */
+ * Blocking: one panel of 32 weight rows against the rows of x, 32 at a time,
+ * in 2 x 2 accumulator tiles (C 0-3) fed by two A tiles (4, 5) and the
+ * panel's two 16-column halves (B 6, 7): four tile loads per four tile
+ * products.  Each product (16 cycles) needs 1 KB of operands, more than L2
+ * can feed at the tiles' pace, so the panel is taken K_CHUNK steps at a time
+ * (16 KB, which stays in L1) across up to CHUNK_ROWS rows of x, whose
+ * accumulators wait in a small block in memory between chunks: only the A
+ * tiles then come from L2.  The driver (matmul.c) keeps those rows of x in
+ * L2 across a group of panels, so x is read from memory once per group, not
+ * once per panel.
+ * Edges cost no special cases inside the loop: x is padded with zero columns
+ * to a multiple of 32 and zero rows to a multiple of 16, pack pads the panel
+ * with zero pair rows to match, and from the block in memory only the
+ * n x width results that exist are copied out (with the bias). */
 #include <stdint.h>
 #include <string.h>
 
@@ -61,44 +67,73 @@ static void pack(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, 
     memset(panel + pairs * PANEL, 0, (size_t)((padded - pairs) * PANEL) * sizeof *panel);
 }
 
-/* y[i, c] = xb[i, :] . panel[:, c] + b[c] for i < n, c < width: xb[round_up(n, M_BLOCK), ldx] (ldx a
- * multiple of K_BLOCK, zero-padded), panel[ldx / 2, PANEL], y[n, ldy]. */
-static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
+/* The four accumulator tiles: 0, 1 the first 16 rows (columns 0-15, 16-31), 2, 3 the next 16. */
+static inline void zero_accumulators(void) {
+    TILE_ZERO(0);
+    TILE_ZERO(1);
+    TILE_ZERO(2);
+    TILE_ZERO(3);
+}
+
+/* Each accumulator row starts as b: a tile load with stride 0 reads the same 16 floats into all 16 rows. */
+static inline void bias_accumulators(const float *b) {
+    TILE_LOAD(0, b, 0);
+    TILE_LOAD(1, b + 16, 0);
+    TILE_LOAD(2, b, 0);
+    TILE_LOAD(3, b + 16, 0);
+}
+
+/* Adds the products of the 32 rows starting at row i of a (16 if !two) with the whole panel. */
+static inline void accumulate(const sv_amx_operand *a, int64_t i, int two, const uint32_t *panel, int64_t steps) {
+    const uint16_t *first = a->base + i / M_BLOCK * a->block, *second = first + a->block;
+    const int64_t step = a->step, row_bytes = a->row_bytes;
+    for (int64_t s = 0; s < steps; s++) {
+        const uint32_t *p = panel + s * (K_BLOCK / 2) * PANEL;
+        TILE_LOAD(6, p, PANEL * sizeof *p);
+        TILE_LOAD(7, p + 16, PANEL * sizeof *p);
+        TILE_LOAD(4, first + s * step, row_bytes);
+        TILE_DPBF16PS(0, 4, 6);
+        TILE_DPBF16PS(1, 4, 7);
+        if (two) {
+            TILE_LOAD(5, second + s * step, row_bytes);
+            TILE_DPBF16PS(2, 5, 6);
+            TILE_DPBF16PS(3, 5, 7);
+        }
+    }
+}
+
+/* y[i, c] = a[i, :] . panel[:, c] + b[c] for i < n, c < width: a's rows zero-padded to a multiple of M_BLOCK,
+ * panel[steps * K_BLOCK / 2, PANEL], y[n, ldy].  Whole 32 x 32 blocks go from the tiles straight to y (a
+ * copy through memory costs more than the products: vector loads of what a tile store just wrote stall);
+ * the edges go through a block on the stack, from which only what exists is copied. */
+static void gemm(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panel,
                  int64_t width, const float *b) {
     TILE_CONFIG(&CONFIG);
-    _Alignas(64) float block[M_STEP][PANEL]; /* the four accumulator tiles, for copying out */
-    const int64_t x_stride = ldx * (int64_t)sizeof *xb, panel_stride = PANEL * (int64_t)sizeof *panel;
+    _Alignas(64) float block[M_STEP][PANEL];
+    _Alignas(64) float bias[PANEL] = {0};
+    if (b) memcpy(bias, b, (size_t)width * sizeof *b);
+    const int64_t ldy_bytes = ldy * (int64_t)sizeof *y, ldb = sizeof block[0];
     for (int64_t i = 0; i < n; i += M_STEP) {
-        const int two = n - i > M_BLOCK; /* a second A tile: xb is padded to whole tiles, not to M_STEP */
-        const uint16_t *a = xb + i * ldx;
-        TILE_ZERO(0);
-        TILE_ZERO(1);
-        if (two) {
-            TILE_ZERO(2);
-            TILE_ZERO(3);
+        const int64_t rows = n - i < M_STEP ? n - i : M_STEP;
+        const int two = rows > M_BLOCK; /* a second A tile: a is padded to whole tiles, not to M_STEP */
+        if (b)
+            bias_accumulators(bias);
+        else
+            zero_accumulators();
+        accumulate(a, i, two, panel, steps);
+        float *out = y + i * ldy;
+        if (rows == M_STEP && width == PANEL) {
+            TILE_STORE(0, out, ldy_bytes);
+            TILE_STORE(1, out + 16, ldy_bytes);
+            TILE_STORE(2, out + M_BLOCK * ldy, ldy_bytes);
+            TILE_STORE(3, out + M_BLOCK * ldy + 16, ldy_bytes);
+            continue;
         }
-        for (int64_t k = 0; k < ldx; k += K_BLOCK) {
-            const uint32_t *p = panel + k / 2 * PANEL;
-            TILE_LOAD(6, p, panel_stride);
-            TILE_LOAD(7, p + 16, panel_stride);
-            TILE_LOAD(4, a + k, x_stride);
-            TILE_DPBF16PS(0, 4, 6);
-            TILE_DPBF16PS(1, 4, 7);
-            if (two) {
-                TILE_LOAD(5, a + M_BLOCK * ldx + k, x_stride);
-                TILE_DPBF16PS(2, 5, 6);
-                TILE_DPBF16PS(3, 5, 7);
-            }
-        }
-        TILE_STORE(0, &block[0][0], sizeof block[0]);
-        TILE_STORE(1, &block[0][16], sizeof block[0]);
-        if (two) {
-            TILE_STORE(2, &block[16][0], sizeof block[0]);
-            TILE_STORE(3, &block[16][16], sizeof block[0]);
-        }
-        int64_t rows = n - i < M_STEP ? n - i : M_STEP;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < width; c++) y[(i + r) * ldy + c] = block[r][c] + (b ? b[c] : 0.0f);
+        TILE_STORE(0, &block[0][0], ldb);
+        TILE_STORE(1, &block[0][16], ldb);
+        TILE_STORE(2, &block[M_BLOCK][0], ldb);
+        TILE_STORE(3, &block[M_BLOCK][16], ldb);
+        for (int64_t r = 0; r < rows; r++) memcpy(out + r * ldy, block[r], (size_t)width * sizeof *out);
     }
     TILE_RELEASE(); /* back to the init state: the OS then need not save 8 KB of tiles per switch */
 }
