@@ -427,16 +427,17 @@ sv_status sv_debug_matmul_quant(const char *isa, int32_t quant, int32_t precisio
 sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int64_t dim, const float *w,
                       const float *b, const float *other, float eps);
 
-/* sv_attention_bf16 (the vision tower's attention in BF16 products) on a fresh pool of `threads`:
- * q, k, v, out [n, heads * head_dim].  SV_ERR_UNSUPPORTED where the CPU or build has no BF16 kernels. */
-sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v, float *out, int64_t n,
-                                  int64_t heads, int64_t head_dim, float scale, int32_t threads);
+/* The vision tower's attention in BF16 products on a fresh pool of `threads`, with the BF16 kernels of
+ * level `isa` ("avx512bf16": its packed GEMM; "amx": the tiles): q, k, v, out [n, heads * head_dim].
+ * SV_ERR_UNSUPPORTED where those kernels do not run in this process. */
+sv_status sv_debug_attention_bf16(const char *isa, const float *q, const float *k, const float *v, float *out,
+                                  int64_t n, int64_t heads, int64_t head_dim, float scale, int32_t threads);
 /* The same kernel as prompt chunks use it against the decoder's KV cache: q, out [queries, heads * head_dim];
  * k, v [keys, kv_heads * head_dim] (rounded to BF16 into the cache's layouts); query i at position
  * keys - queries + i; causal: it sees keys up to its own position. */
-sv_status sv_debug_attention_bf16_kv(const float *q, const float *k, const float *v, float *out, int64_t queries,
-                                     int64_t keys, int64_t heads, int64_t kv_heads, int64_t head_dim, int32_t causal,
-                                     float scale, int32_t threads);
+sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const float *k, const float *v, float *out,
+                                     int64_t queries, int64_t keys, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                     int32_t causal, float scale, int32_t threads);
 
 /* SV_CDEF_END */
 

@@ -253,7 +253,8 @@ def bf16_round(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("n,heads,head_dim", [(1, 1, 1), (2, 1, 3), (5, 3, 7), (33, 2, 16), (70, 2, 40),
                                               (100, 1, 33), (729, 16, 72)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_attention_bf16_matches_float64(n, heads, head_dim, threads):
+@pytest.mark.parametrize("isa", ["avx512bf16", "amx"])
+def test_attention_bf16_matches_float64(n, heads, head_dim, threads, isa):
     """sv_attention_bf16 against float64 attention over the same BF16-rounded q * scale, k, v and
     probabilities: only the fp32 sums (and a probability landing on the other side of a BF16 rounding
     boundary) may differ.  Odd n and head_dim exercise the zero padding, n > 32 and head_dim > 32 several
@@ -263,7 +264,8 @@ def test_attention_bf16_matches_float64(n, heads, head_dim, threads):
     scale = head_dim ** -0.5
     out = np.full((n, heads * head_dim), np.nan, np.float32)
     buf = lambda a: ffi.from_buffer("float[]", a)
-    status = lib.sv_debug_attention_bf16(buf(q), buf(k), buf(v), buf(out), n, heads, head_dim, scale, threads)
+    status = lib.sv_debug_attention_bf16(isa.encode(), buf(q), buf(k), buf(v), buf(out), n, heads, head_dim, scale,
+                                         threads)
     if status == lib.SV_ERR_UNSUPPORTED:
         pytest.skip(ffi.string(lib.sv_last_error()).decode())
     assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
@@ -298,7 +300,8 @@ def assert_attention_close(out, ref):
     (70, 301, 6, 2, 64), (64, 97, 2, 1, 33)])  # later chunks: keys cached before the queries
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_attention_bf16_kv_matches_float64(queries, keys, heads, kv_heads, head_dim, causal, threads):
+@pytest.mark.parametrize("isa", ["avx512bf16", "amx"])
+def test_attention_bf16_kv_matches_float64(queries, keys, heads, kv_heads, head_dim, causal, threads, isa):
     """The kernel as prompt chunks run it on the decoder's BF16 KV cache: grouped KV heads, the causal
     mask offset by the keys cached before the chunk, V^T rows longer than the keys (the cache's capacity)."""
     rng = np.random.default_rng(queries * 1000 + keys)
@@ -307,7 +310,7 @@ def test_attention_bf16_kv_matches_float64(queries, keys, heads, kv_heads, head_
     scale = head_dim ** -0.5
     out = np.full((queries, heads * head_dim), np.nan, np.float32)
     buf = lambda a: ffi.from_buffer("float[]", a)
-    status = lib.sv_debug_attention_bf16_kv(buf(q), buf(k), buf(v), buf(out), queries, keys, heads, kv_heads,
+    status = lib.sv_debug_attention_bf16_kv(isa.encode(), buf(q), buf(k), buf(v), buf(out), queries, keys, heads, kv_heads,
                                             head_dim, int(causal), scale, threads)
     if status == lib.SV_ERR_UNSUPPORTED:
         pytest.skip(ffi.string(lib.sv_last_error()).decode())

@@ -3,8 +3,9 @@
  * attending causally to a KV cache (the decoder).  Each picks its way here:
  *
  *   fused BF16 (where the context's matmuls run in BF16 and the shape fits the
- *       per-thread scratch): both products on the BF16 GEMM kernels of isa.h,
- *       with the operands rounded and packed once per call (below);
+ *       per-thread scratch): both products on the BF16 GEMM kernels of isa.h
+ *       (AMX tiles where they run, else AVX512_BF16), with the operands rounded
+ *       and packed once per call (below);
  *   fp32: per head (self) or per KV head's group of query heads (cache), two
  *       sv_matmul products on gathered copies, scores = Q K^T and out = P V;
  *   one cached row (decode): dot products per head against the cache.
@@ -55,26 +56,55 @@ typedef struct {
 
 enum { QUERY_BLOCK = 32 }; /* queries per attend item: their scores and probabilities stay in L2 */
 
-static int64_t round_even(int64_t n) { return (n + 1) / 2 * 2; }
+static int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* The kernels of the fused path: bf rounds, and multiplies unless amx (the tile GEMM, which reads the same
+ * panels padded to whole tiles: K rounded up to its k_align, and A rows read in whole tiles of row_align). */
+typedef struct {
+    const sv_bf16_isa *bf;
+    const sv_amx_isa *amx;
+} attn_kernels;
+
+static int64_t k_align(const attn_kernels *kn) { return kn->amx ? kn->amx->k_align : 2; }
+static int64_t row_pad(const attn_kernels *kn) { return kn->amx ? kn->amx->row_align : 0; }
+
+static void pack_panel(const attn_kernels *kn, uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols,
+                       int64_t r0, int64_t r1) {
+    (kn->amx ? kn->amx->pack : kn->bf->pack)(panel, w, ldw, cols, r0, r1);
+}
+
+/* y[i, c] = xb[i, :] . panel[:, c] for i < n, c < width: xb[n, ldx] BF16, ldx a multiple of k_align, and on
+ * AMX readable (not used) up to row round_up(n, row_align). */
+static void panel_gemm(const attn_kernels *kn, float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n,
+                       const uint32_t *panel, int64_t width) {
+    if (kn->amx) {
+        const int64_t tk = kn->amx->k_align;
+        sv_amx_operand a = {xb, ldx * (int64_t)sizeof *xb, tk, kn->amx->row_align * ldx};
+        kn->amx->gemm(y, ldy, &a, n, ldx / tk, panel, width, NULL);
+    } else {
+        kn->bf->gemm(y, ldy, xb, ldx, n, panel, width, NULL);
+    }
+}
 
 typedef struct {
     int64_t width;      /* panel width of the BF16 GEMM */
-    int64_t ldq;        /* head_dim rounded up to even: q16's rows */
+    int64_t ldq;        /* head_dim rounded up to k_align: q16's rows */
     int64_t k_panels;   /* ceil(keys / width) per KV head */
     int64_t v_panels;   /* ceil(head_dim / width) per KV head */
     int64_t k_panel, v_panel; /* 32-bit words per panel */
     size_t q16, kp, vp, total; /* byte offsets into the workspace, and its size */
 } layout;
 
-static layout layout_of(const sv_bf16_isa *bf, const attn_shape *a) {
-    layout l = {bf->panel_width, round_even(a->head_dim), 0, 0, 0, 0, 0, 0, 0, 0};
+static layout layout_of(const attn_kernels *kn, const attn_shape *a) {
+    int64_t width = kn->amx ? kn->amx->panel_width : kn->bf->panel_width;
+    layout l = {width, round_up(a->head_dim, k_align(kn)), 0, 0, 0, 0, 0, 0, 0, 0};
     l.k_panels = (a->keys + l.width - 1) / l.width;
     l.v_panels = (a->head_dim + l.width - 1) / l.width;
     l.k_panel = l.ldq / 2 * l.width;
-    l.v_panel = round_even(a->keys) / 2 * l.width;
-    size_t at = 0;
-    l.q16 = at, at += align64((size_t)(a->heads * a->queries * l.ldq) * 2);
+    l.v_panel = round_up(a->keys, k_align(kn)) / 2 * l.width;
+    size_t at = 0; /* q16 has row_pad zero rows more: the last head's last query block reads whole tiles */
+    l.q16 = at, at += align64((size_t)((a->heads * a->queries + row_pad(kn)) * l.ldq) * 2);
     l.kp = at, at += (size_t)(a->kv_heads * l.k_panels * l.k_panel) * 4;
     l.vp = at, at += (size_t)(a->kv_heads * l.v_panels * l.v_panel) * 4;
     l.total = at;
@@ -82,13 +112,13 @@ static layout layout_of(const sv_bf16_isa *bf, const attn_shape *a) {
 }
 
 /* Per-thread scratch of attend: scores [QUERY_BLOCK, k_panels * width] fp32, probabilities
- * [QUERY_BLOCK, keys rounded up to even] BF16. */
-static size_t attend_scratch(const layout *l, const attn_shape *a) {
-    return (size_t)(QUERY_BLOCK * l->k_panels * l->width) * 4 + (size_t)(QUERY_BLOCK * round_even(a->keys)) * 2;
+ * [QUERY_BLOCK, keys rounded up to k_align] BF16 (QUERY_BLOCK is whole AMX tiles of rows). */
+static size_t attend_scratch(const attn_kernels *kn, const layout *l, const attn_shape *a) {
+    return (size_t)(QUERY_BLOCK * l->k_panels * l->width) * 4 + (size_t)(QUERY_BLOCK * round_up(a->keys, k_align(kn))) * 2;
 }
 
 typedef struct {
-    const sv_bf16_isa *bf;
+    const attn_kernels *kn;
     sv_pool *pool;
     const attn_shape *a;
     const attn_operands *o;
@@ -120,18 +150,18 @@ static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
             for (int64_t i = 0; i < a->queries; i++) {
                 const float *q = o->q + i * o->ldq + item * hd;
                 for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * a->scale;
-                j->bf->round_rows(q16_of(j, item) + i * l->ldq, l->ldq, scaled, 1, hd);
+                j->kn->bf->round_rows(q16_of(j, item) + i * l->ldq, l->ldq, scaled, 1, hd);
             }
             continue;
         }
         int64_t g = (item - a->heads) / per_kv_head, p = (item - a->heads) % per_kv_head;
         if (p < l->k_panels) {
             int64_t r0 = p * l->width, r1 = r0 + l->width < a->keys ? r0 + l->width : a->keys;
-            j->bf->pack(k_panel(j, g, p), o->k + g * o->k_head_stride, o->ldk, hd, r0, r1);
+            pack_panel(j->kn, k_panel(j, g, p), o->k + g * o->k_head_stride, o->ldk, hd, r0, r1);
         } else {
             p -= l->k_panels;
             int64_t r0 = p * l->width, r1 = r0 + l->width < hd ? r0 + l->width : hd;
-            j->bf->pack(v_panel(j, g, p), o->vt + g * o->vt_head_stride, o->ldvt, a->keys, r0, r1);
+            pack_panel(j->kn, v_panel(j, g, p), o->vt + g * o->vt_head_stride, o->ldvt, a->keys, r0, r1);
         }
     }
 }
@@ -153,18 +183,18 @@ static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
         const uint16_t *q16 = q16_of(j, h) + q0 * l->ldq;
         for (int64_t p = 0; p * l->width < seen; p++) {
             int64_t cols = seen - p * l->width < l->width ? seen - p * l->width : l->width;
-            j->bf->gemm(scores + p * l->width, lds, q16, l->ldq, nq, k_panel(j, g, p), cols, NULL);
+            panel_gemm(j->kn, scores + p * l->width, lds, q16, l->ldq, nq, k_panel(j, g, p), cols);
         }
-        int64_t ldp = round_even(seen);
+        int64_t ldp = round_up(seen, k_align(j->kn));
         for (int64_t i = 0; i < nq; i++) {
             int64_t row_seen = a->causal ? first + q0 + i + 1 : a->keys;
             sv_softmax(scores + i * lds, row_seen);
-            j->bf->round_rows(probs + i * ldp, ldp, scores + i * lds, 1, row_seen); /* zero past row_seen */
+            j->kn->bf->round_rows(probs + i * ldp, ldp, scores + i * lds, 1, row_seen); /* zero past row_seen */
         }
         float *out = o->out + q0 * o->ldo + h * a->head_dim;
         for (int64_t p = 0; p < l->v_panels; p++) {
             int64_t cols = a->head_dim - p * l->width < l->width ? a->head_dim - p * l->width : l->width;
-            j->bf->gemm(out + p * l->width, o->ldo, probs, ldp, nq, v_panel(j, g, p), cols, NULL);
+            panel_gemm(j->kn, out + p * l->width, o->ldo, probs, ldp, nq, v_panel(j, g, p), cols);
         }
     }
 }
@@ -176,23 +206,29 @@ static int shape_ok(const attn_shape *a) {
 
 /* Workspace bytes (64-byte aligned) of the fused path for a shape; 0 without BF16 kernels or where the
  * shape is beyond what the per-thread scratch holds: then the fp32 path runs. */
-static size_t fused_bytes(const sv_bf16_isa *bf, const attn_shape *a) {
-    if (!bf || !shape_ok(a)) return 0;
-    layout l = layout_of(bf, a);
+static size_t fused_bytes(const attn_kernels *kn, const attn_shape *a) {
+    if (!kn->bf || !shape_ok(a)) return 0;
+    layout l = layout_of(kn, a);
     size_t row = (size_t)l.ldq * 4; /* prepare's scaled query row */
-    if (attend_scratch(&l, a) > SV_POOL_SCRATCH_BYTES || row > SV_POOL_SCRATCH_BYTES) return 0;
+    if (attend_scratch(kn, &l, a) > SV_POOL_SCRATCH_BYTES || row > SV_POOL_SCRATCH_BYTES) return 0;
     return l.total;
 }
 
-static void fused(sv_pool *pool, const sv_bf16_isa *bf, void *workspace, const attn_shape *a, const attn_operands *o) {
-    attn_job j = {bf, pool, a, o, layout_of(bf, a), workspace};
+static void fused(sv_pool *pool, const attn_kernels *kn, void *workspace, const attn_shape *a,
+                  const attn_operands *o) {
+    attn_job j = {kn, pool, a, o, layout_of(kn, a), workspace};
+    memset(q16_of(&j, a->heads), 0, (size_t)(row_pad(kn) * j.l.ldq) * 2); /* the padding rows after the last head */
     sv_pool_run(pool, prepare_task, &j, a->heads + a->kv_heads * (j.l.k_panels + j.l.v_panels));
     sv_pool_run(pool, attend_task, &j, a->heads * ((a->queries + QUERY_BLOCK - 1) / QUERY_BLOCK));
 }
 
-/* The BF16 kernels attention next to products with these weights runs on, or NULL (fp32). */
-static const sv_bf16_isa *bf16_kernels(const sv_ctx *ctx, st_dtype weights) {
-    return sv_matmul_in_bf16(ctx, weights) ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
+/* The kernels attention next to products with these weights runs on: bf NULL for fp32. */
+static attn_kernels fused_kernels(const sv_ctx *ctx, st_dtype weights) {
+    attn_kernels kn = {NULL, NULL};
+    if (!sv_matmul_in_bf16(ctx, weights)) return kn;
+    kn.bf = sv_bf16_isa_for(sv_isa_selected());
+    kn.amx = sv_amx_for(sv_isa_selected());
+    return kn;
 }
 
 /* ---- self-attention, fused: fp32 q, k, v [n, ld] split into BF16 per head first ---- */
@@ -221,23 +257,23 @@ static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
         }
 }
 
-static size_t self_fused_bytes(const sv_bf16_isa *bf, int64_t n, int64_t heads, int64_t head_dim) {
+static size_t self_fused_bytes(const attn_kernels *kn, int64_t n, int64_t heads, int64_t head_dim) {
     attn_shape a = {n, n, heads, heads, head_dim, 0, 1.0f};
-    size_t core = fused_bytes(bf, &a);
+    size_t core = fused_bytes(kn, &a);
     if (!core || (size_t)head_dim * 2 > SV_POOL_SCRATCH_BYTES) return 0;
     return align64(core) + 2 * self_staging(n, heads, head_dim);
 }
 
-static void self_fused(sv_pool *pool, const sv_bf16_isa *bf, void *workspace, float *out, const float *q,
+static void self_fused(sv_pool *pool, const attn_kernels *kn, void *workspace, float *out, const float *q,
                        const float *k, const float *v, int64_t ld, int64_t n, int64_t heads, int64_t head_dim,
                        float scale) {
     attn_shape a = {n, n, heads, heads, head_dim, 0, scale};
-    unsigned char *staging = (unsigned char *)workspace + align64(fused_bytes(bf, &a));
-    split_job s = {bf, pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
+    unsigned char *staging = (unsigned char *)workspace + align64(fused_bytes(kn, &a));
+    split_job s = {kn->bf, pool, k, v, ld, n, heads, head_dim, (uint16_t *)staging,
                    (uint16_t *)(staging + self_staging(n, heads, head_dim))};
     sv_pool_run(pool, split_task, &s, n);
     attn_operands o = {q, ld, out, ld, s.k16, n * head_dim, head_dim, s.vt16, head_dim * n, n};
-    fused(pool, bf, workspace, &a, &o);
+    fused(pool, kn, workspace, &a, &o);
 }
 
 /* ---- self-attention ---- */
@@ -245,7 +281,7 @@ static void self_fused(sv_pool *pool, const sv_bf16_isa *bf, void *workspace, fl
 struct sv_self_attention {
     int64_t n, heads, head_dim;
     float scale;
-    const sv_bf16_isa *bf; /* the fused path's kernels; NULL: fp32 */
+    attn_kernels kn;       /* the fused path's kernels; kn.bf NULL: fp32 */
     void *fused;           /* its workspace */
     /* fp32, heads side by side: */
     float *qh, *kh;        /* [heads, n, head_dim] each; qh pre-scaled */
@@ -262,13 +298,13 @@ sv_self_attention *sv_self_attention_new(const sv_ctx *ctx, st_dtype weights, in
     a->heads = heads;
     a->head_dim = head_dim;
     a->scale = (float)(1.0 / sqrt((double)head_dim));
-    a->bf = bf16_kernels(ctx, weights);
-    size_t bytes = self_fused_bytes(a->bf, n, heads, head_dim);
+    a->kn = fused_kernels(ctx, weights);
+    size_t bytes = self_fused_bytes(&a->kn, n, heads, head_dim);
     if (bytes) {
         if (posix_memalign(&a->fused, 64, bytes) != 0) a->fused = NULL;
         if (a->fused) return a;
     } else {
-        a->bf = NULL;
+        a->kn = (attn_kernels){NULL, NULL};
         size_t tile = (size_t)(n * heads * head_dim) * sizeof(float);
         a->qh = malloc(tile);
         a->kh = malloc(tile);
@@ -336,8 +372,8 @@ void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const f
                        const float *v) {
     double t = sv_op_begin(ctx);
     int64_t P = a->n, hd = a->head_dim, ld = a->heads * hd;
-    if (a->bf) {
-        self_fused(ctx->pool, a->bf, a->fused, out, q, k, v, ld, P, a->heads, hd, a->scale);
+    if (a->kn.bf) {
+        self_fused(ctx->pool, &a->kn, a->fused, out, q, k, v, ld, P, a->heads, hd, a->scale);
     } else {
         heads_job j = {a, q, k, v, out};
         sv_matrix probs = {a->probs, ST_F32, P, P};
@@ -358,7 +394,7 @@ void sv_attend_self(const sv_ctx *ctx, sv_self_attention *a, float *out, const f
 struct sv_cached_attention {
     int64_t heads, max_queries, capacity; /* made for chunks of max_queries against caches of capacity */
     float scale;
-    const sv_bf16_isa *bf; /* the fused path's kernels (BF16 cache); NULL: chunks run in fp32 */
+    attn_kernels kn;       /* the fused path's kernels (BF16 cache); kn.bf NULL: chunks run in fp32 */
     void *fused;           /* its workspace */
     float *scores;         /* [threads, capacity]: one decoded query's attention row per thread */
     /* fp32 chunks, one KV head's group of query heads at a time: */
@@ -379,14 +415,15 @@ sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cach
     a->capacity = cap;
     a->scale = 1.0f / sqrtf((float)hd);
     attn_shape widest = {max_queries, cap, heads, c->kv_heads, hd, 1, 1.0f};
-    const sv_bf16_isa *bf = c->bf16 ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
-    size_t fused_size = fused_bytes(bf, &widest);
+    attn_kernels kn = {c->bf16 ? sv_bf16_isa_for(sv_isa_selected()) : NULL, NULL};
+    if (kn.bf) kn.amx = sv_amx_for(sv_isa_selected());
+    size_t fused_size = fused_bytes(&kn, &widest);
     int64_t group_rows = fused_size ? 0 : max_queries * (heads / c->kv_heads), vk = fused_size ? 0 : hd * cap;
     size_t kv_bytes = c->bf16 ? sizeof(uint16_t) : sizeof(float);
     a->scores = malloc((size_t)(threads * cap) * sizeof(float));
     int ok = a->scores != NULL;
     if (fused_size) {
-        a->bf = bf;
+        a->kn = kn;
         ok = ok && posix_memalign(&a->fused, 64, fused_size) == 0;
         if (!ok) a->fused = NULL;
     } else {
@@ -519,13 +556,13 @@ void sv_attend_cache(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv_cach
     }
     double t = sv_op_begin(ctx);
     cached_job j = {a, c, layer, n, pos0, out, q};
-    if (a->bf) {
+    if (a->kn.bf) {
         int64_t hd = c->head_dim, qd = a->heads * hd, cap = c->capacity;
         attn_shape shape = {n, pos0 + n, a->heads, c->kv_heads, hd, 1, a->scale};
         const uint16_t *k = (const uint16_t *)c->k + cache_base(c, layer, 0);
         const uint16_t *vt = (const uint16_t *)c->vt + cache_base(c, layer, 0);
         attn_operands o = {q, qd, out, qd, k, cap * hd, hd, vt, cap * hd, cap};
-        fused(ctx->pool, a->bf, a->fused, &shape, &o);
+        fused(ctx->pool, &a->kn, a->fused, &shape, &o);
     } else {
         chunk_fp32(ctx, &j);
     }
@@ -542,47 +579,59 @@ void sv_attend_cache_rows(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv
 
 /* ---- test hooks (declared in smolvision.h) ---- */
 
-sv_status sv_debug_attention_bf16(const float *q, const float *k, const float *v, float *out, int64_t n,
-                                  int64_t heads, int64_t head_dim, float scale, int32_t threads) {
+/* The fused path's kernels at a named level: avx512bf16's own GEMM, or amx's tiles. */
+static sv_status debug_kernels(const char *isa, attn_kernels *kn) {
+    int level = isa ? sv_isa_parse(isa) : -1;
+    if (level < 0) return sv_fail(SV_ERR_ARG, "unknown ISA '%s'", isa ? isa : "(null)");
+    kn->bf = sv_bf16_isa_for((sv_isa_level)level);
+    kn->amx = level == SV_ISA_AMX ? sv_amx_for(SV_ISA_AMX) : NULL;
+    if (!kn->bf || (level == SV_ISA_AMX && !kn->amx))
+        return sv_fail(SV_ERR_UNSUPPORTED, "the %s BF16 kernels do not run in this process (amx: %s)", isa,
+                       sv_amx_status());
+    return SV_OK;
+}
+
+sv_status sv_debug_attention_bf16(const char *isa, const float *q, const float *k, const float *v, float *out,
+                                  int64_t n, int64_t heads, int64_t head_dim, float scale, int32_t threads) {
     if (!q || !k || !v || !out || n < 1 || heads < 1 || head_dim < 1 || threads < 1 || n > INT32_MAX ||
         heads * head_dim > INT32_MAX)
         return sv_fail(SV_ERR_ARG, "bad attention arguments n=%lld heads=%lld head_dim=%lld threads=%d",
                        (long long)n, (long long)heads, (long long)head_dim, threads);
+    attn_kernels kn;
+    sv_status s = debug_kernels(isa, &kn);
+    if (s != SV_OK) return s;
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
-    sv_ctx ctx = sv_ctx_make(pool, SV_PRECISION_BF16, NULL);
-    const sv_bf16_isa *bf = bf16_kernels(&ctx, ST_BF16);
-    sv_status s = SV_OK;
-    size_t bytes = self_fused_bytes(bf, n, heads, head_dim);
+    size_t bytes = self_fused_bytes(&kn, n, heads, head_dim);
     void *workspace = NULL;
-    if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build has no BF16 kernels (or the shapes are too big)");
+    if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "the shapes are too big for the fused path");
     else if (posix_memalign(&workspace, 64, bytes) != 0) s = sv_fail(SV_ERR_NOMEM, "out of memory");
-    if (s == SV_OK) self_fused(pool, bf, workspace, out, q, k, v, heads * head_dim, n, heads, head_dim, scale);
+    if (s == SV_OK) self_fused(pool, &kn, workspace, out, q, k, v, heads * head_dim, n, heads, head_dim, scale);
     free(workspace);
     sv_pool_free(pool);
     return s;
 }
 
-sv_status sv_debug_attention_bf16_kv(const float *q, const float *k, const float *v, float *out, int64_t queries,
-                                     int64_t keys, int64_t heads, int64_t kv_heads, int64_t head_dim, int32_t causal,
-                                     float scale, int32_t threads) {
+sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const float *k, const float *v, float *out,
+                                     int64_t queries, int64_t keys, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                     int32_t causal, float scale, int32_t threads) {
     attn_shape a = {queries, keys, heads, kv_heads, head_dim, causal != 0, scale};
     if (!q || !k || !v || !out || !shape_ok(&a) || threads < 1 || keys > INT32_MAX || heads * head_dim > INT32_MAX)
         return sv_fail(SV_ERR_ARG, "bad attention arguments queries=%lld keys=%lld heads=%lld kv_heads=%lld "
                                    "head_dim=%lld threads=%d", (long long)queries, (long long)keys, (long long)heads,
                        (long long)kv_heads, (long long)head_dim, threads);
+    attn_kernels kn;
+    sv_status s = debug_kernels(isa, &kn);
+    if (s != SV_OK) return s;
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
-    sv_ctx ctx = sv_ctx_make(pool, SV_PRECISION_BF16, NULL);
-    const sv_bf16_isa *bf = bf16_kernels(&ctx, ST_BF16);
-    sv_status s = SV_OK;
-    size_t bytes = fused_bytes(bf, &a);
+    size_t bytes = fused_bytes(&kn, &a);
     /* The decoder cache's layouts: K [kv_heads, keys, head_dim], V^T [kv_heads, head_dim, ldvt] with rows
      * longer than keys (its capacity). */
     int64_t ldvt = keys + 5, kvd = kv_heads * head_dim;
     uint16_t *k16 = malloc((size_t)(kv_heads * keys * head_dim) * 2), *vt16 = malloc((size_t)(kvd * ldvt) * 2);
     void *workspace = NULL;
-    if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "this CPU or build has no BF16 kernels (or the shapes are too big)");
+    if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "the shapes are too big for the fused path");
     else if (!k16 || !vt16 || posix_memalign(&workspace, 64, bytes) != 0) s = sv_fail(SV_ERR_NOMEM, "out of memory");
     if (s == SV_OK) {
         for (int64_t g = 0; g < kv_heads; g++)
@@ -593,7 +642,7 @@ sv_status sv_debug_attention_bf16_kv(const float *q, const float *k, const float
             }
         attn_operands o = {q, heads * head_dim, out, heads * head_dim, k16, keys * head_dim, head_dim,
                                    vt16, head_dim * ldvt, ldvt};
-        fused(pool, bf, workspace, &a, &o);
+        fused(pool, &kn, workspace, &a, &o);
     }
     free(workspace);
     free(k16);
