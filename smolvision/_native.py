@@ -56,8 +56,12 @@ def cpu_features() -> dict:
     whether precision="bf16" runs BF16 x BF16 kernels here (AVX512_BF16, AMX) rather than falling back to fp32,
     "quant_kernels": the int8 kernels of quant="q8" / "q4": "avx512vnni", "avx2" or "portable",
     "amx": what became of the AMX tile GEMM: "on", "absent" (CPU or build), "off (SMOLVISION_ISA)",
-    "refused: ..." (Linux did not grant the tile state) or "failed self-check: ..."}.
+    "refused: ..." (Linux did not grant the tile state) or "failed self-check: ...", "bf16_gemm": what
+    precision="bf16" runs image tiles and prompts on: "amx", "avx512bf16", "fp32 (faster than avx512bf16
+    here)" (measured once per process: on some CPUs, Sapphire Rapids among them, vdpbf16ps is slower than
+    FP32 FMA) or "fp32"}.
     On a CPU with AMX the first call asks Linux for the tile state and runs the AMX self-check."""
     return {"kernels": ffi.string(lib.sv_kernels_isa()).decode(), "bf16_matmul": bool(lib.sv_kernels_bf16()),
             "quant_kernels": ffi.string(lib.sv_kernels_quant()).decode(),
-            "amx": ffi.string(lib.sv_kernels_amx()).decode()}
+            "amx": ffi.string(lib.sv_kernels_amx()).decode(),
+            "bf16_gemm": ffi.string(lib.sv_kernels_bf16_gemm()).decode()}

@@ -206,6 +206,11 @@ def test_cpu_features_report_amx_consistently():
         assert status in ("absent", "off (SMOLVISION_ISA)")
     if status == "on":
         assert features["bf16_matmul"]
+    # what prompt-sized BF16 products run on: the tiles exactly where AMX is on, fp32 where there are no BF16
+    # kernels, else whichever of the AVX512_BF16 and the fp32 GEMM won the race (no figure checked: timing)
+    assert (features["bf16_gemm"] == "amx") == (status == "on")
+    assert (features["bf16_gemm"] == "fp32") == (not features["bf16_matmul"])
+    assert features["bf16_gemm"] in ("amx", "avx512bf16", "fp32 (faster than avx512bf16 here)", "fp32")
 
 
 def child_features(isa: str | None, code: str = "") -> dict:
@@ -240,6 +245,7 @@ def test_smolvision_isa_below_amx_turns_it_off():
     features = child_features("avx512bf16", AMX_HOOK)
     assert features["amx"] == "off (SMOLVISION_ISA)"
     assert features["kernels"] == "avx512bf16"
+    assert features["bf16_gemm"] in ("avx512bf16", "fp32 (faster than avx512bf16 here)")
     assert features["extra"] == lib.SV_ERR_UNSUPPORTED
 
 

@@ -70,7 +70,7 @@ static int check_one(const sv_amx_isa *amx, const check_shape *s, uint64_t *stat
         int64_t width = s->rows - r < amx->panel_width ? s->rows - r : amx->panel_width;
         amx->pack(panel, w, s->cols, s->cols, r, r + width);
         sv_amx_operand a = {xb, ldx * (int64_t)sizeof *xb, amx->k_align, amx->row_align * ldx}; /* row-major */
-        amx->gemm(y + r, s->rows, &a, s->n, ldx / amx->k_align, panel, width, s->bias ? b + r : NULL);
+        amx->gemm(y + r, s->rows, &a, s->n, ldx / amx->k_align, panel, 0, width, s->bias ? b + r : NULL);
     }
     for (int64_t i = 0; ok && i < s->n; i++)
         for (int64_t r = 0; ok && r < s->rows; r++) {

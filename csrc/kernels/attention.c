@@ -74,17 +74,20 @@ static void pack_panel(const attn_kernels *kn, uint32_t *panel, const uint16_t *
     (kn->amx ? kn->amx->pack : kn->bf->pack)(panel, w, ldw, cols, r0, r1);
 }
 
-/* y[i, c] = xb[i, :] . panel[:, c] for i < n, c < width: xb[n, ldx] BF16, ldx a multiple of k_align, and on
- * AMX readable (not used) up to row round_up(n, row_align). */
-static void panel_gemm(const attn_kernels *kn, float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n,
-                       const uint32_t *panel, int64_t width) {
+/* y[i, c] = xb[i, :] . W[c, :] for i < n, c < width, W's rows packed in panels of the GEMM's width, panel_words
+ * apart: xb[n, ldx] BF16, ldx a multiple of k_align, and on AMX readable (not used) up to row
+ * round_up(n, row_align). */
+static void panels_gemm(const attn_kernels *kn, float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n,
+                        const uint32_t *panels, int64_t panel_words, int64_t width) {
     if (kn->amx) {
         const int64_t tk = kn->amx->k_align;
         sv_amx_operand a = {xb, ldx * (int64_t)sizeof *xb, tk, kn->amx->row_align * ldx};
-        kn->amx->gemm(y, ldy, &a, n, ldx / tk, panel, width, NULL);
-    } else {
-        kn->bf->gemm(y, ldy, xb, ldx, n, panel, width, NULL);
+        kn->amx->gemm(y, ldy, &a, n, ldx / tk, panels, panel_words, width, NULL);
+        return;
     }
+    for (int64_t c = 0; c < width; c += kn->bf->panel_width)
+        kn->bf->gemm(y + c, ldy, xb, ldx, n, panels + c / kn->bf->panel_width * panel_words,
+                     width - c < kn->bf->panel_width ? width - c : kn->bf->panel_width, NULL);
 }
 
 typedef struct {
@@ -181,10 +184,7 @@ static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
         int64_t nq = a->queries - q0 < QUERY_BLOCK ? a->queries - q0 : QUERY_BLOCK;
         int64_t seen = a->causal ? first + q0 + nq : a->keys; /* keys any query of the block sees */
         const uint16_t *q16 = q16_of(j, h) + q0 * l->ldq;
-        for (int64_t p = 0; p * l->width < seen; p++) {
-            int64_t cols = seen - p * l->width < l->width ? seen - p * l->width : l->width;
-            panel_gemm(j->kn, scores + p * l->width, lds, q16, l->ldq, nq, k_panel(j, g, p), cols);
-        }
+        panels_gemm(j->kn, scores, lds, q16, l->ldq, nq, k_panel(j, g, 0), l->k_panel, seen);
         int64_t ldp = round_up(seen, k_align(j->kn));
         for (int64_t i = 0; i < nq; i++) {
             int64_t row_seen = a->causal ? first + q0 + i + 1 : a->keys;
@@ -192,10 +192,7 @@ static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
             j->kn->bf->round_rows(probs + i * ldp, ldp, scores + i * lds, 1, row_seen); /* zero past row_seen */
         }
         float *out = o->out + q0 * o->ldo + h * a->head_dim;
-        for (int64_t p = 0; p < l->v_panels; p++) {
-            int64_t cols = a->head_dim - p * l->width < l->width ? a->head_dim - p * l->width : l->width;
-            panel_gemm(j->kn, out + p * l->width, o->ldo, probs, ldp, nq, v_panel(j, g, p), cols);
-        }
+        panels_gemm(j->kn, out, o->ldo, probs, ldp, nq, v_panel(j, g, 0), l->v_panel, a->head_dim);
     }
 }
 

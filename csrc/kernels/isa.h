@@ -77,15 +77,16 @@ typedef struct {
 /* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights
  * and more than min_n input rows (fewer take sv_bf16_isa's dot).  pack writes one panel of panel_width
  * weight rows, panel[steps * k_align / 2, panel_width], steps = ceil(W.cols / k_align), in sv_bf16_isa's
- * pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[r0 + c, :] + b[c] for
- * i < n, c < width, the rows of a padded with zeros to a multiple of row_align. */
+ * pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[c, :] + b[c] for
+ * i < n, c < width, a's rows padded with zeros to a multiple of row_align, W's rows packed in
+ * ceil(width / panel_width) panels panel_words apart, b NULL or [width]. */
 typedef struct {
     const char *name;
     int min_n;
     int panel_width, k_align, row_align;
     void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
-    void (*gemm)(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panel,
-                 int64_t width, const float *b);
+    void (*gemm)(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panels,
+                 int64_t panel_words, int64_t width, const float *b);
 } sv_amx_isa;
 
 /* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver

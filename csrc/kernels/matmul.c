@@ -28,6 +28,7 @@
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../kernels.h"
@@ -166,7 +167,7 @@ static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     int64_t group = AMX_GROUP_BYTES / (panel_words * (int64_t)sizeof(uint32_t));
     if (group < 1) group = 1;
     int64_t chunk = AMX_X_CHUNK_BYTES / (j->ldx * (int64_t)sizeof *j->xb) / tr * tr;
-    if (chunk < tr) chunk = tr;
+    if (chunk < 2 * tr) chunk = 2 * tr; /* two A tiles: each B tile load then serves two products */
     uint32_t *panels = (uint32_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t g = r0; g < r1; g += group * width) {
         int64_t g1 = g + group * width < r1 ? g + group * width : r1;
@@ -175,10 +176,8 @@ static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
                       r + width < g1 ? r + width : g1);
         for (int64_t i = 0; i < j->n; i += chunk) {
             sv_amx_operand a = {j->xb + i * j->ldx, tk * (int64_t)sizeof *j->xb, tr * tk, tr * j->ldx};
-            int64_t rows = j->n - i < chunk ? j->n - i : chunk;
-            for (int64_t r = g; r < g1; r += width)
-                amx->gemm(j->y + i * ldy + r, ldy, &a, rows, steps, panels + (r - g) / width * panel_words,
-                          g1 - r < width ? g1 - r : width, j->b ? j->b + r : NULL);
+            amx->gemm(j->y + i * ldy + g, ldy, &a, j->n - i < chunk ? j->n - i : chunk, steps, panels, panel_words,
+                      g1 - g, j->b ? j->b + g : NULL);
         }
     }
 }
@@ -241,9 +240,81 @@ static matmul_path choose_path(const sv_isa *isa, blas_use use, int64_t n, const
 
 static int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
 
+/* ---- the BF16 GEMM or the fp32 one, by measured speed ----
+ * vdpbf16ps runs at twice the FP32 FMA rate on Zen 4 but at half of it on Sapphire Rapids, so where AMX does
+ * not take the product (absent, refused, or SMOLVISION_ISA=avx512bf16) the feature name does not say which
+ * GEMM is faster: once per process the two race on a small product in cache, x rounded and W packed included,
+ * and prompt-sized products of precision "bf16" take the winner (decode's memory-bound dot stays BF16). */
+enum { RACE_N = 64, RACE_K = 512, RACE_ROWS = 96, RACE_REPEATS = 5 };
+
+typedef struct {
+    float *x, *y, *panel;
+    uint16_t *w, *xb;
+} race_buffers;
+
+static double race_fp32(const sv_isa *isa, const race_buffers *r) {
+    sv_matrix W = {r->w, ST_BF16, RACE_ROWS, RACE_K};
+    double start = sv_seconds();
+    for (int64_t row = 0; row < RACE_ROWS; row += isa->panel_width) {
+        int64_t w = RACE_ROWS - row < isa->panel_width ? RACE_ROWS - row : isa->panel_width;
+        isa->pack(r->panel, &W, row, row + w);
+        isa->gemm(r->y + row, RACE_ROWS, r->x, RACE_N, RACE_K, r->panel, w, NULL);
+    }
+    return sv_seconds() - start;
+}
+
+static double race_bf16(const sv_bf16_isa *bf, const race_buffers *r) {
+    double start = sv_seconds();
+    bf->round_rows(r->xb, RACE_K, r->x, RACE_N, RACE_K);
+    for (int64_t row = 0; row < RACE_ROWS; row += bf->panel_width) {
+        int64_t w = RACE_ROWS - row < bf->panel_width ? RACE_ROWS - row : bf->panel_width;
+        bf->pack((uint32_t *)r->panel, r->w, RACE_K, RACE_K, row, row + w);
+        bf->gemm(r->y + row, RACE_ROWS, r->xb, RACE_K, RACE_N, (const uint32_t *)r->panel, w, NULL);
+    }
+    return sv_seconds() - start;
+}
+
+static pthread_once_t race_once = PTHREAD_ONCE_INIT;
+static int bf16_gemm_faster = 1; /* the race's result; where it cannot run, the BF16 GEMM as before */
+
+static void race(void) {
+    sv_isa_level level = sv_isa_selected();
+    const sv_isa *isa = sv_isa_for(level);
+    const sv_bf16_isa *bf = sv_bf16_isa_for(level);
+    if (!isa || !isa->gemm || !bf) return;
+    size_t panel_bytes = (size_t)RACE_K * (size_t)(isa->panel_width > bf->panel_width ? isa->panel_width
+                                                                                      : bf->panel_width) * 4;
+    race_buffers r = {aligned_alloc(64, RACE_N * RACE_K * sizeof(float)), aligned_alloc(64, RACE_N * RACE_ROWS * sizeof(float)),
+                      aligned_alloc(64, panel_bytes), aligned_alloc(64, RACE_ROWS * RACE_K * sizeof(uint16_t)),
+                      aligned_alloc(64, RACE_N * RACE_K * sizeof(uint16_t))};
+    if (r.x && r.y && r.panel && r.w && r.xb) {
+        for (int64_t i = 0; i < RACE_N * RACE_K; i++) r.x[i] = (float)(i % 7) - 3.0f;
+        for (int64_t i = 0; i < RACE_ROWS * RACE_K; i++) r.w[i] = 0x3F80; /* 1.0 */
+        double fp32 = 1e30, bf16 = 1e30;
+        for (int i = 0; i <= RACE_REPEATS; i++) { /* round 0 warms the caches up, interleaved against drift */
+            double f = race_fp32(isa, &r), b = race_bf16(bf, &r);
+            if (i > 0) fp32 = f < fp32 ? f : fp32, bf16 = b < bf16 ? b : bf16;
+        }
+        bf16_gemm_faster = bf16 <= fp32;
+    }
+    free(r.x);
+    free(r.y);
+    free(r.panel);
+    free(r.w);
+    free(r.xb);
+}
+
+/* Whether prompt-sized products of precision "bf16" (more than the BF16 dot's rows, AMX aside) run the BF16
+ * GEMM: the race's winner. */
+static int bf16_gemm_wins(void) {
+    pthread_once(&race_once, race);
+    return bf16_gemm_faster;
+}
+
 /* Whether this product takes the BF16 paths (AMX among them: job->amx stays set only if it does); if so, x
- * is rounded into the pool's shared buffer (job->xb), padded with zeros as the path needs. */
-static int round_for_bf16(matmul_job *job) {
+ * is rounded into the pool's shared buffer (job->xb), padded with zeros as the path needs.  measured: a
+ * product for the BF16 GEMM takes the fp32 paths instead where those won the race above. */
+static int round_for_bf16(matmul_job *job, int measured) {
     const sv_amx_isa *amx = job->amx;
     job->amx = NULL;
     if (job->W->dtype != ST_BF16) return 0;
@@ -251,6 +322,7 @@ static int round_for_bf16(matmul_job *job) {
         round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= AMX_GROUP_BYTES)
         job->amx = amx;
     if (!job->bf16 && !job->amx) return 0;
+    if (!job->amx && measured && job->n > job->bf16->dot_max_n && !bf16_gemm_wins()) return 0;
     job->ldx = round_up(job->W->cols, job->amx ? job->amx->k_align : 2);
     int64_t rows = job->amx ? round_up(job->n, job->amx->row_align) : job->n;
     job->xb = sv_pool_shared(job->pool, (size_t)(rows * job->ldx) * sizeof(uint16_t));
@@ -270,13 +342,14 @@ static matmul_path choose_bf16_path(const sv_bf16_isa *bf, int64_t n, const sv_m
     return n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
 }
 
-/* amx, bf16: NULL where the product does not run on them; isa takes whatever they do not. */
+/* amx, bf16: NULL where the product does not run on them; isa takes whatever they do not.  measured: let
+ * the race between the BF16 and the fp32 GEMM decide (sv_matmul; the test hooks run the kernels named). */
 static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, blas_use use,
-                   float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
+                   int measured, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
     if (n <= 0 || W->rows <= 0) return;
     matmul_job job = {isa, pool, y, x, n, W, b, bf16, amx, NULL, 0};
     int64_t blocks = sv_row_blocks(W->rows);
-    matmul_path path = !round_for_bf16(&job) ? choose_path(isa, use, n, W)
+    matmul_path path = !round_for_bf16(&job, measured) ? choose_path(isa, use, n, W)
                        : job.amx             ? PATH_AMX
                                              : choose_bf16_path(bf16, n, W);
     switch (path) {
@@ -307,7 +380,7 @@ static const sv_amx_isa *amx_kernels(sv_precision precision, sv_isa_level level)
 
 void sv_matmul_with(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y,
                     const float *x, int64_t n, const sv_matrix *W, const float *b) {
-    matmul(pool, isa, bf16, amx, BLAS_FALLBACK, y, x, n, W, b);
+    matmul(pool, isa, bf16, amx, BLAS_FALLBACK, 0, y, x, n, W, b);
 }
 
 void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
@@ -317,7 +390,7 @@ void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_
         sv_matmul_quant(ctx->pool, ctx->precision, level, y, x, n, W, b); /* load option quant: matmul_quant.c */
     else
         matmul(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level), amx_kernels(ctx->precision, level),
-               BLAS_FALLBACK, y, x, n, W, b);
+               BLAS_FALLBACK, 1, y, x, n, W, b);
     sv_op_end(ctx, SV_OP_MATMUL, t);
 }
 
@@ -362,6 +435,13 @@ const char *sv_kernels_amx(void) { return sv_amx_status(); }
 
 int32_t sv_kernels_bf16(void) { return sv_bf16_isa_for(sv_isa_selected()) != NULL; }
 
+const char *sv_kernels_bf16_gemm(void) {
+    sv_isa_level level = sv_isa_selected();
+    if (sv_amx_for(level)) return "amx";
+    if (!sv_bf16_isa_for(level)) return "fp32";
+    return bf16_gemm_wins() ? "avx512bf16" : "fp32 (faster than avx512bf16 here)";
+}
+
 static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t blas, const float *x, int64_t n,
                               const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                               int32_t threads, int32_t repeat, double *seconds) {
@@ -386,9 +466,9 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W = {w, (st_dtype)dtype, rows, cols};
-    if (seconds) matmul(pool, isa, bf16, amx, (blas_use)blas, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
+    if (seconds) matmul(pool, isa, bf16, amx, (blas_use)blas, 0, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
     double start = sv_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, amx, (blas_use)blas, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, amx, (blas_use)blas, 0, y, x, n, &W, b);
     if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;

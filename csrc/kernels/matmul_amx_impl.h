@@ -16,16 +16,13 @@
  * two BF16 is exact in fp32, so as with vdpbf16ps the only errors are x's
  * rounding to BF16 and the fp32 sums.
  *
- * Blocking: one panel of 32 weight rows against the rows of x, 32 at a time,
- * in 2 x 2 accumulator tiles (C 0-3) fed by two A tiles (4, 5) and the
- * panel's two 16-column halves (B 6, 7): four tile loads per four tile
- * products.  Each product (16 cycles) needs 1 KB of operands, more than L2
- * can feed at the tiles' pace, so the panel is taken K_CHUNK steps at a time
- * (16 KB, which stays in L1) across up to CHUNK_ROWS rows of x, whose
- * accumulators wait in a small block in memory between chunks: only the A
- * tiles then come from L2.  The driver (matmul.c) keeps those rows of x in
- * L2 across a group of panels, so x is read from memory once per group, not
- * once per panel.
+ * Blocking: 32 rows of x against one panel of 32 weight rows at a time, in
+ * 2 x 2 accumulator tiles (C 0-3) fed by two A tiles (4, 5) and the panel's
+ * two 16-column halves (B 6, 7): four tile loads per four tile products,
+ * over the whole K, then the next panel.  The driver (matmul.c) sizes the
+ * rows of x and the group of panels of one call so that both stay in L2:
+ * every tile load is then an L2 hit, and x is read from memory once per
+ * group of panels rather than once per panel.
  * Edges cost no special cases inside the loop: x is padded with zero columns
  * to a multiple of 32 and zero rows to a multiple of 16, pack pads the panel
  * with zero pair rows to match, and from the block in memory only the
@@ -102,38 +99,45 @@ static inline void accumulate(const sv_amx_operand *a, int64_t i, int two, const
     }
 }
 
-/* y[i, c] = a[i, :] . panel[:, c] + b[c] for i < n, c < width: a's rows zero-padded to a multiple of M_BLOCK,
- * panel[steps * K_BLOCK / 2, PANEL], y[n, ldy].  Whole 32 x 32 blocks go from the tiles straight to y (a
- * copy through memory costs more than the products: vector loads of what a tile store just wrote stall);
- * the edges go through a block on the stack, from which only what exists is copied. */
-static void gemm(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panel,
-                 int64_t width, const float *b) {
+/* y[i, c] = a[i, :] . W[c, :] + b[c] for i < n, c < width: a's rows zero-padded to a multiple of M_BLOCK, W's
+ * rows in ceil(width / PANEL) panels [steps * K_BLOCK / 2, PANEL] panel_words apart, y[n, ldy].  Each 32 rows
+ * of a meet every panel in turn (while they are in cache).  Whole 32 x 32 blocks go from the tiles straight
+ * to y (a copy through memory costs more than the products: vector loads of what a tile store just wrote
+ * stall); the edges go through a block on the stack, from which only what exists is copied. */
+static void gemm(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panels,
+                 int64_t panel_words, int64_t width, const float *b) {
     TILE_CONFIG(&CONFIG);
     _Alignas(64) float block[M_STEP][PANEL];
-    _Alignas(64) float bias[PANEL] = {0};
-    if (b) memcpy(bias, b, (size_t)width * sizeof *b);
+    _Alignas(64) float edge_bias[PANEL] = {0}; /* b of a last, partial panel, zero-padded for the tile load */
     const int64_t ldy_bytes = ldy * (int64_t)sizeof *y, ldb = sizeof block[0];
     for (int64_t i = 0; i < n; i += M_STEP) {
         const int64_t rows = n - i < M_STEP ? n - i : M_STEP;
         const int two = rows > M_BLOCK; /* a second A tile: a is padded to whole tiles, not to M_STEP */
-        if (b)
-            bias_accumulators(bias);
-        else
-            zero_accumulators();
-        accumulate(a, i, two, panel, steps);
-        float *out = y + i * ldy;
-        if (rows == M_STEP && width == PANEL) {
-            TILE_STORE(0, out, ldy_bytes);
-            TILE_STORE(1, out + 16, ldy_bytes);
-            TILE_STORE(2, out + M_BLOCK * ldy, ldy_bytes);
-            TILE_STORE(3, out + M_BLOCK * ldy + 16, ldy_bytes);
-            continue;
+        for (int64_t c = 0; c < width; c += PANEL) {
+            const int64_t cols = width - c < PANEL ? width - c : PANEL;
+            if (b && cols == PANEL) {
+                bias_accumulators(b + c);
+            } else if (b) {
+                memcpy(edge_bias, b + c, (size_t)cols * sizeof *b);
+                bias_accumulators(edge_bias);
+            } else {
+                zero_accumulators();
+            }
+            accumulate(a, i, two, panels + c / PANEL * panel_words, steps);
+            float *out = y + i * ldy + c;
+            if (rows == M_STEP && cols == PANEL) {
+                TILE_STORE(0, out, ldy_bytes);
+                TILE_STORE(1, out + 16, ldy_bytes);
+                TILE_STORE(2, out + M_BLOCK * ldy, ldy_bytes);
+                TILE_STORE(3, out + M_BLOCK * ldy + 16, ldy_bytes);
+                continue;
+            }
+            TILE_STORE(0, &block[0][0], ldb);
+            TILE_STORE(1, &block[0][16], ldb);
+            TILE_STORE(2, &block[M_BLOCK][0], ldb);
+            TILE_STORE(3, &block[M_BLOCK][16], ldb);
+            for (int64_t r = 0; r < rows; r++) memcpy(out + r * ldy, block[r], (size_t)cols * sizeof *out);
         }
-        TILE_STORE(0, &block[0][0], ldb);
-        TILE_STORE(1, &block[0][16], ldb);
-        TILE_STORE(2, &block[M_BLOCK][0], ldb);
-        TILE_STORE(3, &block[M_BLOCK][16], ldb);
-        for (int64_t r = 0; r < rows; r++) memcpy(out + r * ldy, block[r], (size_t)width * sizeof *out);
     }
     TILE_RELEASE(); /* back to the init state: the OS then need not save 8 KB of tiles per switch */
 }
