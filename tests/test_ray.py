@@ -59,6 +59,10 @@ def cluster(tmp_path_factory):
     # A private temp dir keeps this cluster out of /tmp/ray/ray_current_cluster, where a plain ray.init()
     # by anyone else on the machine would find and join it (short: Ray's socket paths have a length limit).
     temp_dir = tempfile.mkdtemp(prefix="svray-", dir="/tmp")
+    # Ray 2.60's Cluster still writes the head's address into its default temp dir (ray_current_cluster),
+    # ignoring temp_dir, and fails where that folder does not exist yet (a fresh machine).
+    from ray._private.utils import get_ray_address_file
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
     node_args = dict(num_cpus=3, object_store_memory=OBJECT_STORE, temp_dir=temp_dir)
     simulated = Cluster(initialize_head=True, head_node_args=dict(node_args, include_dashboard=False))
     simulated.add_node(**node_args)
