@@ -87,10 +87,12 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     model = smolvision.load(model_dir, threads=threads)
     features = smolvision.cpu_features()
     out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info(),
-           "kernels": f"matmul and small kernels {features['kernels']}, quantized {features['quant_kernels']}, "
-                      f"AMX {features['amx']}",
+           "kernels": f"vision, prefill and their attention: {features['bf16_gemm']}; decode: "
+                      + ("the AVX512_BF16 dot" if features["bf16_matmul"] else f"the {features['kernels']} dot")
+                      + f"; small kernels {features['kernels']}; q8/q4 columns {features['quant_kernels']}; "
+                        f"AMX {features['amx']}",
            "precision": f"{model.precision} (the default; "
-                        + ("BF16 x BF16 products summed in FP32 on AVX512_BF16)" if features["bf16_matmul"]
+                        + ("BF16 x BF16 products summed in FP32)" if features["bf16_matmul"]
                            and model.precision == "bf16" else "FP32 activations and accumulation)")}
     no_eos = {"eos_token_ids": (), "temperature": 0.0}
 
@@ -513,7 +515,7 @@ def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[
         print(f"- {args.rounds} interleaved rounds of smolvision and llama.cpp: each phase's best round "
               f"(transformers: one run)")
     print(f"- smolvision build: {mine.get('build_info', '?')}; precision: {mine.get('precision', '?')}")
-    print(f"- smolvision kernels that ran (every phase, from smolvision.cpu_features()): {mine.get('kernels', '?')}")
+    print(f"- smolvision kernels that ran, per phase (smolvision.cpu_features()): {mine.get('kernels', '?')}")
     if engines.get("transformers BF16"):
         print(f"- peer: {engines['transformers BF16']['version']}, BF16 weights and compute")
     llama = [result for name, result in engines.items() if name.startswith("llama.cpp") and result]

@@ -23,8 +23,10 @@
  * else, or a shared buffer that cannot grow, takes the fp32 paths above.
  * At level amx (dispatch.c: granted and self-checked) products of more than
  * the AMX kernels' min_n rows run on tiles instead of the BF16 GEMM: x is
- * rounded into a buffer padded to whole tiles (isa.h: sv_amx_isa), panels
- * are packed as for the BF16 GEMM, zero-padded to whole tiles.
+ * rounded into whole tiles, each 1 KB contiguous (isa.h: sv_amx_operand),
+ * panels are packed as for the BF16 GEMM, zero-padded to whole tiles, a
+ * group at a time (amx_task).  Where AMX does not run, prompt-sized BF16
+ * products take whichever of the BF16 and the fp32 GEMM won a race (below).
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
 #include <stdint.h>
