@@ -44,9 +44,11 @@ static uint64_t xgetbv0(void) {
 }
 
 static int has_vnni; /* AVX512_VNNI (vpdpbusd), set by detect() */
+static int intel;    /* the vendor string is GenuineIntel, set by detect() */
 
 static sv_isa_level detect(void) {
     unsigned a, b, c, d;
+    if (__get_cpuid(0, &a, &b, &c, &d)) intel = b == 0x756E6547 && d == 0x49656E69 && c == 0x6C65746E;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return SV_ISA_PORTABLE;
     int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     if (!(osxsave && avx && fma && f16c)) return SV_ISA_PORTABLE;
@@ -68,10 +70,10 @@ static sv_isa_level detect(void) {
     return SV_ISA_AVX512BF16;
 }
 #elif defined(SV_NEON_KERNELS)
-static const int has_vnni = 0;
+static const int has_vnni = 0, intel = 0;
 static sv_isa_level detect(void) { return SV_ISA_NEON; }
 #else
-static const int has_vnni = 0;
+static const int has_vnni = 0, intel = 0;
 static sv_isa_level detect(void) { return SV_ISA_PORTABLE; }
 #endif
 
@@ -105,6 +107,11 @@ const char *sv_isa_level_name(sv_isa_level level) { return level_names[level]; }
 sv_isa_level sv_isa_selected(void) {
     pthread_once(&detect_once, choose);
     return selected;
+}
+
+int64_t sv_stream_prefetch(void) {
+    pthread_once(&detect_once, choose);
+    return intel ? 2048 : 0;
 }
 
 const sv_isa *sv_isa_for(sv_isa_level level) {

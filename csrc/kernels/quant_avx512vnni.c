@@ -25,8 +25,10 @@
 
 /* One row at a time, with the next rows following in memory, makes the whole matrix one sequential
  * stream; tiles of several rows (sharing the activation loads) read several short streams at once and
- * measured 30-40% slower (32768 x 2048, one thread).  Software prefetch ahead of the stream measured
- * slower too (131072 x 2048, A/B in one process: q8 46 vs 56 GB/s, q4 37 vs 43 GB/s on 2 threads). */
+ * measured 30-40% slower (32768 x 2048, one thread).  Software prefetch ahead of the codes' stream
+ * (sv_stream_prefetch bytes) measured slower on Zen 4 (131072 x 2048, A/B in one process: q8 46 vs 56 GB/s,
+ * q4 37 vs 43 GB/s on 2 threads), and faster on Sapphire Rapids (2.2B decode: q8 13.5 -> 15.4 tok/s, q4
+ * 23.4 -> 24.4), so it is on there only. */
 
 /* The group grp of g blocks of one weight row (codes w, scales sc) against one activation row:
  * returns acc + sum over its blocks of scale products x int32 block sums. */
@@ -62,8 +64,14 @@ INLINE __m512 group_dot(__m512 acc, st_dtype t, const uint8_t *w, const uint16_t
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), s, acc);
 }
 
-/* Row r of W against one activation row. */
-INLINE float row_dot(const sv_matrix *W, int64_t r, const int8_t *xq, const float *xd, const int32_t *xs) {
+/* The cache lines of one group's codes, `ahead` bytes on. */
+INLINE void prefetch_group(const uint8_t *codes, int64_t group_bytes, int64_t ahead) {
+    for (int64_t line = 0; line < group_bytes; line += 64) __builtin_prefetch(codes + ahead + line, 0, 3);
+}
+
+/* Row r of W against one activation row; its codes prefetched `ahead` bytes in front of the loads. */
+INLINE float row_dot(const sv_matrix *W, int64_t r, const int8_t *xq, const float *xd, const int32_t *xs,
+                     int64_t ahead) {
     const st_dtype t = W->dtype;
     const int64_t nb = sv_q_blocks(W->cols), full = nb / SV_QGROUP;
     const int64_t group_bytes = t == ST_Q8 ? SV_QGROUP * SV_QBLOCK : SV_QGROUP * SV_QBLOCK / 2;
@@ -71,9 +79,15 @@ INLINE float row_dot(const sv_matrix *W, int64_t r, const int8_t *xq, const floa
     const uint16_t *sc = sv_q_scales(W, r);
     __m512 acc = _mm512_setzero_ps();
     if (t == ST_Q8)
-        for (int64_t grp = 0; grp < full; grp++) acc = group_dot(acc, ST_Q8, w + grp * group_bytes, sc, xq, xd, xs, grp, SV_QGROUP);
+        for (int64_t grp = 0; grp < full; grp++) {
+            prefetch_group(w + grp * group_bytes, group_bytes, ahead);
+            acc = group_dot(acc, ST_Q8, w + grp * group_bytes, sc, xq, xd, xs, grp, SV_QGROUP);
+        }
     else
-        for (int64_t grp = 0; grp < full; grp++) acc = group_dot(acc, ST_Q4, w + grp * group_bytes, sc, xq, xd, xs, grp, SV_QGROUP);
+        for (int64_t grp = 0; grp < full; grp++) {
+            prefetch_group(w + grp * group_bytes, group_bytes, ahead);
+            acc = group_dot(acc, ST_Q4, w + grp * group_bytes, sc, xq, xd, xs, grp, SV_QGROUP);
+        }
     if (full * SV_QGROUP < nb) acc = group_dot(acc, t, w + full * group_bytes, sc, xq, xd, xs, full, nb - full * SV_QGROUP);
     return _mm512_reduce_add_ps(acc);
 }
@@ -104,11 +118,12 @@ static void quantize(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t
 
 static void dot(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, const int32_t *xs,
                 int64_t n, const sv_matrix *W, const float *b, int64_t r0, int64_t r1) {
-    const int64_t nb = sv_q_blocks(W->cols);
+    const int64_t nb = sv_q_blocks(W->cols), ahead = sv_stream_prefetch();
     /* rows outer: a weight row is read from memory once, the other input rows find it in L1 */
     for (int64_t r = r0; r < r1; r++)
         for (int64_t i = 0; i < n; i++)
-            y[i * ldy + r] = row_dot(W, r, xq + i * ldq, xd + i * nb, xs + i * nb) + (b ? b[r] : 0.0f);
+            y[i * ldy + r] = row_dot(W, r, xq + i * ldq, xd + i * nb, xs + i * nb, i == 0 ? ahead : 0) +
+                             (b ? b[r] : 0.0f);
 }
 
 const sv_quant_isa sv_quant_isa_avx512vnni = {
