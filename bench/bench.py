@@ -522,6 +522,9 @@ def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[
     if llama:
         print(f"- peer: llama.cpp from {llama[0]['version']} (llama-bench, text model only: no vision/e2e rows, "
               f"and its RSS is not compared)")
+    for name, result in engines.items():
+        for failure in (result or {}).get("failed", []):
+            print(f"- {name} failed, cell left empty: {failure}")
     if limits:
         bf16 = f"{limits['bf16_gflop_s']} GFLOP/s" if limits["bf16_gflop_s"] else "not on this CPU"
         amx = f"{limits['amx_bf16_gflop_s']} GFLOP/s" if limits.get("amx_bf16_gflop_s") else "not here"

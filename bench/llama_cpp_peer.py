@@ -182,8 +182,10 @@ def llama_cpp_models(tools: dict, model_dir: Path, quants: tuple[str, ...] = LLA
 
 
 def run_llama_bench(tools: dict, gguf: Path, threads: int, work: Workload) -> dict:
-    """Prefill/decode tokens/s and peak RSS of llama-bench on one GGUF."""
-    out, peak = {}, 0.0
+    """Prefill/decode tokens/s and peak RSS of llama-bench on one GGUF.  A run that fails leaves its field
+    out (an empty cell) and says why under "failed": llama.cpp 0.3.36's AMX matmul, for one, crashes
+    (SIGSEGV in ggml_backend_amx_mul_mat) on Q8_0 and Q4_K_M prompts on Sapphire Rapids."""
+    out, peak, failed = {}, 0.0, []
     runs = [("prefill_tok_s", ["-p", str(work.prefill_tokens), "-n", "0"]),
             ("decode_short_tok_s", ["-p", "0", "-n", str(work.short_decode)]),
             ("decode_long_tok_s", ["-p", "0", "-n", str(work.long_decode), "-d", str(work.long_prompt)])]
@@ -193,13 +195,19 @@ def run_llama_bench(tools: dict, gguf: Path, threads: int, work: Workload) -> di
                        *sizes, "-o", "json"]
             process = subprocess.Popen(command, stdout=report, stderr=subprocess.DEVNULL)
             _, status, usage = os.wait4(process.pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise RuntimeError(f"llama-bench failed: {' '.join(command)}")
-            peak = max(peak, usage.ru_maxrss / 1024)
+            code = os.waitstatus_to_exitcode(status)
             report.seek(0)
-            rows = json.loads(report.read())
+            rows = json.loads(report.read() or "[]") if code == 0 else []
+            if not rows:
+                why = f"signal {-code}" if code < 0 else f"exit status {code}"
+                failed.append(f"{field} ({why}: {' '.join(command)})")
+                log(f"llama.cpp: llama-bench failed, {field} left empty: {why}")
+                continue
+            peak = max(peak, usage.ru_maxrss / 1024)
             out[field] = rows[0]["avg_ts"]
     out["peak_rss_mb"] = peak
+    if failed:
+        out["failed"] = failed
     return out
 
 
