@@ -416,7 +416,8 @@ sv_status sv_debug_quantize(int32_t quant, const float *w, int64_t rows, int64_t
 /* y = x @ W^T + b with W = w[rows, cols] (fp32) quantized to quant, computed as sv_matmul computes it with
  * the named ISA's kernels and a precision (sv_precision): int8 dot kernel up to its n limit, above it
  * dequantized panels through the fp32 GEMM (or, for BF16 where the ISA has the BF16 kernels, rounded to
- * BF16 through the BF16 GEMM); on a fresh pool of `threads`; repeat and seconds as sv_debug_matmul.
+ * BF16 through the BF16 GEMM, and at level "amx" through the AMX GEMM); on a fresh pool of `threads`; repeat
+ * and seconds as sv_debug_matmul.
  * SV_ERR_UNSUPPORTED as there. */
 sv_status sv_debug_matmul_quant(const char *isa, int32_t quant, int32_t precision, const float *x, int64_t n,
                                 const float *w, int64_t rows, int64_t cols, const float *b, float *y,

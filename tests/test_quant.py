@@ -181,18 +181,19 @@ def to_bf16(a: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("quant", QUANTS)
-def test_quant_prefill_with_bf16_precision_rounds_both_operands_to_bf16(quant):
-    """precision "bf16", n above the dot kernel's limit, on a CPU with AVX512_BF16: the dequantized weights
-    and x rounded to BF16, products summed in fp32 (bound (K + 1) u sum|terms|, u = 2^-24); elsewhere it
-    computes as the fp32 path, exactly."""
+@pytest.mark.parametrize("isa", ["avx512bf16", "amx"])
+def test_quant_prefill_with_bf16_precision_rounds_both_operands_to_bf16(quant, isa):
+    """precision "bf16", n above the dot kernel's limit, on a CPU with AVX512_BF16 (its BF16 GEMM) or AMX
+    (the tiles): the dequantized weights and x rounded to BF16, products summed in fp32 (bound (K + 1) u
+    sum|terms|, u = 2^-24); elsewhere it computes as the fp32 path, exactly."""
     for rows, cols in [(33, 64), (45, 344), (17, 576), (40, 33)]:
         rng = np.random.default_rng(rows * cols)
         w = rng.standard_normal((rows, cols)).astype(np.float32)
         x = rng.standard_normal((40, cols)).astype(np.float32)
         b = rng.standard_normal(rows).astype(np.float32)
-        y = quant_matmul("avx512bf16", quant, x, w, b, precision=1)
+        y = quant_matmul(isa, quant, x, w, b, precision=1)
         if not smolvision.cpu_features()["bf16_matmul"]:
-            assert np.array_equal(y, quant_matmul("avx512bf16", quant, x, w, b, precision=0))
+            assert np.array_equal(y, quant_matmul(isa, quant, x, w, b, precision=0))
             continue
         wq, xr = to_bf16(c_quantize(w, quant)), to_bf16(x)
         ref = xr @ wq.T + b

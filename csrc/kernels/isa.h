@@ -165,6 +165,11 @@ const char *sv_amx_status(void);
  * exactly where every sum is exact in fp32, to fp32 rounding on real values (amx_check.c).  If not, or
  * out of memory, 0 and why. */
 int sv_amx_self_check(const sv_amx_isa *amx, char *why, size_t why_size);
+/* sv_matmul's AMX path for quantized weights (matmul_quant.c's prompts): each group of rows dequantized and
+ * rounded to BF16, then multiplied on tiles as BF16 weights are.  0 (nothing done) where it does not run:
+ * no AMX, n not above its min_n, a shape beyond the scratch, or the shared buffer cannot grow. */
+int sv_matmul_amx_quant(sv_pool *pool, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y, const float *x,
+                        int64_t n, const sv_matrix *W, const float *b);
 /* sv_matmul's driver with explicit kernels (bf16 or amx may be NULL; isa takes what they do not), for the
  * test hooks of the emulated AMX kernels (amx_debug.c). */
 void sv_matmul_with(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y,

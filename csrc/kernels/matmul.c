@@ -155,9 +155,22 @@ static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) 
         }
 }
 
+/* Rows [r0, r1) of W as BF16 rows K apart: BF16 weights as they are; quantized ones dequantized and rounded
+ * into rows16 (sv_matmul_amx_quant), through one fp32 row. */
+static const uint16_t *bf16_rows(const matmul_job *j, int64_t r0, int64_t r1, uint16_t *rows16, float *row) {
+    const int64_t K = j->W->cols;
+    if (!sv_dtype_is_quant(j->W->dtype)) return (const uint16_t *)j->W->data + r0 * K;
+    for (int64_t r = r0; r < r1; r++) {
+        sv_q_dequantize_row(row, j->W, r);
+        (j->bf16 ? j->bf16->round_rows : round_rows_plain)(rows16 + (r - r0) * K, K, row, 1, K);
+    }
+    return rows16;
+}
+
 /* Panels are packed a group at a time (up to AMX_GROUP_BYTES, in the thread's scratch) and x is taken
  * AMX_X_CHUNK_BYTES of rows at a time against the whole group: both then stay in L2, and x is read from
- * memory once per group rather than once per panel. */
+ * memory once per group rather than once per panel.  Quantized weights: the group's rows dequantized to
+ * BF16 after the panels in the scratch (as many bytes again), then one fp32 row. */
 static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     const sv_amx_isa *amx = j->amx;
@@ -171,11 +184,14 @@ static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     int64_t chunk = AMX_X_CHUNK_BYTES / (j->ldx * (int64_t)sizeof *j->xb) / tr * tr;
     if (chunk < 2 * tr) chunk = 2 * tr; /* two A tiles: each B tile load then serves two products */
     uint32_t *panels = (uint32_t *)sv_pool_scratch(j->pool, thread);
+    uint16_t *rows16 = (uint16_t *)(void *)((char *)panels + AMX_GROUP_BYTES);
+    float *row = (float *)(void *)((char *)rows16 + AMX_GROUP_BYTES);
     for (int64_t g = r0; g < r1; g += group * width) {
         int64_t g1 = g + group * width < r1 ? g + group * width : r1;
+        const uint16_t *w = bf16_rows(j, g, g1, rows16, row); /* row g first */
         for (int64_t r = g; r < g1; r += width)
-            amx->pack(panels + (r - g) / width * panel_words, j->W->data, j->W->cols, j->W->cols, r,
-                      r + width < g1 ? r + width : g1);
+            amx->pack(panels + (r - g) / width * panel_words, w, j->W->cols, j->W->cols, r - g,
+                      (r + width < g1 ? r + width : g1) - g);
         for (int64_t i = 0; i < j->n; i += chunk) {
             sv_amx_operand a = {j->xb + i * j->ldx, tk * (int64_t)sizeof *j->xb, tr * tk, tr * j->ldx};
             amx->gemm(j->y + i * ldy + g, ldy, &a, j->n - i < chunk ? j->n - i : chunk, steps, panels, panel_words,
@@ -318,12 +334,14 @@ static int bf16_gemm_wins(void) {
  * product for the BF16 GEMM takes the fp32 paths instead where those won the race above. */
 static int round_for_bf16(matmul_job *job, int measured) {
     const sv_amx_isa *amx = job->amx;
+    const int quant = sv_dtype_is_quant(job->W->dtype); /* AMX only (sv_matmul_amx_quant) */
     job->amx = NULL;
-    if (job->W->dtype != ST_BF16) return 0;
+    if (job->W->dtype != ST_BF16 && !quant) return 0;
     if (amx && job->n > amx->min_n &&
-        round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= AMX_GROUP_BYTES)
+        round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= AMX_GROUP_BYTES &&
+        2 * AMX_GROUP_BYTES + job->W->cols * (int64_t)sizeof(float) <= SV_POOL_SCRATCH_BYTES)
         job->amx = amx;
-    if (!job->bf16 && !job->amx) return 0;
+    if ((!job->bf16 && !job->amx) || (quant && !job->amx)) return 0;
     if (!job->amx && measured && job->n > job->bf16->dot_max_n && !bf16_gemm_wins()) return 0;
     job->ldx = round_up(job->W->cols, job->amx ? job->amx->k_align : 2);
     int64_t rows = job->amx ? round_up(job->n, job->amx->row_align) : job->n;
@@ -378,6 +396,14 @@ static const sv_bf16_isa *bf16_kernels(sv_precision precision, sv_isa_level leve
  * refused or failed its self-check (the first call at level amx runs both). */
 static const sv_amx_isa *amx_kernels(sv_precision precision, sv_isa_level level) {
     return precision == SV_PRECISION_BF16 ? sv_amx_for(level) : NULL;
+}
+
+int sv_matmul_amx_quant(sv_pool *pool, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y, const float *x,
+                        int64_t n, const sv_matrix *W, const float *b) {
+    matmul_job job = {NULL, pool, y, x, n, W, b, bf16, amx, NULL, 0};
+    if (!amx || n <= 0 || W->rows <= 0 || !round_for_bf16(&job, 0)) return 0;
+    sv_pool_run(pool, amx_task, &job, sv_row_blocks(W->rows));
+    return 1;
 }
 
 void sv_matmul_with(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y,

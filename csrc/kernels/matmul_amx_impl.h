@@ -9,8 +9,9 @@
  * Everything else here is plain C, so the emulated build runs it unchanged.
  *
  * TDPBF16PS multiplies a 16 x 32 BF16 tile A by a 32 x 16 BF16 tile B into
- * a 16 x 16 fp32 tile C: A's rows are 32 consecutive BF16 of a row of x (so
- * xb, x rounded row-major, is A as it is), and B's row k holds the pairs
+ * a 16 x 16 fp32 tile C: A's rows are 32 consecutive BF16 of a row of x (a
+ * row-major xb is A as it is, 16 rows a stride apart; isa.h's sv_amx_operand
+ * also takes x laid out tile by tile), and B's row k holds the pairs
  * (W[c, 2k], W[c, 2k + 1]) for its 16 columns c as 32-bit words: exactly the
  * panel layout of the AVX512_BF16 GEMM, whose pack is reused.  A product of
  * two BF16 is exact in fp32, so as with vdpbf16ps the only errors are x's
@@ -25,8 +26,9 @@
  * group of panels rather than once per panel.
  * Edges cost no special cases inside the loop: x is padded with zero columns
  * to a multiple of 32 and zero rows to a multiple of 16, pack pads the panel
- * with zero pair rows to match, and from the block in memory only the
- * n x width results that exist are copied out (with the bias). */
+ * with zero pair rows to match, the accumulators start from the bias, and a
+ * block at an edge goes through memory, from which only the results that
+ * exist are copied out. */
 #include <stdint.h>
 #include <string.h>
 

@@ -11,7 +11,8 @@
  *       With precision "bf16" on a CPU with AVX512_BF16 the dequantized rows
  *       are rounded to BF16 and go through the BF16 GEMM instead, with x
  *       rounded once into the pool's shared buffer (about twice as fast; the
- *       rounding is precision "bf16"'s, on top of the quantization).
+ *       rounding is precision "bf16"'s, on top of the quantization), and
+ *       where AMX runs, through the AMX GEMM (matmul.c: sv_matmul_amx_quant).
  *
  * Nothing here allocates except the shared buffer growing to the largest x seen
  * (and the test hooks). */
@@ -118,8 +119,10 @@ static void plain_task(void *arg, int64_t begin, int64_t end, int thread) {
 }
 
 static void matmul_quant(sv_pool *pool, const sv_isa *isa, const sv_quant_isa *q, const sv_bf16_isa *bf16,
-                         float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
+                         const sv_amx_isa *amx, float *y, const float *x, int64_t n, const sv_matrix *W,
+                         const float *b) {
     if (n <= 0 || W->rows <= 0) return;
+    if (n > q->dot_max_n && sv_matmul_amx_quant(pool, bf16, amx, y, x, n, W, b)) return;
     quant_job job = {isa, q, pool, y, x, n, W, b, NULL, 0, NULL, NULL, NULL, NULL, 0};
     int64_t blocks = sv_row_blocks(W->rows), nb = sv_q_blocks(W->cols);
     if (n > q->dot_max_n && bf16 && bf16_scratch_bytes(bf16, W->cols) <= SV_POOL_SCRATCH_BYTES) {
@@ -157,7 +160,8 @@ static const sv_bf16_isa *bf16_kernels(int32_t precision, sv_isa_level level) {
 
 void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, float *y, const float *x, int64_t n,
                      const sv_matrix *W, const float *b) {
-    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(precision, level), y, x, n, W, b);
+    matmul_quant(pool, sv_isa_for(level), sv_quant_isa_for(level), bf16_kernels(precision, level),
+                 precision == SV_PRECISION_BF16 ? sv_amx_for(level) : NULL, y, x, n, W, b);
 }
 
 /* ---- test hooks (declared in smolvision.h) ---- */
@@ -213,6 +217,9 @@ sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, int32_t pre
     if (precision != SV_PRECISION_FP32 && precision != SV_PRECISION_BF16)
         return sv_fail(SV_ERR_ARG, "precision is %d, not 0 (fp32) or 1 (bf16)", precision);
     const sv_bf16_isa *bf16 = bf16_kernels(precision, (sv_isa_level)level);
+    const sv_amx_isa *amx = precision == SV_PRECISION_BF16 ? sv_amx_for((sv_isa_level)level) : NULL;
+    if (level == SV_ISA_AMX && precision == SV_PRECISION_BF16 && !amx)
+        return sv_fail(SV_ERR_UNSUPPORTED, "AMX does not run in this process: %s", sv_amx_status());
     if (n < 0 || rows < 1 || cols < 1 || n > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX || threads < 1 ||
         repeat < 1)
         return sv_fail(SV_ERR_ARG, "bad matmul arguments n=%lld rows=%lld cols=%lld threads=%d repeat=%d",
@@ -225,9 +232,9 @@ sv_status sv_debug_matmul_quant(const char *isa_name, int32_t quant, int32_t pre
         free(region);
         return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     }
-    if (seconds) matmul_quant(pool, isa, q, bf16, y, x, n, &W, b); /* warm-up */
+    if (seconds) matmul_quant(pool, isa, q, bf16, amx, y, x, n, &W, b); /* warm-up */
     double start = sv_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul_quant(pool, isa, q, bf16, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul_quant(pool, isa, q, bf16, amx, y, x, n, &W, b);
     if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     free(region);
