@@ -109,6 +109,7 @@ static void silu_mul(float *gate, const float *up, int64_t n) {
     }
 }
 
+#ifndef OPS_OWN_SOFTMAX /* the includer may bring its own (ops_avx512.c) */
 static void softmax(float *x, int64_t n) {
     float lane_max[LANES];
     for (int l = 0; l < LANES; l++) lane_max[l] = x[0];
@@ -122,6 +123,7 @@ static void softmax(float *x, int64_t n) {
     float inv = 1.0f / sum_lanes(x, n, 0);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
+#endif
 
 static void add(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
