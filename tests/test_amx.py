@@ -261,7 +261,8 @@ def test_amx_is_the_default_where_the_cpu_has_it():
 # ---- the real tiles (only where they run) ----
 
 def real_amx(x: np.ndarray, w_bits: np.ndarray, rows: int, b: np.ndarray | None, threads: int) -> np.ndarray:
-    """Precision BF16 at level amx, as sv_matmul runs it: the tiles above 16 rows, AVX512_BF16 up to 16."""
+    """Precision BF16 at level amx, as sv_matmul runs it: the tiles above min_n (4) rows, AVX512_BF16's dot
+    kernel up to it."""
     n, cols = x.shape
     y = np.full((n, rows), np.nan, np.float32)
     status = lib.sv_debug_matmul_precision(
