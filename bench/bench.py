@@ -89,7 +89,7 @@ def worker_smolvision(model_dir: str, threads: int, work: Workload) -> dict:
     out = {"load_s": time.perf_counter() - start, "build_info": smolvision.build_info(),
            "kernels": f"vision, prefill and their attention: {features['bf16_gemm']}; decode: "
                       + ("the AVX512_BF16 dot" if features["bf16_matmul"] else f"the {features['kernels']} dot")
-                      + f"; small kernels {features['kernels']}; q8/q4 columns {features['quant_kernels']}; "
+                      + f"; q8/q4 columns {features['quant_kernels']}; ISA level {features['kernels']}, "
                         f"AMX {features['amx']}",
            "precision": f"{model.precision} (the default; "
                         + ("BF16 x BF16 products summed in FP32)" if features["bf16_matmul"]
