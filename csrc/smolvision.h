@@ -133,7 +133,7 @@ int32_t sv_kernels_bf16(void);
 /* What the prompt-sized products (image tiles, prompt chunks) of precision BF16 with BF16 weights run on:
  * "amx" (tiles), "avx512bf16" (its BF16 GEMM), "fp32 (faster than avx512bf16 here)" (the fp32 GEMM won a
  * race against it at the first call: vdpbf16ps is slower than FP32 FMA on some CPUs) or "fp32" (no BF16
- * kernels).  Decode's products stay on the BF16 dot kernel wherever there is one. */
+ * kernels).  Decode steps of up to 4 sequences stay on the BF16 dot kernel wherever there is one. */
 const char *sv_kernels_bf16_gemm(void);
 
 void sv_model_free(sv_model *model);

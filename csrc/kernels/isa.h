@@ -74,8 +74,9 @@ typedef struct {
     int64_t row_bytes, step, block;
 } sv_amx_operand;
 
-/* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights
- * and more than min_n input rows (fewer take sv_bf16_isa's dot).  pack writes one panel of panel_width
+/* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights (and
+ * quantized ones rounded to BF16: sv_matmul_amx_quant) and more than min_n input rows (fewer take the dot
+ * kernels).  pack writes one panel of panel_width
  * weight rows, panel[steps * k_align / 2, panel_width], steps = ceil(W.cols / k_align), in sv_bf16_isa's
  * pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[c, :] + b[c] for
  * i < n, c < width, a's rows padded with zeros to a multiple of row_align, W's rows packed in
