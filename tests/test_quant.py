@@ -140,8 +140,9 @@ def quant_matmul(isa, quant, x, w, b, threads=2, precision=0):
     return y
 
 
-# 1..8 rows take the int8 dot kernel; 9 and 40 the dequantized GEMM where the ISA has one (not portable).
-BATCHES = (1, 3, 8, 9, 40)
+# 1..8 rows take the int8 dot kernel (AVX-512 VNNI: one row alone, else 8, 4 and single rows sharing each weight
+# row: 3, 5 and 8 take each kind); 9 and 40 the dequantized GEMM where the ISA has one (not portable).
+BATCHES = (1, 3, 5, 8, 9, 40)
 # K: one partial block, one partial group (2 blocks), 11 blocks, 18 blocks (a full group + 2), 64 blocks
 KERNEL_SHAPES = [(7, 33), (33, 64), (45, 344), (17, 576), (20, 2048)]
 

@@ -92,6 +92,66 @@ INLINE float row_dot(const sv_matrix *W, int64_t r, const int8_t *xq, const floa
     return _mm512_reduce_add_ps(acc);
 }
 
+/* group_dot for NI activation rows at once (batched decode): the group's codes are loaded (and for q4
+ * unpacked) once for all of them rather than once per row, one vpdpbusd chain per row. */
+INLINE void group_dot_rows(__m512 *acc, st_dtype t, const uint8_t *w, const uint16_t *sc, const int8_t *xq,
+                           int64_t ldq, const float *xd, const int32_t *xs, int64_t nb, int64_t grp, int64_t g,
+                           const int NI) {
+    const __mmask64 m = g == SV_QGROUP ? ~(__mmask64)0 : (((__mmask64)1 << (4 * g)) - 1);
+    const __mmask16 m16 = (__mmask16)((1u << g) - 1);
+    __m512i codes[8]; /* chunk c multiplies the activations at 4 g c: q8 as stored, q4 low and high nibbles */
+    if (t == ST_Q8) {
+        UNROLL
+        for (int c = 0; c < 8; c++) codes[c] = _mm512_maskz_loadu_epi8(m, w + 4 * g * c);
+    } else {
+        const __m512i low = _mm512_set1_epi8(0x0F);
+        UNROLL
+        for (int L = 0; L < 4; L++) {
+            const __m512i v = _mm512_maskz_loadu_epi8(m, w + 4 * g * L);
+            codes[2 * L] = _mm512_and_si512(v, low);
+            codes[2 * L + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+    }
+    const __m512 wscale = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, sc + grp * SV_QGROUP));
+    const __m512i offset = _mm512_set1_epi32(t == ST_Q8 ? -128 : -8);
+    UNROLL
+    for (int i = 0; i < NI; i++) {
+        const int8_t *x = xq + i * ldq + grp * SV_QGROUP * SV_QBLOCK;
+        __m512i sum = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m16, xs + i * nb + grp * SV_QGROUP), offset);
+        UNROLL
+        for (int c = 0; c < 8; c++) sum = _mm512_dpbusd_epi32(sum, codes[c], _mm512_maskz_loadu_epi8(m, x + 4 * g * c));
+        const __m512 dx = _mm512_maskz_loadu_ps(m16, xd + i * nb + grp * SV_QGROUP);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(wscale, dx), acc[i]);
+    }
+}
+
+/* y[i * ldy] = row r of W . activation row i + bias, for NI activation rows (their codes ldq apart). */
+INLINE void row_dot_rows(float *y, int64_t ldy, const sv_matrix *W, int64_t r, const int8_t *xq, int64_t ldq,
+                         const float *xd, const int32_t *xs, float bias, int64_t ahead, const int NI) {
+    const st_dtype t = W->dtype;
+    const int64_t nb = sv_q_blocks(W->cols), full = nb / SV_QGROUP;
+    const int64_t group_bytes = t == ST_Q8 ? SV_QGROUP * SV_QBLOCK : SV_QGROUP * SV_QBLOCK / 2;
+    const uint8_t *w = sv_q_codes(W, r);
+    const uint16_t *sc = sv_q_scales(W, r);
+    __m512 acc[8];
+    UNROLL
+    for (int i = 0; i < NI; i++) acc[i] = _mm512_setzero_ps();
+    if (t == ST_Q8)
+        for (int64_t grp = 0; grp < full; grp++) {
+            prefetch_group(w + grp * group_bytes, group_bytes, ahead);
+            group_dot_rows(acc, ST_Q8, w + grp * group_bytes, sc, xq, ldq, xd, xs, nb, grp, SV_QGROUP, NI);
+        }
+    else
+        for (int64_t grp = 0; grp < full; grp++) {
+            prefetch_group(w + grp * group_bytes, group_bytes, ahead);
+            group_dot_rows(acc, ST_Q4, w + grp * group_bytes, sc, xq, ldq, xd, xs, nb, grp, SV_QGROUP, NI);
+        }
+    if (full * SV_QGROUP < nb)
+        group_dot_rows(acc, t, w + full * group_bytes, sc, xq, ldq, xd, xs, nb, full, nb - full * SV_QGROUP, NI);
+    UNROLL
+    for (int i = 0; i < NI; i++) y[i * ldy] = _mm512_reduce_add_ps(acc[i]) + bias;
+}
+
 /* sv_q_quantize_activations (quant.h) with AVX-512: the same operations (max |x|, x * (127 / max),
  * rounded to nearest even by the conversion) give the same codes. */
 static void quantize(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k) {
@@ -119,11 +179,25 @@ static void quantize(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t
 static void dot(float *y, int64_t ldy, const int8_t *xq, int64_t ldq, const float *xd, const int32_t *xs,
                 int64_t n, const sv_matrix *W, const float *b, int64_t r0, int64_t r1) {
     const int64_t nb = sv_q_blocks(W->cols), ahead = sv_stream_prefetch();
-    /* rows outer: a weight row is read from memory once, the other input rows find it in L1 */
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t i = 0; i < n; i++)
-            y[i * ldy + r] = row_dot(W, r, xq + i * ldq, xd + i * nb, xs + i * nb, i == 0 ? ahead : 0) +
-                             (b ? b[r] : 0.0f);
+    /* rows outer: a weight row is read from memory once; one activation row streams it (prefetched), more
+     * share each load of it, 8 or 4 at a time */
+    for (int64_t r = r0; r < r1; r++) {
+        const float bias = b ? b[r] : 0.0f;
+        if (n == 1) {
+            y[r] = row_dot(W, r, xq, xd, xs, ahead) + bias;
+            continue;
+        }
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            row_dot_rows(y + i * ldy + r, ldy, W, r, xq + i * ldq, ldq, xd + i * nb, xs + i * nb, bias,
+                         i == 0 ? ahead : 0, 8);
+        for (; i + 4 <= n; i += 4)
+            row_dot_rows(y + i * ldy + r, ldy, W, r, xq + i * ldq, ldq, xd + i * nb, xs + i * nb, bias,
+                         i == 0 ? ahead : 0, 4);
+        for (; i < n; i++)
+            row_dot_rows(y + i * ldy + r, ldy, W, r, xq + i * ldq, ldq, xd + i * nb, xs + i * nb, bias,
+                         i == 0 ? ahead : 0, 1);
+    }
 }
 
 const sv_quant_isa sv_quant_isa_avx512vnni = {
