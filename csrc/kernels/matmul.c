@@ -109,11 +109,14 @@ static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t 
     }
 }
 
+typedef void round_rows_fn(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k);
+
+/* The job's rounding to BF16: the BF16 kernels', else plain C (the emulated AMX kernel's tests, any CPU). */
+static round_rows_fn *rounder(const matmul_job *j) { return j->bf16 ? j->bf16->round_rows : round_rows_plain; }
+
 static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    void (*round_rows)(uint16_t *, int64_t, const float *, int64_t, int64_t) =
-        j->bf16 ? j->bf16->round_rows : round_rows_plain;
-    round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
+    rounder(j)(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
 }
 
 static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
@@ -147,7 +150,7 @@ static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) 
         for (int64_t r = 0; r < tr; r++) {
             int64_t i = t * tr + r;
             if (i < j->n)
-                (j->bf16 ? j->bf16->round_rows : round_rows_plain)(row, j->ldx, j->x + i * k, 1, k);
+                rounder(j)(row, j->ldx, j->x + i * k, 1, k);
             else
                 memset(row, 0, (size_t)j->ldx * sizeof *row);
             for (int64_t s = 0; s < steps; s++)
@@ -162,7 +165,7 @@ static const uint16_t *bf16_rows(const matmul_job *j, int64_t r0, int64_t r1, ui
     if (!sv_dtype_is_quant(j->W->dtype)) return (const uint16_t *)j->W->data + r0 * K;
     for (int64_t r = r0; r < r1; r++) {
         sv_q_dequantize_row(row, j->W, r);
-        (j->bf16 ? j->bf16->round_rows : round_rows_plain)(rows16 + (r - r0) * K, K, row, 1, K);
+        rounder(j)(rows16 + (r - r0) * K, K, row, 1, K);
     }
     return rows16;
 }
