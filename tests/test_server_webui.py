@@ -84,8 +84,8 @@ def test_page_asks_about_an_image_streams_and_stops(page, server, mha_dir, tmp_p
     screenshot(page, "webui-answer.png")
 
     # Second turn, long: stop it with the button once text has streamed in.  The page clicks it itself, on the
-    # first change that shows six words: the tiny model streams its 6000 tokens in ~5 s, less than a click
-    # from Playwright can take while the page redraws a growing answer.
+    # first change that shows six words: the tiny model streams its 6000 tokens in ~5 s, and a click from
+    # Playwright (which waits for the button to be stable) can land after the answer has ended on a slow CI.
     page.fill("#max-tokens", "6000")
     page.fill("#question", "Tell me more.")
     page.evaluate("""() => {
