@@ -111,7 +111,7 @@ sv_isa_level sv_isa_selected(void) {
 
 int64_t sv_stream_prefetch(void) {
     pthread_once(&detect_once, choose);
-    return intel ? 2048 : 0;
+    return intel ? 1536 : 0;
 }
 
 const sv_isa *sv_isa_for(sv_isa_level level) {

@@ -183,7 +183,7 @@ const sv_quant_isa *sv_quant_isa_for(sv_isa_level level);
 void sv_matmul_quant(sv_pool *pool, sv_precision precision, sv_isa_level level, float *y, const float *x, int64_t n, const sv_matrix *W,
                      const float *b);
 /* Bytes ahead of the loads that the memory-bound dot kernels (BF16 n = 1, AVX-512 VNNI q8 / q4) prefetch
- * their weight stream: 2048 on Intel CPUs, 0 elsewhere (measured on Sapphire Rapids and Zen 4: see
+ * their weight stream: 1536 on Intel CPUs, 0 elsewhere (measured on Sapphire Rapids and Zen 4: see
  * matmul_avx512bf16.c's gemv_rows and quant_avx512vnni.c). */
 int64_t sv_stream_prefetch(void);
 /* The level this process uses: the best the CPU supports, lowered by SMOLVISION_ISA if set. */

@@ -89,8 +89,9 @@ INLINE void dot_tile(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int
  * the whole range is one sequential stream (what the hardware prefetchers follow best; n = 1 is memory
  * bound), with four accumulators to hide the vdpbf16ps latency, and the stream prefetched `ahead` bytes
  * in front of the loads (sv_stream_prefetch: 0 on Zen 4, where software prefetching only lowered the
- * 27 GB/s one thread reads; 2 KB on Sapphire Rapids, where it raised decode from 73% to 88% of the
- * read bandwidth). */
+ * 27 GB/s one thread reads; 1.5 KB on Sapphire Rapids, where it raised decode from 73% to 88% of the
+ * read bandwidth; 2.2B decode there, 2 threads, one process per distance, twice: none 7.7-7.8 tok/s,
+ * 1 KB 8.1-8.2, 1.5-1.9 KB 8.3-8.4, exactly 2 KB 7.7-7.8, 4 KB 7.0-7.2). */
 static void gemv_rows(float *y, const uint16_t *xb, int64_t K, const char *w, size_t stride, const float *b,
                       int64_t r0, int64_t r1, int64_t ahead) {
     for (int64_t r = r0; r < r1; r++) {
