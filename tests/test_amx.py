@@ -35,8 +35,9 @@ AMX = smolvision.cpu_features()["amx"]
 LOWERED = os.environ.get("SMOLVISION_ISA") not in (None, "", "amx")  # a lower level asked for
 BF16 = 1
 # (rows, cols) of W: one weight, K below one tile row, odd K, a partial panel, a tile's K exactly, several
-# tile rows with a tail, panel tails of 1 and 31 rows
-SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (40, 1000), (65, 31), (32, 32), (17, 64)]
+# tile rows with a tail, panel tails of 1 and 31 rows; for the few-rows kernel (2 to 16 input rows, K whole
+# tiles): two 16-row blocks, one block and a padded last one, three blocks and a padded one
+SHAPES = [(1, 1), (7, 33), (33, 129), (129, 7), (40, 1000), (65, 31), (32, 32), (17, 64), (49, 96)]
 # one row, a tile's rows and either side of it, a 32-row step and either side, several steps with a tail
 BATCHES = (1, 2, 15, 16, 17, 31, 32, 33, 47, 100)
 

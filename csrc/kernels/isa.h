@@ -76,9 +76,9 @@ typedef struct {
 
 /* The AMX BF16 GEMM (matmul_amx_impl.h): the BF16 GEMM of precision "bf16" on tiles, for BF16 weights (and
  * quantized ones rounded to BF16: sv_matmul_amx_quant) and more than min_n input rows (fewer take the dot
- * kernels).  pack writes one panel of panel_width
- * weight rows, panel[steps * k_align / 2, panel_width], steps = ceil(W.cols / k_align), in sv_bf16_isa's
- * pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[c, :] + b[c] for
+ * kernels; 2 to few_max_n rows of BF16 weights whose K is whole tiles take gemm_few).  pack writes one
+ * panel of panel_width weight rows, panel[steps * k_align / 2, panel_width], steps = ceil(W.cols / k_align),
+ * in sv_bf16_isa's pair layout (the layout AMX reads B in), zero-padded; gemm: y[i, c] = a[i, :] . W[c, :] + b[c] for
  * i < n, c < width, a's rows padded with zeros to a multiple of row_align, W's rows packed in
  * ceil(width / panel_width) panels panel_words apart, b NULL or [width]. */
 typedef struct {
@@ -88,6 +88,12 @@ typedef struct {
     void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
     void (*gemm)(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int64_t steps, const uint32_t *panels,
                  int64_t panel_words, int64_t width, const float *b);
+    /* Products of 2 to few_max_n input rows (matmul_amx_impl.h): y[i, r] = x[i, :] . W[r, :] + b[r] for i < n,
+     * r < rows, the weights read in place, w[rows rounded up to row_align, ldw] BF16 (steps * k_align
+     * columns used), x as xt[steps][k_align / 2][few_max_n] words of BF16 pairs, zero past n. */
+    int few_max_n;
+    void (*gemm_few)(float *y, int64_t ldy, const uint32_t *xt, int64_t n, int64_t steps, const uint16_t *w,
+                     int64_t ldw, int64_t rows, const float *b);
 } sv_amx_isa;
 
 /* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver

@@ -25,7 +25,9 @@
  * the AMX kernels' min_n rows run on tiles instead of the BF16 GEMM: x is
  * rounded into whole tiles, each 1 KB contiguous (isa.h: sv_amx_operand),
  * panels are packed as for the BF16 GEMM, zero-padded to whole tiles, a
- * group at a time (amx_task).  Where AMX does not run, prompt-sized BF16
+ * group at a time (amx_task).  Products of 2 to 16 rows (several sequences'
+ * decode steps) whose K is whole tiles take the few-rows AMX kernel instead,
+ * which reads the weights in place (amx_few_task).  Where AMX does not run, prompt-sized BF16
  * products take whichever of the BF16 and the fp32 GEMM won a race (below).
  * Nothing here allocates except that buffer growing to the largest x seen. */
 #include <pthread.h>
@@ -60,7 +62,7 @@ enum { BLAS_PANEL_MAX = 512 }; /* rows of W widened per sgemm call: 256 and 512 
 /* The AMX path (amx_task): panels packed per group, x taken in chunks of rows, each sized to share L2. */
 enum { AMX_GROUP_BYTES = 1 << 20, AMX_X_CHUNK_BYTES = 256 << 10 };
 
-typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM, PATH_AMX } matmul_path;
+typedef enum { PATH_DOT, PATH_BLAS, PATH_GEMM, PATH_BF16_DOT, PATH_BF16_GEMM, PATH_AMX, PATH_AMX_FEW } matmul_path;
 
 /* When BLAS may run (the `blas` argument of sv_debug_matmul). */
 typedef enum { BLAS_NEVER = 0, BLAS_FIRST = 1, BLAS_FALLBACK = 2 } blas_use;
@@ -200,6 +202,48 @@ static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
             amx->gemm(j->y + i * ldy + g, ldy, &a, j->n - i < chunk ? j->n - i : chunk, steps, panels, panel_words,
                       g1 - g, j->b ? j->b + g : NULL);
         }
+    }
+}
+
+/* The few-rows AMX path (gemm_few): x's BF16 pairs transposed into xt (sv_amx_isa), in the pool's shared
+ * buffer; 0 where the path does not take this product: not 2 to few_max_n rows, W not BF16, K not whole
+ * tiles, or no buffer. */
+static int few_operand(matmul_job *j) {
+    const sv_amx_isa *amx = j->amx;
+    const int64_t K = j->W->cols, tk = amx->k_align, m = amx->few_max_n;
+    if (j->n < 2 || j->n > m || j->W->dtype != ST_BF16 || K % tk ||
+        amx->row_align * K * (int64_t)sizeof(uint16_t) > SV_POOL_SCRATCH_BYTES) /* amx_few_task's padded block */
+        return 0;
+    uint32_t *xt = sv_pool_shared(j->pool, (size_t)(K / 2 * m) * sizeof *xt);
+    uint16_t *row = (uint16_t *)sv_pool_scratch(j->pool, 0); /* the caller's thread: the pool is idle */
+    if (!xt) return 0;
+    memset(xt, 0, (size_t)(K / 2 * m) * sizeof *xt);
+    for (int64_t i = 0; i < j->n; i++) {
+        rounder(j)(row, K, j->x + i * K, 1, K);
+        for (int64_t p = 0; p < K / 2; p++) xt[p * m + i] = (uint32_t)row[2 * p] | (uint32_t)row[2 * p + 1] << 16;
+    }
+    j->xb = (uint16_t *)(void *)xt;
+    return 1;
+}
+
+/* Blocks of SV_ROW_BLOCK weight rows on the few-rows AMX path; a last partial block of row_align rows is
+ * copied, zero-padded, into the thread's scratch first (the tiles read whole blocks). */
+static void amx_few_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const matmul_job *j = arg;
+    const sv_amx_isa *amx = j->amx;
+    const int64_t K = j->W->cols, ta = amx->row_align, ldy = j->W->rows;
+    const uint16_t *w = j->W->data;
+    int64_t r0, r1;
+    sv_block_rows(begin, end, j->W->rows, &r0, &r1);
+    const int64_t whole = r0 + (r1 - r0) / ta * ta;
+    const uint32_t *xt = (const uint32_t *)(const void *)j->xb;
+    if (whole > r0)
+        amx->gemm_few(j->y + r0, ldy, xt, j->n, K / amx->k_align, w + r0 * K, K, whole - r0, j->b ? j->b + r0 : NULL);
+    if (whole < r1) {
+        uint16_t *pad = (uint16_t *)sv_pool_scratch(j->pool, thread);
+        memcpy(pad, w + whole * K, (size_t)((r1 - whole) * K) * sizeof *pad);
+        memset(pad + (r1 - whole) * K, 0, (size_t)((ta - (r1 - whole)) * K) * sizeof *pad);
+        amx->gemm_few(j->y + whole, ldy, xt, j->n, K / amx->k_align, pad, K, r1 - whole, j->b ? j->b + whole : NULL);
     }
 }
 
@@ -372,10 +416,12 @@ static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, co
     if (n <= 0 || W->rows <= 0) return;
     matmul_job job = {isa, pool, y, x, n, W, b, bf16, amx, NULL, 0};
     int64_t blocks = sv_row_blocks(W->rows);
-    matmul_path path = !round_for_bf16(&job, measured) ? choose_path(isa, use, n, W)
-                       : job.amx             ? PATH_AMX
-                                             : choose_bf16_path(bf16, n, W);
+    matmul_path path = amx && few_operand(&job)    ? PATH_AMX_FEW
+                       : !round_for_bf16(&job, measured) ? choose_path(isa, use, n, W)
+                       : job.amx                         ? PATH_AMX
+                                                         : choose_bf16_path(bf16, n, W);
     switch (path) {
+    case PATH_AMX_FEW: sv_pool_run(pool, amx_few_task, &job, blocks); break;
     case PATH_AMX: sv_pool_run(pool, amx_task, &job, blocks); break;
     case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
     case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;

@@ -17,9 +17,10 @@ static void pack_pairs(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t 
 
 #define AMX_TABLE sv_amx_isa_tiles
 #define AMX_NAME "amx"
-/* Up to 4 rows the AVX512_BF16 dot kernel: one sequence's decode stays a GEMV, and at 2 and 4 rows it
- * measured faster than the tiles; at 8 (batched decode of 8 sequences) the tiles, 20% faster (Sapphire
- * Rapids, 2.2B decoder: 29.1 -> 34.9 tok/s). */
+/* Products of 2 to 16 rows whose K is whole tiles take gemm_few (the weights read in place; 2.2B decoder,
+ * Sapphire Rapids, 2 / 4 / 8 sequences: 13.7 / 24.5 / 44 tok/s against 11.9 / 19.8 / 35 before).  The
+ * packed GEMM takes the rest above 4 rows: up to 4 the AVX512_BF16 dot kernel measured faster than it, and
+ * one sequence's decode stays a GEMV. */
 #define AMX_MIN_N 4
 #include "matmul_amx_impl.h"
 

@@ -144,12 +144,48 @@ static void gemm(float *y, int64_t ldy, const sv_amx_operand *a, int64_t n, int6
     TILE_RELEASE(); /* back to the init state: the OS then need not save 8 KB of tiles per switch */
 }
 
+/* Few input rows (decode of several sequences at once): packing panels would cost more than the products,
+ * so the weights are the A operand as they lie in memory (16 rows of 32 BF16, ldw elements apart: each
+ * weight byte read once, straight from memory, nothing packed) and x is the B operand: xt holds x's BF16
+ * pairs transposed, one tile per K step (row p of tile s: the words (x[i][32s + 2p], x[i][32s + 2p + 1])
+ * for inputs i < 16, zero past n).  C = W x^T in blocks of 16 weight rows by 16 inputs, two blocks per step
+ * sharing the B tile, written transposed into y: y[i, r] = W[r, :] . x[i, :] + b[r] for i < n, r < rows,
+ * where w holds whole blocks of 16 rows (the driver pads a last partial one). */
+static void gemm_few(float *y, int64_t ldy, const uint32_t *xt, int64_t n, int64_t steps, const uint16_t *w,
+                     int64_t ldw, int64_t rows, const float *b) {
+    TILE_CONFIG(&CONFIG);
+    _Alignas(64) float c[2][M_BLOCK][16];
+    const int64_t w_bytes = ldw * (int64_t)sizeof *w;
+    for (int64_t r = 0; r < rows; r += 2 * M_BLOCK) {
+        const int two = rows - r > M_BLOCK;
+        const uint16_t *first = w + r * ldw, *second = first + M_BLOCK * ldw;
+        TILE_ZERO(0);
+        TILE_ZERO(1);
+        for (int64_t s = 0; s < steps; s++) {
+            TILE_LOAD(6, xt + s * M_BLOCK * 16, 16 * sizeof *xt);
+            TILE_LOAD(4, first + s * K_BLOCK, w_bytes);
+            TILE_DPBF16PS(0, 4, 6);
+            if (two) {
+                TILE_LOAD(5, second + s * K_BLOCK, w_bytes);
+                TILE_DPBF16PS(1, 5, 6);
+            }
+        }
+        TILE_STORE(0, &c[0][0][0], sizeof c[0][0]);
+        if (two) TILE_STORE(1, &c[1][0][0], sizeof c[1][0]);
+        for (int64_t k = 0; k < (two ? 2 : 1) * M_BLOCK && r + k < rows; k++)
+            for (int64_t i = 0; i < n; i++) y[i * ldy + r + k] = c[k / M_BLOCK][k % M_BLOCK][i] + (b ? b[r + k] : 0.0f);
+    }
+    TILE_RELEASE();
+}
+
 const sv_amx_isa AMX_TABLE = {
     .name = AMX_NAME,
     .min_n = AMX_MIN_N,
     .panel_width = PANEL,
     .k_align = K_BLOCK,
     .row_align = M_BLOCK,
+    .few_max_n = M_BLOCK,
     .pack = pack,
     .gemm = gemm,
+    .gemm_few = gemm_few,
 };
