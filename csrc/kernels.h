@@ -150,6 +150,9 @@ void sv_silu_mul(float *gate, const float *up, int64_t n);
 
 /* x = softmax(x) in place: x[n]. */
 void sv_softmax(float *x, int64_t n);
+/* The softmax's terms without the division: p[i] = e^(x[i] - max x) rounded to BF16 for i < n, zeros up to
+ * ld; returns their fp32 sum (of the unrounded terms), to divide by.  For the BF16 attention. */
+float sv_softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n);
 
 /* y += x: x, y [n]. */
 void sv_add(float *y, const float *x, int64_t n);

@@ -243,6 +243,23 @@ def test_softmax_matches_float64(isa, dim):
     np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dim", [1, 5, 16, 729, 4000])
+def test_softmax_bf16_terms_match_float64(isa, dim):
+    """The BF16 attention's softmax: terms e^(x - max) rounded to BF16 (zeros after them: the hook gives NaN
+    otherwise), over the sum it returns, are the softmax within a BF16 rounding."""
+    rng = np.random.default_rng(dim + 7)
+    x = (rng.standard_normal((4, dim)) * [[1], [10], [100], [1000]]).astype(np.float32)
+    x[0, 0] = -np.inf  # a masked score
+    if dim == 1:
+        x[0, 0] = 5.0
+    ref = torch.softmax(torch.from_numpy(x.astype(np.float64)), dim=-1).numpy()
+    y = op(isa, "softmax_bf16", x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, ref, rtol=2.0**-8 + 1e-5, atol=1e-30)
+    np.testing.assert_allclose(y.sum(1), 1.0, rtol=2.0**-8)
+
+
 # ---- the vision tower's fused BF16 attention ----
 
 def bf16_round(a: np.ndarray) -> np.ndarray:
@@ -273,8 +290,8 @@ def test_attention_bf16_matches_float64(n, heads, head_dim, threads, isa):
 
 
 def reference_attention(q, k, v, queries, heads, kv_heads, head_dim, scale, causal):
-    """float64 attention over BF16-rounded q * scale, k, v and probabilities (query i at position
-    keys - queries + i)."""
+    """float64 attention over BF16-rounded q * scale, k, v and softmax terms e^(s - max) (query i at position
+    keys - queries + i), divided by the terms' sum after the product with v, as the kernel does."""
     keys, group = k.shape[0], heads // kv_heads
     ref = np.empty((queries, heads * head_dim))
     visible = np.arange(keys)[None, :] <= (keys - queries + np.arange(queries))[:, None] if causal else True
@@ -282,9 +299,8 @@ def reference_attention(q, k, v, queries, heads, kv_heads, head_dim, scale, caus
         cols, kv = slice(h * head_dim, (h + 1) * head_dim), slice(h // group * head_dim, (h // group + 1) * head_dim)
         qh = bf16_round(q[:, cols].astype(np.float32) * np.float32(scale))
         scores = np.where(visible, qh @ bf16_round(k[:, kv]).T, -np.inf)
-        probs = np.exp(scores - scores.max(1, keepdims=True))
-        probs = bf16_round((probs / probs.sum(1, keepdims=True)).astype(np.float32))
-        ref[:, cols] = probs @ bf16_round(v[:, kv])
+        terms = np.exp(scores - scores.max(1, keepdims=True))
+        ref[:, cols] = bf16_round(terms.astype(np.float32)) @ bf16_round(v[:, kv]) / terms.sum(1, keepdims=True)
     return ref
 
 

@@ -19,12 +19,15 @@
  *   2. prepare, over heads x panels: q * scale rounded to BF16, and K and V^T
  *      (BF16 already: the split's, or the decoder's cache) into panels;
  *   3. attend, over heads x query blocks: the scores of a block of queries
- *      against the keys it sees (GEMM), softmax in fp32, the probabilities
- *      rounded to BF16 and multiplied into v (GEMM), written straight into out.
+ *      against the keys it sees (GEMM), the softmax's terms e^(s - max) in
+ *      fp32 rounded to BF16 as they are made, multiplied into v (GEMM),
+ *      written straight into out, and divided there by the terms' sum (a
+ *      pass over head_dim outputs instead of two over the scores).
  *
  * The roundings are the ones precision "bf16" makes everywhere (and
  * transformers' BF16 run keeps these tensors in BF16): q, k, v and the
- * probabilities; scores, softmax and sums stay fp32. */
+ * softmax's terms (relative rounding, so the same bound as rounding the
+ * probabilities); scores, softmax sums and products' sums stay fp32. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,13 +189,15 @@ static void attend_task(void *arg, int64_t begin, int64_t end, int thread) {
         const uint16_t *q16 = q16_of(j, h) + q0 * l->ldq;
         panels_gemm(j->kn, scores, lds, q16, l->ldq, nq, k_panel(j, g, 0), l->k_panel, seen);
         int64_t ldp = round_up(seen, k_align(j->kn));
+        float inv_sum[QUERY_BLOCK];
         for (int64_t i = 0; i < nq; i++) {
             int64_t row_seen = a->causal ? first + q0 + i + 1 : a->keys;
-            sv_softmax(scores + i * lds, row_seen);
-            j->kn->bf->round_rows(probs + i * ldp, ldp, scores + i * lds, 1, row_seen); /* zero past row_seen */
+            inv_sum[i] = 1.0f / sv_softmax_bf16(probs + i * ldp, ldp, scores + i * lds, row_seen); /* zero past */
         }
         float *out = o->out + q0 * o->ldo + h * a->head_dim;
         panels_gemm(j->kn, out, o->ldo, probs, ldp, nq, v_panel(j, g, 0), l->v_panel, a->head_dim);
+        for (int64_t i = 0; i < nq; i++) /* the softmax's division, on head_dim sums instead of seen terms */
+            for (int64_t d = 0; d < a->head_dim; d++) out[i * o->ldo + d] *= inv_sum[i];
     }
 }
 

@@ -117,6 +117,7 @@ typedef struct {
     void (*gelu_tanh)(float *x, int64_t n);
     void (*silu_mul)(float *gate, const float *up, int64_t n);
     void (*softmax)(float *x, int64_t n);
+    float (*softmax_bf16)(uint16_t *p, int64_t ld, const float *x, int64_t n);
     void (*add)(float *y, const float *x, int64_t n);
     void (*dot_rows)(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
                      float scale);

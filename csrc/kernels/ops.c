@@ -27,6 +27,8 @@ void sv_silu_mul(float *gate, const float *up, int64_t n) { ops()->silu_mul(gate
 
 void sv_softmax(float *x, int64_t n) { ops()->softmax(x, n); }
 
+float sv_softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) { return ops()->softmax_bf16(p, ld, x, n); }
+
 void sv_add(float *y, const float *x, int64_t n) { ops()->add(y, x, n); }
 
 void sv_dot_rows(float *out, const float *x, const float *rows, int64_t n_rows, int64_t len, int64_t stride,
@@ -55,6 +57,17 @@ sv_status sv_debug_op(const char *isa, const char *op, float *x, int64_t n, int6
     else if (strcmp(op, "add") == 0) k->add(x, other, n * dim);
     else if (strcmp(op, "softmax") == 0)
         for (int64_t i = 0; i < n; i++) k->softmax(x + i * dim, dim);
+    else if (strcmp(op, "softmax_bf16") == 0) { /* x = its BF16 terms over their sum: a softmax again */
+        uint16_t *p = malloc((size_t)(dim + 3) * sizeof *p);
+        if (!p) return sv_fail(SV_ERR_NOMEM, "out of memory");
+        for (int64_t i = 0; i < n; i++) {
+            p[dim] = p[dim + 1] = p[dim + 2] = 0xFFFF; /* the zero padding must overwrite these */
+            float sum = k->softmax_bf16(p, dim + 3, x + i * dim, dim);
+            int padded = p[dim] == 0 && p[dim + 1] == 0 && p[dim + 2] == 0;
+            for (int64_t c = 0; c < dim; c++) x[i * dim + c] = padded ? sv_bf16_to_float(p[c]) / sum : NAN;
+        }
+        free(p);
+    }
     else if (strcmp(op, "dot_rows") == 0 || strcmp(op, "dot_rows_bf16") == 0) {
         if (!other) return sv_fail(SV_ERR_ARG, "%s needs other", op);
         float *out = malloc((size_t)n * sizeof *out);

@@ -85,14 +85,51 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
-/* x = e^(x - max) / sum, in place: a pass for the max, one for the exponentials and their sum, one to scale. */
-static void softmax(float *x, int64_t n) {
+/* max(x[0:n]) in every lane. */
+static inline __m512 row_max(const float *x, int64_t n) {
     const int64_t full = n / 16 * 16;
     const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1);
     __m512 top = _mm512_set1_ps(x[0]);
     for (int64_t k = 0; k < full; k += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(x + k));
     top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, x + full));
-    const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    return _mm512_set1_ps(_mm512_reduce_max_ps(top));
+}
+
+/* 16 positive finite floats rounded to BF16, nearest even: add 0x7FFF and the kept part's lowest bit, keep
+ * the high half (ops_impl.h's rule). */
+static inline __m256i to_bf16(__m512 e) {
+    const __m512i u = _mm512_castps_si512(e);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16));
+}
+
+/* ops_impl.h's softmax_bf16 on 16 lanes: the max, then one pass that makes each term, adds it to the sum
+ * and stores it rounded. */
+static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
+    const int64_t full = n / 16 * 16;
+    const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1);
+    const __m512 max = row_max(x, n);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + k), max));
+        sum = _mm512_add_ps(sum, e);
+        _mm256_storeu_si256((__m256i *)(void *)(p + k), to_bf16(e));
+    }
+    if (tail) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + full), max));
+        sum = _mm512_mask_add_ps(sum, tail, sum, e);
+        _mm256_mask_storeu_epi16(p + full, tail, to_bf16(e));
+    }
+    for (int64_t i = n; i < ld; i++) p[i] = 0;
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* x = e^(x - max) / sum, in place: a pass for the max, one for the exponentials and their sum, one to scale. */
+static void softmax(float *x, int64_t n) {
+    const int64_t full = n / 16 * 16;
+    const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1);
+    const __m512 max = row_max(x, n);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t k = 0; k < full; k += 16) {
         __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + k), max));

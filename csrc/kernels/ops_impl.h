@@ -110,7 +110,7 @@ static void silu_mul(float *gate, const float *up, int64_t n) {
 }
 
 #ifndef OPS_OWN_SOFTMAX /* the includer may bring its own (ops_avx512.c) */
-static void softmax(float *x, int64_t n) {
+static float row_max(const float *x, int64_t n) {
     float lane_max[LANES];
     for (int l = 0; l < LANES; l++) lane_max[l] = x[0];
     int64_t k = 0;
@@ -119,6 +119,29 @@ static void softmax(float *x, int64_t n) {
     float max = x[0];
     for (; k < n; k++) max = x[k] > max ? x[k] : max;
     for (int l = 0; l < LANES; l++) max = lane_max[l] > max ? lane_max[l] : max;
+    return max;
+}
+
+/* p[i] = e^(x[i] - max) rounded to BF16 (nearest even) for i < n, 0 up to ld; returns the fp32 sum of the
+ * unrounded terms.  The softmax without its division, for the BF16 attention (attention.c), which divides
+ * the product with the values instead: one pass over the scores fewer, and the terms go to BF16 as they
+ * are made. */
+static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
+    const float max = row_max(x, n);
+    float sums[LANES] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        union { float f; uint32_t u; } e = {exp_poly(x[i] - max)};
+        sums[i % LANES] += e.f;
+        p[i] = (uint16_t)((e.u + 0x7FFFu + ((e.u >> 16) & 1u)) >> 16); /* finite, positive: no NaN case */
+    }
+    for (int64_t i = n; i < ld; i++) p[i] = 0;
+    float sum = 0.0f;
+    for (int l = 0; l < LANES; l++) sum += sums[l];
+    return sum;
+}
+
+static void softmax(float *x, int64_t n) {
+    const float max = row_max(x, n);
     for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i] - max);
     float inv = 1.0f / sum_lanes(x, n, 0);
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
@@ -158,6 +181,7 @@ const sv_ops OPS_TABLE = {
     .gelu_tanh = gelu_tanh,
     .silu_mul = silu_mul,
     .softmax = softmax,
+    .softmax_bf16 = softmax_bf16,
     .add = add,
     .dot_rows = dot_rows,
     .dot_rows_bf16 = dot_rows_bf16,
