@@ -104,9 +104,9 @@ static inline __m256i to_bf16(__m512 e) {
     return _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16));
 }
 
-/* ops_impl.h's softmax_bf16 on 16 lanes: the max, then one pass that makes each term, adds it to the sum
- * and stores it rounded. */
-static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
+/* e^(x - max x) for x[0:n], stored in fp32 to out (in place is fine) or, out NULL, rounded to BF16 in
+ * out16; returns the sum of the fp32 terms.  Inlined into each caller with its store fixed. */
+static inline __attribute__((always_inline)) float exp_pass(const float *x, int64_t n, float *out, uint16_t *out16) {
     const int64_t full = n / 16 * 16;
     const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1);
     const __m512 max = row_max(x, n);
@@ -114,34 +114,31 @@ static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
     for (int64_t k = 0; k < full; k += 16) {
         __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + k), max));
         sum = _mm512_add_ps(sum, e);
-        _mm256_storeu_si256((__m256i *)(void *)(p + k), to_bf16(e));
+        if (out) _mm512_storeu_ps(out + k, e);
+        else _mm256_storeu_si256((__m256i *)(void *)(out16 + k), to_bf16(e));
     }
     if (tail) {
         __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + full), max));
         sum = _mm512_mask_add_ps(sum, tail, sum, e);
-        _mm256_mask_storeu_epi16(p + full, tail, to_bf16(e));
+        if (out) _mm512_mask_storeu_ps(out + full, tail, e);
+        else _mm256_mask_storeu_epi16(out16 + full, tail, to_bf16(e));
     }
-    for (int64_t i = n; i < ld; i++) p[i] = 0;
     return _mm512_reduce_add_ps(sum);
+}
+
+/* ops_impl.h's softmax_bf16 on 16 lanes: the max, then one pass that makes each term, adds it to the sum
+ * and stores it rounded. */
+static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
+    const float sum = exp_pass(x, n, NULL, p);
+    for (int64_t i = n; i < ld; i++) p[i] = 0;
+    return sum;
 }
 
 /* x = e^(x - max) / sum, in place: a pass for the max, one for the exponentials and their sum, one to scale. */
 static void softmax(float *x, int64_t n) {
     const int64_t full = n / 16 * 16;
     const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1);
-    const __m512 max = row_max(x, n);
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t k = 0; k < full; k += 16) {
-        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + k), max));
-        _mm512_storeu_ps(x + k, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    if (tail) {
-        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + full), max));
-        _mm512_mask_storeu_ps(x + full, tail, e);
-        sum = _mm512_mask_add_ps(sum, tail, sum, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    const __m512 inv = _mm512_set1_ps(1.0f / exp_pass(x, n, x, NULL));
     for (int64_t k = 0; k < full; k += 16) _mm512_storeu_ps(x + k, _mm512_mul_ps(_mm512_loadu_ps(x + k), inv));
     if (tail) _mm512_mask_storeu_ps(x + full, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + full), inv));
 }
