@@ -17,7 +17,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "isa.h"
 
@@ -37,12 +36,6 @@ static double next_uniform(uint64_t *state) {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     return (double)((*state * 0x2545F4914F6CDD1Du) >> 11) / 9007199254740992.0 * 2.0 - 1.0; /* [-1, 1) */
-}
-
-static uint16_t to_bf16(float f) { /* nearest even; finite inputs */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 static double bf16_value(uint16_t h) { return (double)sv_bf16_to_float(h); }
@@ -83,9 +76,7 @@ static int few_agrees(const sv_amx_isa *amx, const check_shape *s, float *y, con
         snprintf(why, why_size, "out of memory");
         return 0;
     }
-    for (int64_t i = 0; i < s->n; i++)
-        for (int64_t p = 0; p < s->cols / 2; p++)
-            xt[p * m + i] = (uint32_t)xb[i * ldx + 2 * p] | (uint32_t)xb[i * ldx + 2 * p + 1] << 16;
+    for (int64_t i = 0; i < s->n; i++) sv_amx_few_column(xt, m, i, xb + i * ldx, s->cols);
     for (int64_t i = 0; i < (int64_t)s->n * s->rows; i++) y[i] = NAN;
     amx->gemm_few(y, s->rows, xt, s->n, steps, w, s->cols, s->rows, s->bias ? b : NULL);
     free(xt);
@@ -104,8 +95,8 @@ static int check_one(const sv_amx_isa *amx, const check_shape *s, uint64_t *stat
     int ok = xb && w && b && y && panel;
     if (!ok) snprintf(why, why_size, "out of memory");
     for (int64_t i = 0; ok && i < s->n; i++)
-        for (int64_t k = 0; k < s->cols; k++) xb[i * ldx + k] = to_bf16(sample(state, s->exact));
-    for (int64_t i = 0; ok && i < (int64_t)s->rows * s->cols; i++) w[i] = to_bf16(sample(state, s->exact));
+        for (int64_t k = 0; k < s->cols; k++) xb[i * ldx + k] = sv_float_to_bf16(sample(state, s->exact));
+    for (int64_t i = 0; ok && i < (int64_t)s->rows * s->cols; i++) w[i] = sv_float_to_bf16(sample(state, s->exact));
     for (int64_t r = 0; ok && r < s->rows; r++) b[r] = sample(state, 1);
     for (int64_t i = 0; ok && i < (int64_t)s->n * s->rows; i++) y[i] = NAN;
     for (int64_t r = 0; ok && r < s->rows; r += amx->panel_width) {

@@ -96,6 +96,11 @@ typedef struct {
                      int64_t ldw, int64_t rows, const float *b);
 } sv_amx_isa;
 
+/* Input i of gemm_few's xt (m = few_max_n columns): the BF16 row[0:k] (k even) as pairs, one word each. */
+static inline void sv_amx_few_column(uint32_t *xt, int64_t m, int64_t i, const uint16_t *row, int64_t k) {
+    for (int64_t p = 0; p < k / 2; p++) xt[p * m + i] = (uint32_t)row[2 * p] | (uint32_t)row[2 * p + 1] << 16;
+}
+
 /* The int8 dot kernels of load option quant (quant.h formats ST_Q8, ST_Q4): the driver
  * (matmul_quant.c) quantizes the activations once per matmul to int8 blocks, codes xq[n, ldq] with
  * scales xd[n, nb] and code sums xs[n, nb] (sv_q_quantize_activations), which every thread reads. */
@@ -210,6 +215,13 @@ static inline float sv_bits_to_float(uint32_t bits) {
 }
 
 static inline float sv_bf16_to_float(uint16_t h) { return sv_bits_to_float((uint32_t)h << 16); }
+
+/* x rounded to BF16, nearest even (finite x): add half an ulp of BF16 and the kept part's lowest bit, keep
+ * the high half. */
+static inline uint16_t sv_float_to_bf16(float x) {
+    union { float f; uint32_t u; } v = {x};
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
 
 /* F16 -> F32: the exponent and mantissa shifted into place read as a float
  * that is 2^112 too small (for subnormals too, exactly), so scale it; all-ones

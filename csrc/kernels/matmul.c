@@ -220,7 +220,7 @@ static int few_operand(matmul_job *j) {
     memset(xt, 0, (size_t)(K / 2 * m) * sizeof *xt);
     for (int64_t i = 0; i < j->n; i++) {
         rounder(j)(row, K, j->x + i * K, 1, K);
-        for (int64_t p = 0; p < K / 2; p++) xt[p * m + i] = (uint32_t)row[2 * p] | (uint32_t)row[2 * p + 1] << 16;
+        sv_amx_few_column(xt, m, i, row, K);
     }
     j->xb = (uint16_t *)(void *)xt;
     return 1;
@@ -486,10 +486,7 @@ void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
 }
 
 void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) { /* finite inputs: add half an ulp of BF16, ties to even, and truncate */
-        union { float f; uint32_t u; } v = {x[i]};
-        dst[i] = (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
-    }
+    for (int64_t i = 0; i < n; i++) dst[i] = sv_float_to_bf16(x[i]);
 }
 
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row) {

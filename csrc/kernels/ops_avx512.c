@@ -96,7 +96,7 @@ static inline __m512 row_max(const float *x, int64_t n) {
 }
 
 /* 16 positive finite floats rounded to BF16, nearest even: add 0x7FFF and the kept part's lowest bit, keep
- * the high half (ops_impl.h's rule). */
+ * the high half (isa.h's sv_float_to_bf16). */
 static inline __m256i to_bf16(__m512 e) {
     const __m512i u = _mm512_castps_si512(e);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));

@@ -130,9 +130,9 @@ static float softmax_bf16(uint16_t *p, int64_t ld, const float *x, int64_t n) {
     const float max = row_max(x, n);
     float sums[LANES] = {0};
     for (int64_t i = 0; i < n; i++) {
-        union { float f; uint32_t u; } e = {exp_poly(x[i] - max)};
-        sums[i % LANES] += e.f;
-        p[i] = (uint16_t)((e.u + 0x7FFFu + ((e.u >> 16) & 1u)) >> 16); /* finite, positive: no NaN case */
+        const float e = exp_poly(x[i] - max); /* finite: exp_poly clamps */
+        sums[i % LANES] += e;
+        p[i] = sv_float_to_bf16(e);
     }
     for (int64_t i = n; i < ld; i++) p[i] = 0;
     float sum = 0.0f;
