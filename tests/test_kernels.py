@@ -299,13 +299,15 @@ def assert_attention_close(out, ref):
 
 @pytest.mark.parametrize("queries,keys,heads,kv_heads,head_dim", [
     (1, 1, 1, 1, 1), (3, 3, 2, 1, 5), (7, 40, 4, 2, 16), (33, 33, 3, 3, 64),  # a first chunk: queries == keys
-    (70, 301, 6, 2, 64), (64, 97, 2, 1, 33)])  # later chunks: keys cached before the queries
+    (70, 301, 6, 2, 64), (64, 97, 2, 1, 33),  # later chunks: keys cached before the queries
+    (1, 40, 4, 2, 16), (1, 301, 6, 2, 64), (1, 97, 2, 1, 33), (1, 7, 1, 1, 72)])  # decode steps: one query
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("isa", ["avx512bf16", "amx"])
 def test_attention_bf16_kv_matches_float64(queries, keys, heads, kv_heads, head_dim, causal, threads, isa):
-    """The kernel as prompt chunks run it on the decoder's BF16 KV cache: grouped KV heads, the causal
-    mask offset by the keys cached before the chunk, V^T rows longer than the keys (the cache's capacity)."""
+    """The kernels as prompt chunks and decode steps (one query: the BF16 row kernels) run them on the
+    decoder's BF16 KV cache: grouped KV heads, the causal mask offset by the keys cached before the chunk,
+    V^T rows longer than the keys (the cache's capacity)."""
     rng = np.random.default_rng(queries * 1000 + keys)
     q = (rng.standard_normal((queries, heads * head_dim)) * 2).astype(np.float32)
     k, v = (rng.standard_normal((2, keys, kv_heads * head_dim)) * 2).astype(np.float32)

@@ -8,7 +8,9 @@
  *       and packed once per call (below);
  *   fp32: per head (self) or per KV head's group of query heads (cache), two
  *       sv_matmul products on gathered copies, scores = Q K^T and out = P V;
- *   one cached row (decode): dot products per head against the cache.
+ *   one cached row (decode): dot products per head against the cache, on
+ *       vdpbf16ps for a BF16 cache where the BF16 kernels run (q and the
+ *       softmax's terms rounded to BF16 as below).
  *
  * The fused path.  As two sv_matmul calls per head, each call re-rounded its
  * input, re-packed K (or the whole probability matrix) into panels and left a
@@ -399,6 +401,10 @@ struct sv_cached_attention {
     attn_kernels kn;       /* the fused path's kernels (BF16 cache); kn.bf NULL: chunks run in fp32 */
     void *fused;           /* its workspace */
     float *scores;         /* [threads, capacity]: one decoded query's attention row per thread */
+    /* Decoded queries against a BF16 cache where the BF16 kernels run (rows_bf; NULL without them: sv_ops'
+     * fp32 dot_rows): each thread's query and softmax terms in BF16, [threads, head_dim], [threads, capacity]. */
+    const sv_bf16_isa *rows_bf;
+    uint16_t *row_query, *row_terms;
     /* fp32 chunks, one KV head's group of query heads at a time: */
     float *group_q;        /* [group * max_queries, head_dim]: the queries of one KV head's group */
     float *group_scores;   /* room for [group * max_queries, capacity], used as [group * n, keys] */
@@ -424,6 +430,13 @@ sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cach
     size_t kv_bytes = c->bf16 ? sizeof(uint16_t) : sizeof(float);
     a->scores = malloc((size_t)(threads * cap) * sizeof(float));
     int ok = a->scores != NULL;
+    a->rows_bf = c->bf16 ? sv_bf16_isa_for(sv_isa_selected()) : NULL;
+    int64_t row_bf16 = a->rows_bf ? threads * (hd + cap) : 0; /* row_query and row_terms */
+    if (row_bf16) {
+        a->row_query = malloc((size_t)(threads * hd) * sizeof(uint16_t));
+        a->row_terms = malloc((size_t)(threads * cap) * sizeof(uint16_t));
+        ok = ok && a->row_query && a->row_terms;
+    }
     if (fused_size) {
         a->kn = kn;
         ok = ok && posix_memalign(&a->fused, 64, fused_size) == 0;
@@ -440,7 +453,7 @@ sv_cached_attention *sv_cached_attention_new(const sv_ctx *ctx, const sv_kv_cach
         return NULL;
     }
     a->bytes = (int64_t)fused_size + (threads * cap + group_rows * (2 * hd + cap)) * (int64_t)sizeof(float) +
-               vk * (int64_t)kv_bytes;
+               vk * (int64_t)kv_bytes + row_bf16 * (int64_t)sizeof(uint16_t);
     return a;
 }
 
@@ -448,6 +461,8 @@ void sv_cached_attention_free(sv_cached_attention *a) {
     if (!a) return;
     free(a->fused);
     free(a->scores);
+    free(a->row_query);
+    free(a->row_terms);
     free(a->group_q);
     free(a->group_scores);
     free(a->group_out);
@@ -482,11 +497,15 @@ typedef struct {
     const float *q;
 } rows_job;
 
-/* Items are (row, query head): softmax(q K^T / sqrt(hd)) V over the row's cached positions 0..pos. */
+/* Items are (row, query head): softmax(q K^T / sqrt(hd)) V over the row's cached positions 0..pos.  A BF16
+ * cache with the BF16 kernels: q * scale and the softmax's terms rounded to BF16 (as the fused path), both
+ * products on vdpbf16ps and the terms' sum divided out of the outputs; else fp32 products (the cache's
+ * values widened). */
 static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
     const rows_job *j = arg;
-    int64_t heads = j->a->heads;
-    float *scores = j->a->scores + (int64_t)thread * j->a->capacity;
+    const sv_cached_attention *a = j->a;
+    int64_t heads = a->heads;
+    float *scores = a->scores + (int64_t)thread * a->capacity;
     for (int64_t item = begin; item < end; item++) {
         int64_t r = item / heads, h = item % heads;
         const sv_kv_cache *c = j->caches[r];
@@ -494,14 +513,22 @@ static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
         int64_t base = cache_base(c, j->layer, h / group);
         const float *q = j->q + (r * heads + h) * hd;
         float *out = j->out + (r * heads + h) * hd;
-        if (c->bf16) {
+        if (c->bf16 && a->rows_bf) {
             const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
-            sv_dot_rows_bf16(scores, q, K, keys, hd, hd, j->a->scale);
+            uint16_t *query = a->row_query + (int64_t)thread * hd, *terms = a->row_terms + (int64_t)thread * a->capacity;
+            for (int64_t e = 0; e < hd; e++) out[e] = q[e] * a->scale; /* out: free until the last product */
+            a->rows_bf->round_rows(query, hd, out, 1, hd);
+            a->rows_bf->dot_rows(scores, query, K, keys, hd, hd, 1.0f);
+            float sum = sv_softmax_bf16(terms, keys, scores, keys);
+            a->rows_bf->dot_rows(out, terms, Vt, hd, keys, cap, 1.0f / sum);
+        } else if (c->bf16) {
+            const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
+            sv_dot_rows_bf16(scores, q, K, keys, hd, hd, a->scale);
             sv_softmax(scores, keys);
             sv_dot_rows_bf16(out, scores, Vt, hd, keys, cap, 1.0f);
         } else {
             const float *K = (const float *)c->k + base, *Vt = (const float *)c->vt + base;
-            sv_dot_rows(scores, q, K, keys, hd, hd, j->a->scale);
+            sv_dot_rows(scores, q, K, keys, hd, hd, a->scale);
             sv_softmax(scores, keys);
             sv_dot_rows(out, scores, Vt, hd, keys, cap, 1.0f);
         }
@@ -628,27 +655,44 @@ sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const floa
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     size_t bytes = fused_bytes(&kn, &a);
-    /* The decoder cache's layouts: K [kv_heads, keys, head_dim], V^T [kv_heads, head_dim, ldvt] with rows
-     * longer than keys (its capacity). */
-    int64_t ldvt = keys + 5, kvd = kv_heads * head_dim;
-    uint16_t *k16 = malloc((size_t)(kv_heads * keys * head_dim) * 2), *vt16 = malloc((size_t)(kvd * ldvt) * 2);
+    /* The decoder cache's layout (sv_kv_cache, one layer): K [kv_heads, capacity, head_dim], V^T [kv_heads,
+     * head_dim, capacity], with a capacity beyond the keys.  One query takes decode's path (row_task). */
+    int64_t cap = keys + 5, kvd = kv_heads * head_dim;
+    uint16_t *k16 = malloc((size_t)(kvd * cap) * 2), *vt16 = malloc((size_t)(kvd * cap) * 2);
+    sv_cached_attention rows = {.heads = heads, .max_queries = 1, .capacity = cap, .scale = scale, .rows_bf = kn.bf};
+    rows.scores = malloc((size_t)(threads * cap) * sizeof(float));
+    rows.row_query = malloc((size_t)(threads * head_dim) * sizeof(uint16_t));
+    rows.row_terms = malloc((size_t)(threads * cap) * sizeof(uint16_t));
     void *workspace = NULL;
     if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "the shapes are too big for the fused path");
-    else if (!k16 || !vt16 || posix_memalign(&workspace, 64, bytes) != 0) s = sv_fail(SV_ERR_NOMEM, "out of memory");
+    else if (!k16 || !vt16 || !rows.scores || !rows.row_query || !rows.row_terms ||
+             posix_memalign(&workspace, 64, bytes) != 0)
+        s = sv_fail(SV_ERR_NOMEM, "out of memory");
     if (s == SV_OK) {
         for (int64_t g = 0; g < kv_heads; g++)
             for (int64_t p = 0; p < keys; p++) {
-                sv_to_bf16(k16 + (g * keys + p) * head_dim, k + p * kvd + g * head_dim, head_dim);
+                sv_to_bf16(k16 + (g * cap + p) * head_dim, k + p * kvd + g * head_dim, head_dim);
                 for (int64_t d = 0; d < head_dim; d++)
-                    sv_to_bf16(vt16 + (g * head_dim + d) * ldvt + p, v + p * kvd + g * head_dim + d, 1);
+                    sv_to_bf16(vt16 + (g * head_dim + d) * cap + p, v + p * kvd + g * head_dim + d, 1);
             }
-        attn_operands o = {q, heads * head_dim, out, heads * head_dim, k16, keys * head_dim, head_dim,
-                                   vt16, head_dim * ldvt, ldvt};
-        fused(pool, &kn, workspace, &a, &o);
+        if (queries == 1) {
+            sv_kv_cache c = {1, kv_heads, head_dim, cap, 1, k16, vt16};
+            const sv_kv_cache *caches[1] = {&c};
+            int64_t pos = keys - 1;
+            rows_job j = {&rows, caches, &pos, 0, out, q};
+            sv_pool_run(pool, row_task, &j, heads);
+        } else {
+            attn_operands o = {q, heads * head_dim, out, heads * head_dim, k16, cap * head_dim, head_dim,
+                               vt16, head_dim * cap, cap};
+            fused(pool, &kn, workspace, &a, &o);
+        }
     }
     free(workspace);
     free(k16);
     free(vt16);
+    free(rows.scores);
+    free(rows.row_query);
+    free(rows.row_terms);
     sv_pool_free(pool);
     return s;
 }

@@ -62,6 +62,10 @@ typedef struct {
     void (*pack)(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t cols, int64_t r0, int64_t r1);
     void (*gemm)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const uint32_t *panel,
                  int64_t width, const float *b);
+    /* out[r] = scale * (xb[0:len] . rows[r * stride : r * stride + len]) for r < n_rows, both BF16 (decode
+     * attention against a BF16 cache; sv_ops' dot_rows_bf16 takes fp32 x instead). */
+    void (*dot_rows)(float *out, const uint16_t *xb, const uint16_t *rows, int64_t n_rows, int64_t len,
+                     int64_t stride, float scale);
 } sv_bf16_isa;
 
 /* The A operand of the AMX GEMM: BF16 rows of x, zero-padded to whole tiles (16 rows x 32 elements); the

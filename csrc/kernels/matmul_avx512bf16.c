@@ -216,6 +216,65 @@ static void gemm(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t
     else gemm_rows(y, ldy, xb, ldx, n, pairs, panel, m0, m1, b0, b1, 1);
 }
 
+/* out[r] = scale * (xb . rows[r * stride : r * stride + len]) for r < n_rows, all BF16: decode attention's
+ * two products against a BF16 KV cache (attention.c), q . each key row and the probabilities . each row of
+ * V^T.  16 rows side by side share each load of xb and one transpose sums all 16 (rows of 64 elements, the
+ * keys, would otherwise spend more on the sums across lanes than on the products); leftover rows one at a
+ * time.  On Intel the rows ahead are prefetched (where they follow one another, the keys, the block two
+ * ahead; else the next block's, a line per row as this block reads its own): decode attention reads the
+ * whole cache once per step and waited on it.  Decode of 8 q8 sequences after 256 tokens, Sapphire
+ * Rapids: attention 29 -> 25 ms a step (fp32 products over widened BF16 before); q8 decode at 1.5k
+ * context 14.1 -> 14.4 tok/s. */
+static void dot_rows(float *out, const uint16_t *xb, const uint16_t *rows, int64_t n_rows, int64_t len,
+                     int64_t stride, float scale) {
+    const int prefetch = sv_stream_prefetch() > 0; /* Intel only, as the GEMV's (gemv_rows) */
+    const int64_t full = len / 32 * 32;
+    const __mmask32 tail = (__mmask32)((1ull << (len - full)) - 1);
+    const __m512 scaled = _mm512_set1_ps(scale);
+    int64_t r = 0;
+    for (; r + 16 <= n_rows; r += 16) {
+        const uint16_t *block = rows + r * stride;
+        if (prefetch && stride == len)
+            for (int64_t line = 0; line < 16 * len * 2; line += 64)
+                __builtin_prefetch((const char *)(block + 32 * stride) + line, 0, 3);
+        __m512 acc[16];
+        UNROLL
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        const int ahead = prefetch && stride != len && r + 32 <= n_rows;
+        for (int64_t k = 0; k < full; k += 32) {
+            const __m512bh xv = BH(_mm512_loadu_si512(xb + k));
+            if (ahead)
+                UNROLL
+                for (int i = 0; i < 16; i++) __builtin_prefetch(block + (i + 16) * stride + k, 0, 3);
+            UNROLL
+            for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_dpbf16_ps(acc[i], xv, BH(_mm512_loadu_si512(block + i * stride + k)));
+        }
+        if (tail) {
+            const __m512bh xv = BH(_mm512_maskz_loadu_epi16(tail, xb + full));
+            UNROLL
+            for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_dpbf16_ps(acc[i], xv, BH(_mm512_maskz_loadu_epi16(tail, block + i * stride + full)));
+        }
+        transpose16(acc); /* acc[j] lane i: lane j of row i's sums */
+        UNROLL
+        for (int half = 8; half > 0; half /= 2)
+            UNROLL
+            for (int i = 0; i < half; i++) acc[i] = _mm512_add_ps(acc[i], acc[i + half]);
+        _mm512_storeu_ps(out + r, _mm512_mul_ps(acc[0], scaled));
+    }
+    for (; r < n_rows; r++) {
+        const uint16_t *row = rows + r * stride;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t k = 0; k < full; k += 32)
+            acc = _mm512_dpbf16_ps(acc, BH(_mm512_loadu_si512(xb + k)), BH(_mm512_loadu_si512(row + k)));
+        if (tail)
+            acc = _mm512_dpbf16_ps(acc, BH(_mm512_maskz_loadu_epi16(tail, xb + full)),
+                                   BH(_mm512_maskz_loadu_epi16(tail, row + full)));
+        out[r] = _mm512_reduce_add_ps(acc) * scale;
+    }
+}
+
 const sv_bf16_isa sv_bf16_isa_avx512bf16 = {
     .name = "avx512bf16",
     .round_rows = round_rows,
@@ -224,6 +283,7 @@ const sv_bf16_isa sv_bf16_isa_avx512bf16 = {
     .panel_width = PANEL,
     .pack = pack,
     .gemm = gemm,
+    .dot_rows = dot_rows,
 };
 
 #endif
