@@ -111,6 +111,9 @@ class Model:
         # One engine handle is not reentrant: calls into it are serialised (generations run on the
         # scheduler's engine thread, which takes the lock for each step).
         self._lock = threading.RLock()
+        # The tokenizer has its own: the engine never uses it, so a caller turning ids into text (or a new
+        # prompt into ids) need not wait for the decode step that holds _lock; close() takes both.
+        self._tokenizer_lock = threading.RLock()
         out = ffi.new("sv_model **")
         options = ffi.new("sv_load_options *", {"n_threads": threads or 0, "precision": _PRECISIONS[precision],
                                                 "quant": _QUANTS[quant]})
@@ -190,7 +193,7 @@ class Model:
                 raise errors.Error("cannot close a Model from inside its own generation callback; "
                                    "return True from on_token to stop, then close")
             self._scheduler.close()
-        with self._lock:
+        with self._lock, self._tokenizer_lock:
             if hasattr(self, "_states"):
                 self._states.clear()
             handle, self._handle = getattr(self, "_handle", None), None

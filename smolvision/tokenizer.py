@@ -25,11 +25,11 @@ class Tokenizer:
 
     def __init__(self, _handle, _owner: object = None) -> None:
         # _owner: the Model whose tokenizer this is (kept alive, never freed here).
-        # Calls hold the owner's lock (or our own), so close() never frees the
-        # tokenizer under a call running on another thread.
+        # Calls hold the owner's tokenizer lock (or our own), so close() never frees
+        # the tokenizer under a call running on another thread.
         self._handle = _handle
         self._owner = _owner
-        self._lock = _owner._lock if _owner is not None else threading.RLock()
+        self._lock = _owner._tokenizer_lock if _owner is not None else threading.RLock()
 
     @classmethod
     def from_file(cls, path: PathLike) -> Tokenizer:

@@ -387,3 +387,33 @@ def test_close_from_the_callback_of_the_last_piece_is_refused_not_a_deadlock(mha
         assert not worker.is_alive(), "close() from the last piece's callback waited for its own call"
         assert outcome["piece"] == answer and "inside its own generation callback" in str(outcome["error"])
         assert not model.closed
+
+
+def test_tokenizer_does_not_wait_for_a_decode_step(mha_dir):
+    """Turning ids into text (each streamed piece) and a prompt into ids must not wait for the step the
+    engine thread is running, which holds the model's lock: else every piece reached the caller a step
+    late (the first token a whole decode step after it was chosen)."""
+    with smolvision.load(mha_dir, threads=1) as model:
+        tokenizer = model.tokenizer
+        ids = tokenizer.encode("Hello there")
+        held, release = threading.Event(), threading.Event()
+
+        def decode_step() -> None:  # stands in for the engine thread's step
+            with model._lock:
+                held.set()
+                release.wait(120)
+
+        engine = threading.Thread(target=decode_step)
+        engine.start()
+        assert held.wait(60)
+        try:
+            done = []
+            caller = threading.Thread(target=lambda: done.append(
+                (tokenizer.decode(ids), tokenizer.encode("Hello there"), tokenizer.incremental_decoder().push(ids[0]))))
+            caller.start()
+            caller.join(timeout=30)  # the "step" lasts until released (or 120 s)
+            assert done and done[0][1] == ids, "the tokenizer waited for the model's lock"
+        finally:
+            release.set()
+            engine.join()
+            caller.join()
