@@ -137,6 +137,41 @@ void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
     }
 }
 
+void sv_q_dequantize_bf16(uint16_t *dst, const sv_matrix *W, int64_t r, int64_t g0) {
+    const int64_t nb = sv_q_blocks(W->cols);
+    const uint8_t *codes = sv_q_codes(W, r);
+    const uint16_t *scales = sv_q_scales(W, r);
+    for (int64_t grp = g0; grp * SV_QGROUP < nb; grp++) {
+        const int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+        uint16_t *out = dst + (grp - g0) * SV_QGROUP * SV_QBLOCK;
+        for (int64_t i = 0; i < SV_QBLOCK * g; i++) { /* chunk c = i / 4 g; block u = i % 4 g / 4 */
+            int64_t c = i / (4 * g), u = i % (4 * g) / 4;
+            int q;
+            if (W->dtype == ST_Q8) {
+                q = (int)codes[grp * SV_QGROUP * SV_QBLOCK + i] - 128;
+            } else {
+                int byte = codes[grp * SV_QGROUP * SV_QBLOCK / 2 + 4 * g * (c / 2) + i % (4 * g)];
+                q = ((c & 1) ? byte >> 4 : byte & 0xF) - 8;
+            }
+            out[i] = sv_float_to_bf16(sv_f16_to_float(scales[grp * SV_QGROUP + u]) * (float)q);
+        }
+    }
+}
+
+void sv_q_group_order(uint16_t *dst, const uint16_t *x, int64_t k) {
+    const int64_t nb = sv_q_blocks(k);
+    for (int64_t b = 0; b < nb; b++) { /* block b's chunk c (elements 4c .. 4c + 3) at sv_q_position */
+        const int64_t grp = b / SV_QGROUP, u = b % SV_QGROUP;
+        const int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
+        uint16_t *out = dst + grp * SV_QGROUP * SV_QBLOCK + 4 * u;
+        if ((b + 1) * SV_QBLOCK <= k) {
+            for (int64_t c = 0; c < SV_QBLOCK / 4; c++) memcpy(out + 4 * g * c, x + b * SV_QBLOCK + 4 * c, 4 * sizeof *x);
+        } else {
+            for (int64_t e = 0; e < SV_QBLOCK; e++) out[4 * g * (e / 4) + e % 4] = b * SV_QBLOCK + e < k ? x[b * SV_QBLOCK + e] : 0;
+        }
+    }
+}
+
 void sv_q_quantize_activations(int8_t *xq, float *xd, int32_t *xs, const float *x, int64_t k) {
     int64_t nb = sv_q_blocks(k);
     for (int64_t b = 0; b < nb; b++) {

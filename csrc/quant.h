@@ -75,6 +75,16 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
 /* dst[W.cols] = row r of the quantized W, as fp32 (exactly d * q). */
 void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r);
 
+/* Row r of the quantized W from group g0 on as BF16, d * q rounded to nearest even, in the codes' own order
+ * (element e at sv_q_position: nothing shuffled, the other operand takes that order instead, see
+ * sv_q_group_order): dst[(nb - 16 g0) * 32], zeros for the padding.  Portable C; the AMX kernels bring an
+ * AVX-512 one (matmul_amx.c). */
+void sv_q_dequantize_bf16(uint16_t *dst, const sv_matrix *W, int64_t r, int64_t g0);
+
+/* dst[nb * 32] = the BF16 row x[k] in the group order (dst[sv_q_position(e)] = x[e], zeros past k), so that
+ * its products with sv_q_dequantize_bf16's rows are x's products with W. */
+void sv_q_group_order(uint16_t *dst, const uint16_t *x, int64_t k);
+
 /* The byte of element e of a row in the group order (Q8 and activations; for Q4 halve the chunk:
  * byte 256 G + 4 g (c / 2) + 4 u + e % 4, the high nibble when c is odd). */
 static inline int64_t sv_q_position(int64_t nb, int64_t e, int64_t *chunk) {

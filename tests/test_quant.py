@@ -187,7 +187,9 @@ def test_quant_prefill_with_bf16_precision_rounds_both_operands_to_bf16(quant, i
     """precision "bf16", n above the dot kernel's limit, on a CPU with AVX512_BF16 (its BF16 GEMM) or AMX
     (the tiles): the dequantized weights and x rounded to BF16, products summed in fp32 (bound (K + 1) u
     sum|terms|, u = 2^-24); elsewhere it computes as the fp32 path, exactly."""
-    for rows, cols in [(33, 64), (45, 344), (17, 576), (40, 33)]:
+    # (AMX: W dequantized in the codes' group order, x's columns to match) partial groups of 2, 11 and 2
+    # blocks, one and two whole groups (+1 block), a partial block
+    for rows, cols in [(33, 64), (45, 344), (17, 576), (20, 2048), (24, 1040), (40, 33)]:
         rng = np.random.default_rng(rows * cols)
         w = rng.standard_normal((rows, cols)).astype(np.float32)
         x = rng.standard_normal((40, cols)).astype(np.float32)

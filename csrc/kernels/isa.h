@@ -98,6 +98,9 @@ typedef struct {
     int few_max_n;
     void (*gemm_few)(float *y, int64_t ldy, const uint32_t *xt, int64_t n, int64_t steps, const uint16_t *w,
                      int64_t ldw, int64_t rows, const float *b);
+    /* sv_q_dequantize_bf16 (quant.h) from group 0, the same values (vectorised where the tiles are real): a
+     * quantized W's rows for the GEMM, which then takes x's columns in the group order too. */
+    void (*dequantize_row)(uint16_t *dst, const sv_matrix *W, int64_t r);
 } sv_amx_isa;
 
 /* Input i of gemm_few's xt (m = few_max_n columns): the BF16 row[0:k] (k even) as pairs, one word each. */
@@ -182,8 +185,9 @@ const char *sv_amx_status(void);
  * exactly where every sum is exact in fp32, to fp32 rounding on real values (amx_check.c).  If not, or
  * out of memory, 0 and why. */
 int sv_amx_self_check(const sv_amx_isa *amx, char *why, size_t why_size);
-/* sv_matmul's AMX path for quantized weights (matmul_quant.c's prompts): each group of rows dequantized and
- * rounded to BF16, then multiplied on tiles as BF16 weights are.  0 (nothing done) where it does not run:
+/* sv_matmul's AMX path for quantized weights (matmul_quant.c's prompts): each group of rows dequantized to
+ * BF16 in the codes' group order (dequantize_row; x's columns put in the same order), then multiplied on
+ * tiles as BF16 weights are.  0 (nothing done) where it does not run:
  * no AMX, n not above its min_n, a shape beyond the scratch, or the shared buffer cannot grow. */
 int sv_matmul_amx_quant(sv_pool *pool, const sv_bf16_isa *bf16, const sv_amx_isa *amx, float *y, const float *x,
                         int64_t n, const sv_matrix *W, const float *b);

@@ -143,39 +143,46 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 }
 
 /* The AMX path's x: xb rounded into whole tiles, each 16 rows x 32 elements contiguous (isa.h,
- * sv_amx_operand); items are blocks of 16 rows, those past n zero. */
+ * sv_amx_operand); items are blocks of 16 rows, those past n zero.  Quantized W: the columns in the group
+ * order of its dequantized rows (bf16_rows). */
 static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     const int64_t k = j->W->cols, tk = j->amx->k_align, tr = j->amx->row_align, steps = j->ldx / tk;
+    const int quant = sv_dtype_is_quant(j->W->dtype);
     uint16_t *row = (uint16_t *)sv_pool_scratch(j->pool, thread); /* one row rounded, zero-padded to ldx */
+    uint16_t *ordered = row + j->ldx;
     for (int64_t t = begin; t < end; t++)
         for (int64_t r = 0; r < tr; r++) {
             int64_t i = t * tr + r;
-            if (i < j->n)
+            const uint16_t *src = row;
+            if (i < j->n) {
                 rounder(j)(row, j->ldx, j->x + i * k, 1, k);
-            else
+                if (quant) {
+                    sv_q_group_order(ordered, row, k);
+                    src = ordered;
+                }
+            } else {
                 memset(row, 0, (size_t)j->ldx * sizeof *row);
+            }
             for (int64_t s = 0; s < steps; s++)
-                memcpy(j->xb + t * tr * j->ldx + s * tr * tk + r * tk, row + s * tk, (size_t)tk * sizeof *row);
+                memcpy(j->xb + t * tr * j->ldx + s * tr * tk + r * tk, src + s * tk, (size_t)tk * sizeof *row);
         }
 }
 
-/* Rows [r0, r1) of W as BF16 rows K apart: BF16 weights as they are; quantized ones dequantized and rounded
- * into rows16 (sv_matmul_amx_quant), through one fp32 row. */
-static const uint16_t *bf16_rows(const matmul_job *j, int64_t r0, int64_t r1, uint16_t *rows16, float *row) {
-    const int64_t K = j->W->cols;
-    if (!sv_dtype_is_quant(j->W->dtype)) return (const uint16_t *)j->W->data + r0 * K;
-    for (int64_t r = r0; r < r1; r++) {
-        sv_q_dequantize_row(row, j->W, r);
-        rounder(j)(rows16 + (r - r0) * K, K, row, 1, K);
-    }
+/* Rows [r0, r1) of W as BF16 rows, and their length (the stride and the columns the panels take): BF16
+ * weights as they are (W.cols); quantized ones dequantized into rows16 in the group order (the AMX kernels'
+ * dequantize_row; ldx columns, the padding zeros), which x's tiles follow (round_tiles_task). */
+static const uint16_t *bf16_rows(const matmul_job *j, int64_t r0, int64_t r1, uint16_t *rows16, int64_t *cols) {
+    *cols = sv_dtype_is_quant(j->W->dtype) ? j->ldx : j->W->cols;
+    if (!sv_dtype_is_quant(j->W->dtype)) return (const uint16_t *)j->W->data + r0 * *cols;
+    for (int64_t r = r0; r < r1; r++) j->amx->dequantize_row(rows16 + (r - r0) * *cols, j->W, r);
     return rows16;
 }
 
 /* Panels are packed a group at a time (up to AMX_GROUP_BYTES, in the thread's scratch) and x is taken
  * AMX_X_CHUNK_BYTES of rows at a time against the whole group: both then stay in L2, and x is read from
  * memory once per group rather than once per panel.  Quantized weights: the group's rows dequantized to
- * BF16 after the panels in the scratch (as many bytes again), then one fp32 row. */
+ * BF16 after the panels in the scratch (as many bytes again). */
 static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     const sv_amx_isa *amx = j->amx;
@@ -190,12 +197,11 @@ static void amx_task(void *arg, int64_t begin, int64_t end, int thread) {
     if (chunk < 2 * tr) chunk = 2 * tr; /* two A tiles: each B tile load then serves two products */
     uint32_t *panels = (uint32_t *)sv_pool_scratch(j->pool, thread);
     uint16_t *rows16 = (uint16_t *)(void *)((char *)panels + AMX_GROUP_BYTES);
-    float *row = (float *)(void *)((char *)rows16 + AMX_GROUP_BYTES);
     for (int64_t g = r0; g < r1; g += group * width) {
-        int64_t g1 = g + group * width < r1 ? g + group * width : r1;
-        const uint16_t *w = bf16_rows(j, g, g1, rows16, row); /* row g first */
+        int64_t g1 = g + group * width < r1 ? g + group * width : r1, cols;
+        const uint16_t *w = bf16_rows(j, g, g1, rows16, &cols); /* row g first */
         for (int64_t r = g; r < g1; r += width)
-            amx->pack(panels + (r - g) / width * panel_words, w, j->W->cols, j->W->cols, r - g,
+            amx->pack(panels + (r - g) / width * panel_words, w, cols, cols, r - g,
                       (r + width < g1 ? r + width : g1) - g);
         for (int64_t i = 0; i < j->n; i += chunk) {
             sv_amx_operand a = {j->xb + i * j->ldx, tk * (int64_t)sizeof *j->xb, tr * tk, tr * j->ldx};
@@ -386,7 +392,8 @@ static int round_for_bf16(matmul_job *job, int measured) {
     if (job->W->dtype != ST_BF16 && !quant) return 0;
     if (amx && job->n > amx->min_n &&
         round_up(job->W->cols, amx->k_align) / 2 * amx->panel_width * (int64_t)sizeof(uint32_t) <= AMX_GROUP_BYTES &&
-        2 * AMX_GROUP_BYTES + job->W->cols * (int64_t)sizeof(float) <= SV_POOL_SCRATCH_BYTES)
+        2 * AMX_GROUP_BYTES <= SV_POOL_SCRATCH_BYTES && 2 * round_up(job->W->cols, amx->k_align) *
+        (int64_t)sizeof(uint16_t) <= SV_POOL_SCRATCH_BYTES) /* amx_task's; round_tiles_task's two rows */
         job->amx = amx;
     if ((!job->bf16 && !job->amx) || (quant && !job->amx)) return 0;
     if (!job->amx && measured && job->n > job->bf16->dot_max_n && !bf16_gemm_wins()) return 0;

@@ -6,6 +6,7 @@
  * AMX.  The panels are packed in plain C into the layout isa.h gives
  * sv_bf16_isa's pack (which the real build calls instead). */
 #define SV_AMX_EMULATED
+#include "../quant.h"
 #include "isa.h"
 
 /* panel[p, c] = W[r0 + c, 2p] | W[r0 + c, 2p + 1] << 16 for p < ceil(cols / 2), c < PANEL; zero past the
@@ -19,6 +20,8 @@ static void pack_pairs(uint32_t *panel, const uint16_t *w, int64_t ldw, int64_t 
             panel[p * 32 + c] = lo | hi << 16;
         }
 }
+
+static void dequantize_row(uint16_t *dst, const sv_matrix *W, int64_t r) { sv_q_dequantize_bf16(dst, W, r, 0); }
 
 #define AMX_TABLE sv_amx_isa_emulated
 #define AMX_NAME "amx-emulated"

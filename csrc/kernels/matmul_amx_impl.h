@@ -6,6 +6,8 @@
  *   AMX_MIN_N             its min_n
  *   pack_pairs(panel, w, ldw, cols, r0, r1)
  *                         sv_bf16_isa's pack for PANEL columns (isa.h layout)
+ *   dequantize_row(dst, W, r)
+ *                         sv_q_dequantize_bf16 from group 0 (quant.h), or a faster one
  * Everything else here is plain C, so the emulated build runs it unchanged.
  *
  * TDPBF16PS multiplies a 16 x 32 BF16 tile A by a 32 x 16 BF16 tile B into
@@ -188,4 +190,5 @@ const sv_amx_isa AMX_TABLE = {
     .pack = pack,
     .gemm = gemm,
     .gemm_few = gemm_few,
+    .dequantize_row = dequantize_row,
 };
