@@ -17,6 +17,7 @@ import pytest
 
 import smolvision
 from helpers import write_image
+from smolvision._native import lib
 from smolvision.generation import Prompt, SamplingParams
 from smolvision.scheduler import Call, Ended
 
@@ -146,16 +147,16 @@ def test_max_sequences_bounds_the_batch_and_the_rest_wait(gqa_dir, alone):
 
 def test_a_long_prompt_is_read_in_chunks_between_decode_steps(gqa_dir, alone, tmp_path):
     photo = write_image(tmp_path / "photo.png", seed=4)
-    long_prompt = "Here is a long story about lighthouses. " * 160  # well over one 512-token chunk
+    long_prompt = "Here is a long story about lighthouses. " * 320  # over two chunks (SV_PREFILL_CHUNK)
     requests = [dict(prompt=QUESTIONS[1], max_tokens=40), dict(prompt=long_prompt, images=[photo], max_tokens=5)]
     engine = Recorded(gqa_dir)
     with engine.model as model:
         results = engine.run([lambda r=r: model.generate(**r) for r in requests])
     log = engine.log
     long_tokens = results[1].prompt_tokens
-    assert long_tokens > 2 * 512
+    assert long_tokens > 2 * lib.SV_PREFILL_CHUNK
     chunks = [i for i, (kind, n) in enumerate(log) if kind == "chunk" and n == long_tokens]
-    assert len(chunks) == math.ceil(long_tokens / 512), log  # chunks of at most 512 tokens
+    assert len(chunks) == math.ceil(long_tokens / lib.SV_PREFILL_CHUNK), log  # chunks of at most SV_PREFILL_CHUNK
     # The first call kept decoding between the long prompt's chunks.
     assert all(("decode", 1) in log[a + 1:b] for a, b in zip(chunks, chunks[1:])), log
     for request, result in zip(requests, results):

@@ -107,7 +107,7 @@ def test_image_token_logits_match_transformers(any_model_dir):
     assert relative_error(swapped, ref) > 10 * TOLERANCE
 
 
-# Prefill runs in chunks of at most 512 rows (decoder.c PREFILL_CHUNK); the decoder
+# Prefill runs in chunks of at most SV_PREFILL_CHUNK rows (smolvision.h); the decoder
 # state is the KV cache plus scratch linear in the context:
 #   4 * (2 * layers * kv_heads * head_dim * capacity                       KV cache
 #        + chunk * (2 * hidden + 2 * heads * head_dim + 2 * kv_heads * head_dim
@@ -115,12 +115,12 @@ def test_image_token_logits_match_transformers(any_model_dir):
 #        + group * chunk * (2 * head_dim + capacity)                       one GQA group's Q, P, out
 #        + head_dim * capacity + threads * capacity + vocab)               V^T of the keys, decode rows, logits
 #   + 4 * capacity + 16 * chunk                                            token history, each row's position and cache
-# with capacity = the context rounded up to 256, chunk = min(512, capacity)
+# with capacity = the context rounded up to 256, chunk = min(SV_PREFILL_CHUNK, capacity)
 # and group = heads / kv_heads: no [n, n] buffer exists at any length.
 def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
     t = config.text
     capacity = min(-(-n_tokens // 256) * 256, t.max_position_embeddings)
-    chunk = min(512, capacity)
+    chunk = min(lib.SV_PREFILL_CHUNK, capacity)
     group = t.num_attention_heads // t.num_key_value_heads
     q_dim, kv_dim = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
     per_row = 2 * t.hidden_size + 2 * q_dim + 2 * kv_dim + 2 * t.intermediate_size + t.head_dim
@@ -131,7 +131,7 @@ def decoder_state_bound(config, n_tokens: int, threads: int) -> int:
 
 
 def test_long_prompt_matches_transformers_with_linear_scratch(gqa_dir):
-    n = 3000
+    n = 6000  # several chunks (SV_PREFILL_CHUNK), so the scratch's n x chunk terms stay below n x n
     base = text_ids(gqa_dir, PROMPT * 4)
     ids = (base * (n // len(base) + 1))[:n]
     threads = 2

@@ -6,6 +6,7 @@ import pytest
 
 import smolvision
 from helpers import write_image
+from smolvision._native import lib
 
 QUESTIONS = ["Describe the picture.", "What is the weather like today in the old harbour town?",
              "Count to five.", "Write a haiku about lighthouses and the sea at night, please."]
@@ -97,6 +98,6 @@ def test_a_failing_request_does_not_disturb_the_others(models):
 
 
 def test_max_sequences_is_checked(gqa_dir):
-    for bad in (0, 513, 1.5, None):
+    for bad in (0, lib.SV_PREFILL_CHUNK + 1, 1.5, None):
         with pytest.raises(smolvision.InputError, match="max_sequences"):
             smolvision.load(gqa_dir, max_sequences=bad)
