@@ -139,11 +139,16 @@ def test_load_16_clients(mha_dir, requests, monkeypatch):
     try:
         # The warm level is taken after the very requests measured below have run once: the engine's
         # scratch grows to the largest batch and context it has seen and keeps that (by design), so a
-        # smaller warm-up would count that growth as a leak.  The second pass then adds nothing but leaks.
+        # smaller warm-up would count that growth as a leak.  The passes after it add nothing but leaks,
+        # and a leak adds to each of them: two are measured, and the smaller growth must stay within the
+        # slack (one pass alone once grew 9 MB, its twin 1 MB: heap placement, HTTP threads).
         run_load(proc.url, make_specs(WARMUP, seed=1) + make_specs(requests, seed=2))
         time.sleep(0.5)
         warm_kb = proc.rss_kb()
         outcomes = run_load(proc.url, make_specs(requests, seed=2))
+        time.sleep(0.5)
+        middle_kb = proc.rss_kb()
+        run_load(proc.url, make_specs(requests, seed=2))
         time.sleep(0.5)
         after_kb = proc.rss_kb()
         assert metric(proc.url, "smolvision_running_sequences") == 0
@@ -166,7 +171,8 @@ def test_load_16_clients(mha_dir, requests, monkeypatch):
                     assert o.completion_tokens == len(expected.token_ids)
         print(f"load: {len(completed)} completed, {statuses.count(503)} answers 503, "
               f"{sum(o.spec.disconnect for o in outcomes)} disconnects; RSS warm {warm_kb / 1024:.1f} MB, "
-              f"after {after_kb / 1024:.1f} MB; load phase {load_s:.1f} s, checking {time.monotonic() - start - load_s:.1f} s")
-        assert after_kb - warm_kb < RSS_SLACK_KB, (warm_kb, after_kb)
+              f"after one pass {middle_kb / 1024:.1f} MB, two {after_kb / 1024:.1f} MB; load phase {load_s:.1f} s, "
+              f"checking {time.monotonic() - start - load_s:.1f} s")
+        assert min(middle_kb - warm_kb, after_kb - middle_kb) < RSS_SLACK_KB, (warm_kb, middle_kb, after_kb)
     finally:
         assert proc.stop() == 0
