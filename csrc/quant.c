@@ -109,6 +109,14 @@ void sv_q_quantize_row(st_dtype t, uint8_t *codes, uint16_t *scales, const float
     }
 }
 
+/* The signed code q at byte `lane` (4 u + j: element 4 c + j of block u) of chunk c in group grp of g blocks
+ * of a row's codes (quant.h's layout; Q4: chunk c's nibbles share their bytes with chunk c ^ 1's). */
+static inline int stored_code(st_dtype t, const uint8_t *codes, int64_t grp, int64_t g, int64_t c, int64_t lane) {
+    if (t == ST_Q8) return (int)codes[grp * SV_QGROUP * SV_QBLOCK + 4 * g * c + lane] - 128;
+    int byte = codes[grp * SV_QGROUP * SV_QBLOCK / 2 + 4 * g * (c / 2) + lane];
+    return ((c & 1) ? byte >> 4 : byte & 0xF) - 8;
+}
+
 void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
     const uint8_t *codes = sv_q_codes(W, r);
     const uint16_t *scales = sv_q_scales(W, r);
@@ -121,16 +129,7 @@ void sv_q_dequantize_row(float *dst, const sv_matrix *W, int64_t r) {
             int64_t b = grp * SV_QGROUP + u;
             float d = sv_f16_to_float(scales[b]);
             for (int64_t c = 0; c < SV_QBLOCK / 4; c++)
-                for (int64_t j = 0; j < 4; j++) {
-                    int q;
-                    if (W->dtype == ST_Q8) {
-                        q = (int)codes[grp * SV_QGROUP * SV_QBLOCK + 4 * g * c + 4 * u + j] - 128;
-                    } else {
-                        int byte = codes[grp * SV_QGROUP * SV_QBLOCK / 2 + 4 * g * (c / 2) + 4 * u + j];
-                        q = ((c & 1) ? byte >> 4 : byte & 0xF) - 8;
-                    }
-                    block[4 * c + j] = d * (float)q;
-                }
+                for (int64_t j = 0; j < 4; j++) block[4 * c + j] = d * (float)stored_code(W->dtype, codes, grp, g, c, 4 * u + j);
             int64_t c0 = b * SV_QBLOCK, len = cols - c0 < SV_QBLOCK ? cols - c0 : SV_QBLOCK;
             memcpy(dst + c0, block, (size_t)len * sizeof *dst);
         }
@@ -144,16 +143,10 @@ void sv_q_dequantize_bf16(uint16_t *dst, const sv_matrix *W, int64_t r, int64_t 
     for (int64_t grp = g0; grp * SV_QGROUP < nb; grp++) {
         const int64_t g = nb - grp * SV_QGROUP < SV_QGROUP ? nb - grp * SV_QGROUP : SV_QGROUP;
         uint16_t *out = dst + (grp - g0) * SV_QGROUP * SV_QBLOCK;
-        for (int64_t i = 0; i < SV_QBLOCK * g; i++) { /* chunk c = i / 4 g; block u = i % 4 g / 4 */
-            int64_t c = i / (4 * g), u = i % (4 * g) / 4;
-            int q;
-            if (W->dtype == ST_Q8) {
-                q = (int)codes[grp * SV_QGROUP * SV_QBLOCK + i] - 128;
-            } else {
-                int byte = codes[grp * SV_QGROUP * SV_QBLOCK / 2 + 4 * g * (c / 2) + i % (4 * g)];
-                q = ((c & 1) ? byte >> 4 : byte & 0xF) - 8;
-            }
-            out[i] = sv_float_to_bf16(sv_f16_to_float(scales[grp * SV_QGROUP + u]) * (float)q);
+        for (int64_t i = 0; i < SV_QBLOCK * g; i++) { /* chunk c = i / 4 g, byte i % 4 g of it, block u */
+            int64_t c = i / (4 * g), lane = i % (4 * g), u = lane / 4;
+            out[i] = sv_float_to_bf16(sv_f16_to_float(scales[grp * SV_QGROUP + u]) *
+                                      (float)stored_code(W->dtype, codes, grp, g, c, lane));
         }
     }
 }
