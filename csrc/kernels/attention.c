@@ -144,6 +144,14 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
     return (uint32_t *)(j->ws + j->l.vp) + (g * j->l.v_panels + p) * j->l.v_panel;
 }
 
+/* dst[0:ld] = q[0:hd] * scale rounded to BF16, zero-padded: the query as both BF16 paths (the fused chunks and
+ * decode's rows) multiply it; scaled[hd] is the caller's fp32 scratch. */
+static void round_scaled_query(const sv_bf16_isa *bf, uint16_t *dst, int64_t ld, const float *q, float scale,
+                               int64_t hd, float *scaled) {
+    for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * scale;
+    bf->round_rows(dst, ld, scaled, 1, hd);
+}
+
 /* Items: one per query head, rounding its queries (q16[h] = q[:, head h] * scale); then per KV head its
  * K panels and V^T panels. */
 static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
@@ -155,11 +163,9 @@ static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
     float *scaled = sv_pool_scratch(j->pool, thread);
     for (int64_t item = begin; item < end; item++) {
         if (item < a->heads) {
-            for (int64_t i = 0; i < a->queries; i++) {
-                const float *q = o->q + i * o->ldq + item * hd;
-                for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * a->scale;
-                j->kn->bf->round_rows(q16_of(j, item) + i * l->ldq, l->ldq, scaled, 1, hd);
-            }
+            for (int64_t i = 0; i < a->queries; i++)
+                round_scaled_query(j->kn->bf, q16_of(j, item) + i * l->ldq, l->ldq, o->q + i * o->ldq + item * hd,
+                                   a->scale, hd, scaled);
             continue;
         }
         int64_t g = (item - a->heads) / per_kv_head, p = (item - a->heads) % per_kv_head;
@@ -516,8 +522,7 @@ static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
         if (c->bf16 && a->rows_bf) {
             const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
             uint16_t *query = a->row_query + (int64_t)thread * hd, *terms = a->row_terms + (int64_t)thread * a->capacity;
-            for (int64_t e = 0; e < hd; e++) out[e] = q[e] * a->scale; /* out: free until the last product */
-            a->rows_bf->round_rows(query, hd, out, 1, hd);
+            round_scaled_query(a->rows_bf, query, hd, q, a->scale, hd, out); /* out: free until the last product */
             a->rows_bf->dot_rows(scores, query, K, keys, hd, hd, 1.0f);
             float sum = sv_softmax_bf16(terms, keys, scores, keys);
             a->rows_bf->dot_rows(out, terms, Vt, hd, keys, cap, 1.0f / sum);

@@ -173,8 +173,11 @@ static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) 
  * weights as they are (W.cols); quantized ones dequantized into rows16 in the group order (the AMX kernels'
  * dequantize_row; ldx columns, the padding zeros), which x's tiles follow (round_tiles_task). */
 static const uint16_t *bf16_rows(const matmul_job *j, int64_t r0, int64_t r1, uint16_t *rows16, int64_t *cols) {
-    *cols = sv_dtype_is_quant(j->W->dtype) ? j->ldx : j->W->cols;
-    if (!sv_dtype_is_quant(j->W->dtype)) return (const uint16_t *)j->W->data + r0 * *cols;
+    if (!sv_dtype_is_quant(j->W->dtype)) {
+        *cols = j->W->cols;
+        return (const uint16_t *)j->W->data + r0 * *cols;
+    }
+    *cols = j->ldx;
     for (int64_t r = r0; r < r1; r++) j->amx->dequantize_row(rows16 + (r - r0) * *cols, j->W, r);
     return rows16;
 }
