@@ -66,7 +66,7 @@ DOT_ROWS_AVX512(dot_rows, float, load_f32)
 DOT_ROWS_AVX512(dot_rows_bf16, uint16_t, load_bf16)
 
 /* ops_impl.h's exp_poly on 16 lanes: e^x for x clamped to [-87, 88], x = m ln2 + r, e^r by its degree-7
- * Taylor series, 2^m built in the exponent field. */
+ * Taylor series, times 2^m (vscalefps, exact as ops_impl.h's product with 2^m built in the exponent field). */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
     const __m512 round = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
@@ -81,8 +81,7 @@ static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(m), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+    return _mm512_scalef_ps(p, m); /* p 2^m in one instruction: m is an integer in [-126, 127] */
 }
 
 /* max(x[0:n]) in every lane. */
