@@ -25,7 +25,9 @@ Q4_K_M.  The first run converts the model once into the smolvision cache (second
 Machine limits (the last column) come from bench/machine_limits.c compiled on the fly:
 read bandwidth and FP32/BF16 FMA peaks with the same thread count (from the threads' CPU
 time, which on an idle machine is the wall time and on a shared one still the hardware's).  Decode's limit is
-the BF16 decoder weights streamed once per token at that bandwidth; prefill, vision and
+the BF16 decoder weights streamed once per token at that bandwidth, and at the bandwidth the model's
+own weight files read at where the page cache holds them (the pages BF16 decode streams: on a VM
+their speed varies with where they landed); prefill, vision and
 the end-to-end run are bounded by their FLOPs at the FP32 peak (BF16 peak in brackets).
 Ratios are speedups of smolvision over the best peer with the same kind of weights (BF16
 against transformers BF16 and llama.cpp BF16; with --quant, q8 against Q8_0 and q4 against
@@ -262,8 +264,9 @@ def run_engine(name: str, args: argparse.Namespace) -> dict | None:
 
 # ---------------------------------------------------------------- machine limits
 
-def machine_limits(threads: int, quick: bool) -> dict | None:
-    """Bandwidth and FMA peaks from bench/machine_limits.c, or None with a message if it cannot run."""
+def machine_limits(threads: int, quick: bool, weight_files: list[Path]) -> dict | None:
+    """Bandwidth and FMA peaks from bench/machine_limits.c, or None with a message if it cannot run; also the
+    read bandwidth of weight_files' pages where the page cache holds them (what decode streams)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if platform.machine() not in ("x86_64", "AMD64") or compiler is None:
         log("machine limits: needs an x86-64 C compiler; column left empty")
@@ -276,7 +279,8 @@ def machine_limits(threads: int, quick: bool) -> dict | None:
             log(f"machine limits: compiling failed, column left empty:\n{build.stderr}")
             return None
         sizes = ["64", "1"] if quick else ["2048", "20"]  # MB read, millions of FMA rounds
-        run = subprocess.run([str(binary), str(threads), *sizes], capture_output=True, text=True)
+        run = subprocess.run([str(binary), str(threads), *sizes, *map(str, weight_files)], capture_output=True,
+                             text=True)
     if run.returncode != 0:
         log(f"machine limits: {run.stderr.strip()}; column left empty")
         return None
@@ -331,6 +335,8 @@ def limit_cells(limits: dict | None, costs: Costs, work: Workload, e2e: dict | N
     # q8 / q4 store 8.5 / 4.5 bits a weight (blocks of 32 with an fp16 scale) instead of BF16's 16
     decode_limit = (f"≤ {_number(bw / costs.decode_bytes)} tok/s (BF16 weights at that bandwidth; "
                     f"q8 {_number(bw / (costs.decode_bytes * 8.5 / 16))}, q4 {_number(bw / (costs.decode_bytes * 4.5 / 16))})")
+    if limits.get("file_read_gb_s_cpu"):  # BF16 decode reads the file's pages (q8 / q4: fresh anonymous memory)
+        decode_limit += f"; BF16 {_number(limits['file_read_gb_s_cpu'] * 1e9 / costs.decode_bytes)} at its pages' bandwidth"
     cells = {
         "vision": compute(costs.tile_flops, "s", False),
         "prefill": compute(costs.prefill_flops(work.prefill_tokens) / work.prefill_tokens, "tok/s", True),
@@ -490,7 +496,7 @@ def sequence_rows(args: argparse.Namespace, work: Workload) -> str:
 def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[str]) -> None:
     """The phase table: every engine on vision, prefill, decode, end to end and peak RSS."""
     log("measuring the machine limits")
-    limits = machine_limits(args.threads, args.quick)
+    limits = machine_limits(args.threads, args.quick, sorted(Path(args.model).glob("*.safetensors")))
     engines: dict = {"smolvision": None}
     for round_ in range(max(args.rounds, 1)):
         if args.rounds > 1:
@@ -534,6 +540,11 @@ def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[
         cpu_bf16 = f", BF16 {limits['bf16_gflop_s_cpu']}" if limits["bf16_gflop_s_cpu"] else ""
         print(f"  (from CPU time, i.e. what an idle machine gives: {limits['read_gb_s_cpu']} GB/s, "
               f"FP32 {limits['fp32_gflop_s_cpu']}{cpu_bf16} GFLOP/s)")
+        if limits.get("file_read_gb_s_cpu"):
+            print(f"- the model's weight files read where the page cache holds them: {limits['file_read_gb_s_cpu']} GB/s "
+                  f"({limits['file_pmd_mapped_mb']} MB of them in 2 MiB mappings); decode streams these pages, whose "
+                  f"speed can differ from fresh memory's (on a VM, the same file measured 23.5 and 31 GB/s from "
+                  f"different page-cache pages)")
     if mine.get("e2e_generated") is not None and mine["e2e_generated"] < work.e2e_tokens:
         print(f"- note: smolvision stopped at EOS after {mine['e2e_generated']} of {work.e2e_tokens} tokens")
     for name, result in engines.items():

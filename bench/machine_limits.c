@@ -8,7 +8,12 @@
  *
  * bench/bench.py compiles this on the fly and reads one JSON line:
  *     cc -O2 -pthread machine_limits.c -o machine_limits
- *     ./machine_limits THREADS MEGABYTES [FMA_MILLIONS]
+ *     ./machine_limits THREADS MEGABYTES [FMA_MILLIONS [FILE...]]
+ * FILEs (the model's weight files): the same read, over the files mapped as
+ * the engine maps them, where the page cache holds them.  Decode streams those
+ * pages, and on a VM their bandwidth can differ from fresh memory's: the same
+ * 2.2 GB file read at 23.5 GB/s from pages cached hours before and at 31 GB/s
+ * from a fresh copy's (Sapphire Rapids VM, 2 threads, 2026-12-01).
  * Peaks are FLOP/s with a multiply-add counted as two FLOPs.  Each figure comes
  * twice: from wall time and from the slowest thread's CPU time ("_cpu"), which
  * on a shared machine still shows what the hardware can do. */
@@ -21,6 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -214,12 +222,68 @@ static double best_seconds(enum test test, int threads, const float *data, size_
     return best;
 }
 
+/* kB after `key` in /proc/self/smaps_rollup (Linux), or -1. */
+static long smaps_kb(const char *key) {
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    long kb = -1;
+    size_t len = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, len) == 0) kb = atol(line + len);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* The FILE read: the files mapped read-only and advised for huge pages (as csrc/safetensors.c maps weights),
+ * every page faulted in, then each read as best_seconds reads memory; the GB/s over all of them (wall, CPU)
+ * and how many MB are mapped in 2 MiB pages (-1: not known).  0 if a file cannot be mapped. */
+static int file_read(char **files, int count, int threads, int has512, double *gb_s, double *gb_s_cpu,
+                     double *pmd_mb) {
+    void *maps[64];
+    size_t sizes[64];
+    int mapped = 0, ok = count <= 64;
+    for (; ok && mapped < count; mapped++) {
+        int fd = open(files[mapped], O_RDONLY);
+        struct stat st;
+        ok = fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= 4096;
+        maps[mapped] = ok ? mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+        if (fd >= 0) close(fd);
+        if (maps[mapped] == MAP_FAILED) {
+            fprintf(stderr, "machine_limits: cannot map %s: %s\n", files[mapped], strerror(errno));
+            ok = 0;
+            break;
+        }
+        sizes[mapped] = (size_t)st.st_size;
+        madvise(maps[mapped], sizes[mapped], MADV_HUGEPAGE);
+        volatile const char *bytes = maps[mapped];
+        for (size_t at = 0; at < sizes[mapped]; at += 4096) (void)bytes[at];
+    }
+    double bytes = 0, wall = 0, cpu = 0;
+    if (ok) {
+        long pmd_kb = smaps_kb("FilePmdMapped:");
+        *pmd_mb = pmd_kb < 0 ? -1 : pmd_kb / 1024.0;
+        for (int f = 0; f < count; f++) {
+            size_t n = sizes[f] / sizeof(float) / (64 * (size_t)threads) * (64 * (size_t)threads);
+            double file_cpu = 0;
+            wall += best_seconds(has512 ? READ_AVX512 : READ_AVX2, threads, maps[f], n, &file_cpu);
+            cpu += file_cpu;
+            bytes += (double)n * sizeof(float);
+        }
+        *gb_s = bytes / 1e9 / wall;
+        *gb_s_cpu = bytes / 1e9 / cpu;
+    }
+    for (int f = 0; f < mapped; f++) munmap(maps[f], sizes[f]);
+    return ok;
+}
+
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 1;
     long megabytes = argc > 2 ? atol(argv[2]) : 1024;
     if (argc > 3) fma_iters = atol(argv[3]) * 1000000L;
+    char **files = argv + 4;
+    int file_count = argc > 4 ? argc - 4 : 0;
     if (threads < 1 || threads > 64 || megabytes < 1 || fma_iters < 1) {
-        fprintf(stderr, "usage: %s THREADS(1-64) MEGABYTES [FMA_MILLIONS]\n", argv[0]);
+        fprintf(stderr, "usage: %s THREADS(1-64) MEGABYTES [FMA_MILLIONS [FILE...]]\n", argv[0]);
         return 2;
     }
     __builtin_cpu_init();
@@ -245,6 +309,8 @@ int main(int argc, char **argv) {
     double bf16_s = hasbf16 ? best_seconds(DPBF16, threads, NULL, 0, &bf16_cpu) : 0;
     double amx_s = hasamx ? best_seconds(AMX_BF16, threads, NULL, 0, &amx_cpu) : 0;
     free(data);
+    double file_gb_s = 0, file_gb_s_cpu = 0, pmd_mb = -1;
+    int files_read = file_count && file_read(files, file_count, threads, has512, &file_gb_s, &file_gb_s_cpu, &pmd_mb);
     if (read_s <= 0 || fma_s <= 0 || bf16_s < 0 || amx_s < 0) {
         fprintf(stderr, "machine_limits: could not start threads\n");
         return 1;
@@ -261,6 +327,11 @@ int main(int argc, char **argv) {
         printf("\"bf16_gflop_s\": %.1f, \"bf16_gflop_s_cpu\": %.1f, ", bf16_gflop / bf16_s, bf16_gflop / bf16_cpu);
     else
         printf("\"bf16_gflop_s\": null, \"bf16_gflop_s_cpu\": null, ");
+    if (files_read)
+        printf("\"file_read_gb_s\": %.2f, \"file_read_gb_s_cpu\": %.2f, \"file_pmd_mapped_mb\": %.0f, ", file_gb_s,
+               file_gb_s_cpu, pmd_mb);
+    else
+        printf("\"file_read_gb_s\": null, \"file_read_gb_s_cpu\": null, \"file_pmd_mapped_mb\": null, ");
     if (hasamx)
         printf("\"amx_bf16_gflop_s\": %.1f, \"amx_bf16_gflop_s_cpu\": %.1f}\n", amx_gflop / amx_s, amx_gflop / amx_cpu);
     else

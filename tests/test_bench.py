@@ -39,6 +39,30 @@ def test_quick_bench_prints_every_phase(mha_dir):
         assert label.startswith(phase), (phase, label)
         assert float(cells[1]) > 0, (label, cells)  # the smolvision column
     assert "smolvision build: blas=" in run.stdout
+    if "- machine (" in run.stdout:  # machine_limits ran (x86-64 with a C compiler): the weight files' pages too
+        assert re.search(r"weight files read where the page cache holds them: [0-9.]+ GB/s", run.stdout), run.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="machine_limits.c is x86-64 code and maps files the Linux way")
+def test_machine_limits_reads_the_files_it_is_given(tmp_path):
+    """The FILE read: a file's pages read back at some bandwidth; a missing file is named and gives nulls."""
+    import json
+    import shutil
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    binary = tmp_path / "machine_limits"
+    subprocess.run([compiler, "-O2", "-pthread", str(ROOT / "bench" / "machine_limits.c"), "-o", str(binary)],
+                   check=True)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(os.urandom(4 << 20))
+    read = json.loads(subprocess.run([str(binary), "2", "8", "1", str(weights)], capture_output=True, text=True,
+                                     check=True).stdout)
+    assert read["file_read_gb_s"] > 0 and read["file_pmd_mapped_mb"] >= 0, read
+    missing = subprocess.run([str(binary), "1", "8", "1", str(tmp_path / "none.bin")], capture_output=True, text=True)
+    assert missing.returncode == 0 and json.loads(missing.stdout)["file_read_gb_s"] is None
+    assert "none.bin" in missing.stderr
 
 
 def test_quick_bench_with_quant_columns(mha_dir, tmp_path):
