@@ -203,9 +203,8 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
     for (int64_t l = 0; l < c->text_layers; l++) {
         const text_layer *w = &m->text.layers[l];
         sv_rmsnorm_rows(ctx, s->xn, s->x, w->attn_norm, n, d, eps);
-        sv_matmul(ctx, s->q, s->xn, n, &w->q, w->q_b);
-        sv_matmul(ctx, s->k, s->xn, n, &w->k, w->k_b);
-        sv_matmul(ctx, s->v, s->xn, n, &w->v, w->v_b);
+        const sv_product qkv[] = {{s->q, &w->q, w->q_b}, {s->k, &w->k, w->k_b}, {s->v, &w->v, w->v_b}};
+        sv_matmul_shared(ctx, s->xn, n, qkv, 3);
         sv_rope_rows(ctx, s->q, n, c->text_heads, hd, s->cos, s->sin);
         sv_rope_rows(ctx, s->k, n, c->text_kv_heads, hd, s->cos, s->sin);
         if (chunk) {
@@ -220,8 +219,8 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
         sv_add_rows(ctx, s->x, s->xn, n, d);
 
         sv_rmsnorm_rows(ctx, s->xn, s->x, w->mlp_norm, n, d, eps);
-        sv_matmul(ctx, s->gate, s->xn, n, &w->gate, w->gate_b);
-        sv_matmul(ctx, s->up, s->xn, n, &w->up, w->up_b);
+        const sv_product gate_up[] = {{s->gate, &w->gate, w->gate_b}, {s->up, &w->up, w->up_b}};
+        sv_matmul_shared(ctx, s->xn, n, gate_up, 2);
         sv_silu_mul_rows(ctx, s->gate, s->up, n, f);
         sv_matmul(ctx, s->xn, s->gate, n, &w->down, w->down_b);
         sv_add_rows(ctx, s->x, s->xn, n, d);

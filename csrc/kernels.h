@@ -44,6 +44,17 @@ static inline void sv_op_end(const sv_ctx *ctx, sv_profile_op op, double since) 
 /* [matmul] y = x @ W^T + b: x[n, W.cols], W[W.rows, W.cols], b[W.rows] or NULL, y[n, W.rows]. */
 void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b);
 
+/* One of several products of the same input (sv_matmul_shared): y = x @ W^T + b. */
+typedef struct {
+    float *y;
+    const sv_matrix *W;
+    const float *b;
+} sv_product;
+
+/* [matmul] sv_matmul for each of count products of one x (q, k and v; gate and up): where their weights
+ * share a dtype and a width, x is rounded to BF16 for the BF16 kernels once rather than once per product. */
+void sv_matmul_shared(const sv_ctx *ctx, const float *x, int64_t n, const sv_product *products, int count);
+
 /* 1 if sv_matmul in this context multiplies weights of this dtype in BF16 products (precision "bf16" on
  * a CPU with AVX512_BF16, for BF16 weights and for quantized ones, whose prompts run the BF16 GEMM).
  * Attention next to such products runs in BF16 too. */

@@ -386,6 +386,12 @@ sv_status sv_debug_matmul_precision(const char *isa, int32_t precision, const fl
                                     int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
                                     int32_t threads, int32_t repeat, double *seconds);
 
+/* sv_debug_matmul_precision for count (1-4) products of one x, as the model's q, k and v (sv_matmul_shared: x
+ * prepared once for all): y[p] = x @ W_p^T, W_p = w + p * rows * cols (BF16 [rows, cols]), y[p] = y + p * n *
+ * rows ([n, rows]), no bias, run once. */
+sv_status sv_debug_matmul_shared(const char *isa, int32_t precision, const float *x, int64_t n, const uint16_t *w,
+                                 int64_t rows, int64_t cols, int32_t count, float *y, int32_t threads);
+
 /* What became of AMX (level amx, the tile BF16 GEMM of precision BF16) in this process: "on", "absent"
  * (CPU or build), "off (SMOLVISION_ISA)", "refused: ..." (Linux did not grant the tile state) or "failed
  * self-check: ..." (its results disagreed with plain C, so the AVX512_BF16 kernels run instead).  The

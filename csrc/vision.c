@@ -150,9 +150,8 @@ static void encoder_layer(const sv_model *m, const vision_shape *s, const vision
     int64_t rows = tiles * s->patches, H = s->hidden, tile = s->patches * H;
     float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
     sv_layernorm_rows(ctx, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
-    sv_matmul(ctx, q, sc->t, rows, &l->q, l->q_b);
-    sv_matmul(ctx, k, sc->t, rows, &l->k, l->k_b);
-    sv_matmul(ctx, v, sc->t, rows, &l->v, l->v_b);
+    const sv_product qkv[] = {{q, &l->q, l->q_b}, {k, &l->k, l->k_b}, {v, &l->v, l->v_b}};
+    sv_matmul_shared(ctx, sc->t, rows, qkv, 3);
     for (int64_t t = 0; t < tiles; t++)
         sv_attend_self(ctx, sc->attention, sc->t + t * tile, q + t * tile, k + t * tile, v + t * tile);
     sv_matmul(ctx, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */

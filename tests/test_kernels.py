@@ -127,6 +127,31 @@ def test_matmul_unaligned_weights():
             assert np.max(np.abs(y - ref) / scale) < TOLERANCE, (dtype, isa)
 
 
+@pytest.mark.parametrize("precision", [0, 1], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 3, 16, 17, 100])  # GEMV, the dot kernels, AMX's few rows (2-16), the GEMMs
+def test_shared_input_products_equal_separate_ones(isa, precision, n):
+    """sv_matmul_shared (the model's q, k, v and gate, up) prepares x once for all its products: each product
+    must come out exactly as on its own."""
+    rows, cols, count = 40, 96, 3
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    w, _ = as_weights(rng.standard_normal((count * rows, cols)).astype(np.float32), "bf16")
+    shared = np.full((count, n, rows), np.nan, np.float32)
+    status = lib.sv_debug_matmul_shared(isa.encode(), precision, ffi.from_buffer("float[]", x), n,
+                                        ffi.from_buffer("uint16_t[]", w), rows, cols, count,
+                                        ffi.from_buffer("float[]", shared), 2)
+    if status == lib.SV_ERR_UNSUPPORTED:
+        pytest.skip(ffi.string(lib.sv_last_error()).decode())
+    assert status == lib.SV_OK, ffi.string(lib.sv_last_error()).decode()
+    for p in range(count):
+        alone = np.full((n, rows), np.nan, np.float32)
+        assert lib.sv_debug_matmul_precision(isa.encode(), precision, ffi.from_buffer("float[]", x), n,
+                                             ffi.from_buffer(w[p * rows:(p + 1) * rows]), DTYPES["bf16"], rows, cols,
+                                             ffi.NULL, ffi.from_buffer("float[]", alone), 2, 1, ffi.NULL) == lib.SV_OK
+        np.testing.assert_array_equal(shared[p], alone, err_msg=f"product {p}")
+
+
 def test_debug_matmul_rejects_bad_arguments():
     x = np.zeros((1, 4), np.float32)
     w = np.zeros((2, 4), np.float32)

@@ -419,31 +419,56 @@ static matmul_path choose_bf16_path(const sv_bf16_isa *bf, int64_t n, const sv_m
     return n > bf->dot_max_n && gemm_fits ? PATH_BF16_GEMM : PATH_BF16_DOT;
 }
 
-/* amx, bf16: NULL where the product does not run on them; isa takes whatever they do not.  measured: let
- * the race between the BF16 and the fp32 GEMM decide (sv_matmul; the test hooks run the kernels named). */
-static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, blas_use use,
-                   int measured, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
-    if (n <= 0 || W->rows <= 0) return;
-    matmul_job job = {isa, pool, y, x, n, W, b, bf16, amx, NULL, 0};
-    int64_t blocks = sv_row_blocks(W->rows);
-    matmul_path path = amx && few_operand(&job)    ? PATH_AMX_FEW
-                       : !round_for_bf16(&job, measured) ? choose_path(isa, use, n, W)
-                       : job.amx                         ? PATH_AMX
-                                                         : choose_bf16_path(bf16, n, W);
+/* The path of job's product, with x prepared for it (rounded to BF16 into the pool's shared buffer where the
+ * path takes BF16).  The choice and the prepared x depend on x, n and W's dtype and width only, so products of
+ * one x with weights alike share them (sv_matmul_shared). */
+static matmul_path prepare(matmul_job *job, blas_use use, int measured) {
+    return job->amx && few_operand(job)        ? PATH_AMX_FEW
+           : !round_for_bf16(job, measured) ? choose_path(job->isa, use, job->n, job->W)
+           : job->amx                       ? PATH_AMX
+                                            : choose_bf16_path(job->bf16, job->n, job->W);
+}
+
+static void run(matmul_job *job, matmul_path path) {
+    sv_pool *pool = job->pool;
+    int64_t blocks = sv_row_blocks(job->W->rows);
     switch (path) {
-    case PATH_AMX_FEW: sv_pool_run(pool, amx_few_task, &job, blocks); break;
-    case PATH_AMX: sv_pool_run(pool, amx_task, &job, blocks); break;
-    case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, &job, blocks); break;
-    case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, &job, blocks); break;
-    case PATH_DOT: sv_pool_run(pool, dot_task, &job, blocks); break;
-    case PATH_GEMM: sv_pool_run(pool, gemm_task, &job, blocks); break;
+    case PATH_AMX_FEW: sv_pool_run(pool, amx_few_task, job, blocks); break;
+    case PATH_AMX: sv_pool_run(pool, amx_task, job, blocks); break;
+    case PATH_BF16_DOT: sv_pool_run(pool, bf16_dot_task, job, blocks); break;
+    case PATH_BF16_GEMM: sv_pool_run(pool, bf16_gemm_task, job, blocks); break;
+    case PATH_DOT: sv_pool_run(pool, dot_task, job, blocks); break;
+    case PATH_GEMM: sv_pool_run(pool, gemm_task, job, blocks); break;
     case PATH_BLAS:
 #if SV_HAVE_BLAS
         pthread_once(&blas_once, blas_single_threaded);
-        sv_pool_run(pool, blas_task, &job, blocks);
+        sv_pool_run(pool, blas_task, job, blocks);
 #endif
         break;
     }
+}
+
+/* y_p = x @ W_p^T + b_p for count products whose weights share a dtype (not quantized) and a width.
+ * amx, bf16: NULL where the products do not run on them; isa takes whatever they do not.  measured: let the
+ * race between the BF16 and the fp32 GEMM decide (sv_matmul; the test hooks run the kernels named). */
+static void matmul_many(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx,
+                        blas_use use, int measured, const float *x, int64_t n, const sv_product *products, int count) {
+    if (n <= 0 || count <= 0) return;
+    matmul_job job = {isa, pool, NULL, x, n, products[0].W, NULL, bf16, amx, NULL, 0};
+    matmul_path path = prepare(&job, use, measured);
+    for (int p = 0; p < count; p++) {
+        if (products[p].W->rows <= 0) continue;
+        job.y = products[p].y;
+        job.W = products[p].W;
+        job.b = products[p].b;
+        run(&job, path);
+    }
+}
+
+static void matmul(sv_pool *pool, const sv_isa *isa, const sv_bf16_isa *bf16, const sv_amx_isa *amx, blas_use use,
+                   int measured, float *y, const float *x, int64_t n, const sv_matrix *W, const float *b) {
+    const sv_product product = {y, W, b};
+    if (W->rows > 0) matmul_many(pool, isa, bf16, amx, use, measured, x, n, &product, 1);
 }
 
 /* The BF16 kernels a precision runs with at this ISA level: NULL for fp32. */
@@ -478,6 +503,28 @@ void sv_matmul(const sv_ctx *ctx, float *y, const float *x, int64_t n, const sv_
     else
         matmul(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level), amx_kernels(ctx->precision, level),
                BLAS_FALLBACK, 1, y, x, n, W, b);
+    sv_op_end(ctx, SV_OP_MATMUL, t);
+}
+
+/* Whether products[1:] can share products[0]'s path and prepared x (prepare): weights of one dtype, not
+ * quantized (their products take matmul_quant.c's paths), and one width. */
+static int alike(const sv_product *products, int count) {
+    for (int p = 0; p < count; p++)
+        if (sv_dtype_is_quant(products[p].W->dtype) || products[p].W->dtype != products[0].W->dtype ||
+            products[p].W->cols != products[0].W->cols)
+            return 0;
+    return 1;
+}
+
+void sv_matmul_shared(const sv_ctx *ctx, const float *x, int64_t n, const sv_product *products, int count) {
+    if (!alike(products, count)) {
+        for (int p = 0; p < count; p++) sv_matmul(ctx, products[p].y, x, n, products[p].W, products[p].b);
+        return;
+    }
+    double t = sv_op_begin(ctx);
+    sv_isa_level level = sv_isa_selected();
+    matmul_many(ctx->pool, sv_isa_for(level), bf16_kernels(ctx->precision, level),
+                amx_kernels(ctx->precision, level), BLAS_FALLBACK, 1, x, n, products, count);
     sv_op_end(ctx, SV_OP_MATMUL, t);
 }
 
@@ -526,9 +573,11 @@ const char *sv_kernels_bf16_gemm(void) {
     return bf16_gemm_wins() ? "avx512bf16" : "fp32 (faster than avx512bf16 here)";
 }
 
+/* count products of x: W_p = w + p rows cols weights, y_p = y + p n rows (sv_debug_matmul_shared; 1 for the
+ * others), each with bias b (or none). */
 static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t blas, const float *x, int64_t n,
                               const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y,
-                              int32_t threads, int32_t repeat, double *seconds) {
+                              int32_t threads, int32_t repeat, double *seconds, int32_t count) {
     int level = isa_name ? sv_isa_parse(isa_name) : -1;
     if (level < 0)
         return sv_fail(SV_ERR_ARG, "unknown ISA '%s' (portable, avx2, avx512, avx512bf16, amx, neon)", isa_name ? isa_name : "(null)");
@@ -544,15 +593,22 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return sv_fail(SV_ERR_ARG, "dtype %d is not 0 (F32), 1 (F16) or 2 (BF16)", dtype);
     if (n < 0 || rows < 1 || cols < 1 || n > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX || threads < 1 ||
-        repeat < 1)
+        repeat < 1 || count < 1 || count > 4)
         return sv_fail(SV_ERR_ARG, "bad matmul arguments n=%lld rows=%lld cols=%lld threads=%d repeat=%d",
                        (long long)n, (long long)rows, (long long)cols, threads, repeat);
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
-    sv_matrix W = {w, (st_dtype)dtype, rows, cols};
-    if (seconds) matmul(pool, isa, bf16, amx, (blas_use)blas, 0, y, x, n, &W, b); /* warm-up: page in scratch, start BLAS */
+    sv_matrix W[4];
+    sv_product products[4];
+    const size_t weight_bytes = dtype == ST_F32 ? 4 : 2;
+    for (int32_t p = 0; p < count; p++) {
+        W[p] = (sv_matrix){(const char *)w + (size_t)(p * rows * cols) * weight_bytes, (st_dtype)dtype, rows, cols};
+        products[p] = (sv_product){y + p * n * rows, &W[p], b};
+    }
+    if (seconds) /* warm-up: page in scratch, start BLAS */
+        matmul_many(pool, isa, bf16, amx, (blas_use)blas, 0, x, n, products, count);
     double start = sv_seconds();
-    for (int32_t i = 0; i < repeat; i++) matmul(pool, isa, bf16, amx, (blas_use)blas, 0, y, x, n, &W, b);
+    for (int32_t i = 0; i < repeat; i++) matmul_many(pool, isa, bf16, amx, (blas_use)blas, 0, x, n, products, count);
     if (seconds) *seconds = sv_seconds() - start;
     sv_pool_free(pool);
     return SV_OK;
@@ -561,12 +617,20 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
 sv_status sv_debug_matmul(const char *isa_name, int32_t blas, const float *x, int64_t n, const void *w,
                           int32_t dtype, int64_t rows, int64_t cols, const float *b, float *y, int32_t threads,
                           int32_t repeat, double *seconds) {
-    return debug_matmul(isa_name, SV_PRECISION_FP32, blas, x, n, w, dtype, rows, cols, b, y, threads, repeat, seconds);
+    return debug_matmul(isa_name, SV_PRECISION_FP32, blas, x, n, w, dtype, rows, cols, b, y, threads, repeat, seconds,
+                        1);
 }
 
 sv_status sv_debug_matmul_precision(const char *isa_name, int32_t precision, const float *x, int64_t n,
                                     const void *w, int32_t dtype, int64_t rows, int64_t cols, const float *b,
                                     float *y, int32_t threads, int32_t repeat, double *seconds) {
     return debug_matmul(isa_name, precision, BLAS_FALLBACK, x, n, w, dtype, rows, cols, b, y, threads, repeat,
-                        seconds);
+                        seconds, 1);
+}
+
+sv_status sv_debug_matmul_shared(const char *isa_name, int32_t precision, const float *x, int64_t n,
+                                 const uint16_t *w, int64_t rows, int64_t cols, int32_t count, float *y,
+                                 int32_t threads) {
+    return debug_matmul(isa_name, precision, BLAS_FALLBACK, x, n, w, ST_BF16, rows, cols, NULL, y, threads, 1, NULL,
+                        count);
 }
