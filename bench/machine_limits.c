@@ -242,6 +242,7 @@ static int file_read(char **files, int count, int threads, int has512, double *g
     void *maps[64];
     size_t sizes[64];
     int mapped = 0, ok = count <= 64;
+    if (!ok) fprintf(stderr, "machine_limits: %d files, at most 64\n", count);
     for (; ok && mapped < count; mapped++) {
         int fd = open(files[mapped], O_RDONLY);
         struct stat st;

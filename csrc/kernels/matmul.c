@@ -594,8 +594,8 @@ static sv_status debug_matmul(const char *isa_name, int32_t precision, int32_t b
         return sv_fail(SV_ERR_ARG, "dtype %d is not 0 (F32), 1 (F16) or 2 (BF16)", dtype);
     if (n < 0 || rows < 1 || cols < 1 || n > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX || threads < 1 ||
         repeat < 1 || count < 1 || count > 4)
-        return sv_fail(SV_ERR_ARG, "bad matmul arguments n=%lld rows=%lld cols=%lld threads=%d repeat=%d",
-                       (long long)n, (long long)rows, (long long)cols, threads, repeat);
+        return sv_fail(SV_ERR_ARG, "bad matmul arguments n=%lld rows=%lld cols=%lld threads=%d repeat=%d count=%d",
+                       (long long)n, (long long)rows, (long long)cols, threads, repeat, count);
     sv_pool *pool = sv_pool_create(threads);
     if (!pool) return sv_fail(SV_ERR_NOMEM, "cannot start %d threads", threads);
     sv_matrix W[4];
