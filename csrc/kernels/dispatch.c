@@ -137,8 +137,13 @@ const sv_ops *sv_ops_for(sv_isa_level level) {
     if (!runs(level)) return NULL;
     switch (level) {
 #if defined(SV_X86_KERNELS)
+#if defined(SV_BF16_KERNELS)
+    case SV_ISA_AMX:
+    case SV_ISA_AVX512BF16: return &sv_ops_avx512bf16;
+#else
     case SV_ISA_AMX:
     case SV_ISA_AVX512BF16:
+#endif
     case SV_ISA_AVX512: return &sv_ops_avx512;
     case SV_ISA_AVX2: return &sv_ops_avx2;
 #endif

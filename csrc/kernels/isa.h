@@ -147,6 +147,7 @@ extern const sv_ops sv_ops_avx2, sv_ops_avx512;
 extern const sv_isa sv_isa_neon;
 #endif
 #ifdef SV_BF16_KERNELS
+extern const sv_ops sv_ops_avx512bf16;
 extern const sv_bf16_isa sv_bf16_isa_avx512bf16;
 #endif
 #ifdef SV_AMX_KERNELS
