@@ -149,7 +149,7 @@ __attribute__((target("avx512bf16"))) static float exp_pass_bf16(const float *x,
     return _mm512_reduce_add_ps(sum);
 }
 
-/* softmax_bf16 of sv_ops_avx512bf16 (below). */
+/* softmax_bf16 of sv_ops_avx512bf16 (OPS_TABLE_BF16 below). */
 __attribute__((target("avx512bf16"))) static float softmax_bf16_cvt(uint16_t *p, int64_t ld, const float *x,
                                                                      int64_t n) {
     const float sum = exp_pass_bf16(x, n, p);
@@ -176,22 +176,11 @@ static void softmax(float *x, int64_t n) {
 }
 
 #define OPS_TABLE sv_ops_avx512
+#ifdef SV_BF16_KERNELS /* levels avx512bf16 and amx: the same with softmax_bf16's terms rounded by vcvtne2ps2bf16 */
+#define OPS_TABLE_BF16 sv_ops_avx512bf16
+#define OPS_SOFTMAX_BF16 softmax_bf16_cvt
+#endif
 #define OPS_OWN_DOT_ROWS
 #define OPS_OWN_SOFTMAX
 #include "ops_impl.h"
-
-#ifdef SV_BF16_KERNELS
-/* Levels avx512bf16 and amx: sv_ops_avx512 with softmax_bf16's terms rounded by vcvtne2ps2bf16. */
-const sv_ops sv_ops_avx512bf16 = {
-    .layernorm = layernorm,
-    .rmsnorm = rmsnorm,
-    .gelu_tanh = gelu_tanh,
-    .silu_mul = silu_mul,
-    .softmax = softmax,
-    .softmax_bf16 = softmax_bf16_cvt,
-    .add = add,
-    .dot_rows = dot_rows,
-    .dot_rows_bf16 = dot_rows_bf16,
-};
-#endif
 #endif

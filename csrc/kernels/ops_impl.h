@@ -1,7 +1,9 @@
 /* ops_impl.h - the bodies of the small kernels (norms, activations, softmax,
  * add, dot products), compiled once per ISA: ops.c includes it for the portable table,
  * ops_avx2.c and ops_avx512.c with their target flags.  The includer defines
- * OPS_TABLE, the name of the sv_ops table to emit.
+ * OPS_TABLE, the name of the sv_ops table to emit, and may define
+ * OPS_TABLE_BF16 and OPS_SOFTMAX_BF16 for a second table, the same but for
+ * its softmax_bf16 (ops_avx512.c: the AVX512_BF16 store).
  *
  * Plain C written so that compilers vectorise it without -ffast-math: sums
  * go into LANES independent partial sums, and exp() is our own branch-free
@@ -175,14 +177,14 @@ DOT_ROWS(dot_rows, float, AS_IS)
 DOT_ROWS(dot_rows_bf16, uint16_t, sv_bf16_to_float)
 #endif
 
-const sv_ops OPS_TABLE = {
-    .layernorm = layernorm,
-    .rmsnorm = rmsnorm,
-    .gelu_tanh = gelu_tanh,
-    .silu_mul = silu_mul,
-    .softmax = softmax,
-    .softmax_bf16 = softmax_bf16,
-    .add = add,
-    .dot_rows = dot_rows,
-    .dot_rows_bf16 = dot_rows_bf16,
-};
+#define OPS_ENTRIES(SOFTMAX_BF16)                                                                            \
+    {                                                                                                        \
+        .layernorm = layernorm, .rmsnorm = rmsnorm, .gelu_tanh = gelu_tanh, .silu_mul = silu_mul,            \
+        .softmax = softmax, .softmax_bf16 = SOFTMAX_BF16, .add = add, .dot_rows = dot_rows,                  \
+        .dot_rows_bf16 = dot_rows_bf16,                                                                      \
+    }
+
+const sv_ops OPS_TABLE = OPS_ENTRIES(softmax_bf16);
+#ifdef OPS_TABLE_BF16 /* the includer's second table: the same kernels but its own softmax_bf16 (ops_avx512.c) */
+const sv_ops OPS_TABLE_BF16 = OPS_ENTRIES(OPS_SOFTMAX_BF16);
+#endif
