@@ -323,7 +323,8 @@ def limit_cells(limits: dict | None, costs: Costs, work: Workload, e2e: dict | N
     # The CPU-time figures: on an idle machine they equal the wall-clock ones, on a shared one
     # they are still the hardware's ceiling.
     fp32, bf16, bw = limits["fp32_gflop_s_cpu"] * 1e9, limits["bf16_gflop_s_cpu"], limits["read_gb_s_cpu"] * 1e9
-    amx = limits.get("amx_bf16_gflop_s_cpu")
+    # AMX: the tiles fed from L1 with varied data, below the instruction's own peak, which no GEMM reaches
+    amx = limits.get("amx_bf16_l1_gflop_s_cpu")
 
     def compute(flops: float, unit: str, per_second: bool) -> str:
         """The bound at the FP32 peak (and at the BF16 one): flops per item -> items/s or s/item."""
@@ -533,7 +534,8 @@ def phases(args: argparse.Namespace, work: Workload, config: dict, header: list[
             print(f"- {name} failed, cell left empty: {failure}")
     if limits:
         bf16 = f"{limits['bf16_gflop_s']} GFLOP/s" if limits["bf16_gflop_s"] else "not on this CPU"
-        amx = f"{limits['amx_bf16_gflop_s']} GFLOP/s" if limits.get("amx_bf16_gflop_s") else "not here"
+        amx = (f"{limits['amx_bf16_gflop_s']} GFLOP/s (its operands loaded from L1: {limits['amx_bf16_l1_gflop_s']}, "
+               f"from L2 as a GEMM's blocks: {limits['amx_bf16_l2_gflop_s']})") if limits.get("amx_bf16_gflop_s") else "not here"
         print(f"- machine ({limits['threads']} threads, {limits['isa']}): read bandwidth {limits['read_gb_s']} GB/s, "
               f"FP32 FMA peak {limits['fp32_gflop_s']} GFLOP/s, BF16 dot-product peak {bf16}, "
               f"AMX BF16 tile peak {amx}")

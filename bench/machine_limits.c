@@ -3,7 +3,11 @@
  * AVX2 loads over an array far larger than the caches), the FP32 FMA peak
  * (independent FMA chains, no memory traffic), where the CPU has
  * AVX512_BF16, the BF16 dot-product peak (vdpbf16ps), and where it has AMX
- * (and Linux grants the tile state), the AMX BF16 tile peak (tdpbf16ps);
+ * (and Linux grants the tile state), the AMX BF16 tile peak (tdpbf16ps) three
+ * ways: operands held in the tiles (the instruction's own peak), and loaded
+ * each round from L1 and from L2 with pseudo-random values, as a GEMM feeds
+ * them (on Sapphire Rapids tiles loaded with varied data run ~15% below that
+ * peak even from L1, and a GEMM's operands, tens of KB a block, come from L2);
  * a figure the CPU cannot measure is null, with the reason on stderr.
  *
  * bench/bench.py compiles this on the fly and reads one JSON line:
@@ -37,13 +41,14 @@
 static long fma_iters = 20000000L;
 #define RUNS 5              /* best of RUNS: the machine may be shared */
 
-enum test { READ_AVX512, READ_AVX2, FMA_AVX512, FMA_AVX2, DPBF16, AMX_BF16 };
+enum test { READ_AVX512, READ_AVX2, FMA_AVX512, FMA_AVX2, DPBF16, AMX_BF16, AMX_BF16_L1, AMX_BF16_L2 };
 
 struct job {
     enum test test;
     const float *data; /* READ_*: this thread's slice */
     size_t n;          /* READ_*: floats in the slice */
     float sink;        /* keeps the result alive so nothing is optimised away */
+    int ok;            /* AMX_BF16_L1/L2: 0 if its operands could not be allocated */
     double cpu_seconds; /* CPU time this thread got */
 };
 
@@ -160,6 +165,51 @@ __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16(void) {
     return out[0];
 }
 
+/* Operand regions of the fed AMX tests (bytes, powers of two): from L1, 4 KB of A tiles and 4 KB of B; from
+ * L2, a GEMM's block: 128 KB of A (32 rows of x over K = 2048) against 1 MB of B (the packed weights). */
+enum { L1_A_BYTES = 4 << 10, L1_B_BYTES = 4 << 10, L2_A_BYTES = 128 << 10, L2_B_BYTES = 1 << 20 };
+
+/* amx_bf16's rounds with the four operand tiles loaded before each (two A tiles from a, two B tiles from b,
+ * each region read in order and over again): a_bytes and b_bytes of BF16 values in [-2, 2], xorshift, so
+ * that the tiles multiply varied data as a GEMM's do.  NULL if the regions cannot be allocated. */
+__attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16_fed(size_t a_bytes, size_t b_bytes, int *ok) {
+    unsigned short *a = aligned_alloc(64, a_bytes), *b = aligned_alloc(64, b_bytes);
+    float out[16 * 16];
+    *ok = a && b;
+    if (*ok) {
+        uint64_t state = 0x9E3779B97F4A7C15u;
+        for (size_t i = 0; i < a_bytes / 2 + b_bytes / 2; i++) {
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            unsigned short v = (unsigned short)(0x3f00 | (state & 0x80ff)); /* +-[0.5, 2) */
+            if (i < a_bytes / 2) a[i] = v;
+            else b[i - a_bytes / 2] = v;
+        }
+        _tile_loadconfig(TILE_CONFIG);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        size_t at = 0, bt = 0;
+        for (long i = 0; i < AMX_ROUNDS(fma_iters); i++) {
+            _tile_loadd(4, (const char *)a + at, 64);
+            _tile_loadd(6, (const char *)b + bt, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, (const char *)b + bt + 1024, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_loadd(5, (const char *)a + at + 1024, 64);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            at = (at + 2048) & (a_bytes - 1);
+            bt = (bt + 2048) & (b_bytes - 1);
+        }
+        _tile_stored(0, out, 64);
+        _tile_release();
+    }
+    free(a);
+    free(b);
+    return *ok ? out[0] : 0.0f;
+}
+
 /* AMX-TILE and AMX-BF16 (cpuid 7.0 edx bits 24, 22), the OS managing the tile state (XCR0 bits 17, 18),
  * and Linux granting it to this process; else 0 and why on stderr. */
 static int amx_usable(void) {
@@ -191,6 +241,8 @@ static void *run_job(void *arg) {
     case FMA_AVX2: job->sink = fma_avx2(); break;
     case DPBF16: job->sink = dpbf16(); break;
     case AMX_BF16: job->sink = amx_bf16(); break;
+    case AMX_BF16_L1: job->sink = amx_bf16_fed(L1_A_BYTES, L1_B_BYTES, &job->ok); break;
+    case AMX_BF16_L2: job->sink = amx_bf16_fed(L2_A_BYTES, L2_B_BYTES, &job->ok); break;
     }
     job->cpu_seconds = seconds_of(CLOCK_THREAD_CPUTIME_ID) - start;
     return NULL;
@@ -199,7 +251,7 @@ static void *run_job(void *arg) {
 /* Best wall seconds of RUNS runs of `test` on `threads` threads; data[n] is
  * split into equal slices for the read tests.  *best_cpu receives the best
  * run's slowest thread CPU time: on a shared machine, what an idle one would
- * show.  -1 if a thread fails to start. */
+ * show.  -1 if a thread fails to start or to allocate. */
 static double best_seconds(enum test test, int threads, const float *data, size_t n, double *best_cpu) {
     pthread_t tid[64];
     struct job jobs[64];
@@ -208,12 +260,13 @@ static double best_seconds(enum test test, int threads, const float *data, size_
     for (int run = 0; run < RUNS; run++) {
         double start = seconds_of(CLOCK_MONOTONIC), cpu = 0;
         for (int t = 0; t < threads; t++) {
-            jobs[t] = (struct job){test, data + t * slice, slice, 0, 0};
+            jobs[t] = (struct job){test, data + t * slice, slice, 0, 1, 0};
             if (pthread_create(&tid[t], NULL, run_job, &jobs[t]) != 0) return -1;
         }
         for (int t = 0; t < threads; t++) {
             pthread_join(tid[t], NULL);
             if (jobs[t].cpu_seconds > cpu) cpu = jobs[t].cpu_seconds;
+            if (!jobs[t].ok) return -1;
         }
         double seconds = seconds_of(CLOCK_MONOTONIC) - start;
         if (best < 0 || seconds < best) best = seconds;
@@ -304,16 +357,18 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i++) data[i] = (float)(i & 7); /* touch every page before timing */
     size_t slice = n / threads / 64 * 64;
-    double read_cpu = 0, fma_cpu = 0, bf16_cpu = 0, amx_cpu = 0;
+    double read_cpu = 0, fma_cpu = 0, bf16_cpu = 0, amx_cpu = 0, amx_l1_cpu = 0, amx_l2_cpu = 0;
     double read_s = best_seconds(has512 ? READ_AVX512 : READ_AVX2, threads, data, n, &read_cpu);
     double fma_s = best_seconds(has512 ? FMA_AVX512 : FMA_AVX2, threads, NULL, 0, &fma_cpu);
     double bf16_s = hasbf16 ? best_seconds(DPBF16, threads, NULL, 0, &bf16_cpu) : 0;
     double amx_s = hasamx ? best_seconds(AMX_BF16, threads, NULL, 0, &amx_cpu) : 0;
+    double amx_l1_s = hasamx ? best_seconds(AMX_BF16_L1, threads, NULL, 0, &amx_l1_cpu) : 0;
+    double amx_l2_s = hasamx ? best_seconds(AMX_BF16_L2, threads, NULL, 0, &amx_l2_cpu) : 0;
     free(data);
     double file_gb_s = 0, file_gb_s_cpu = 0, pmd_mb = -1;
     int files_read = file_count && file_read(files, file_count, threads, has512, &file_gb_s, &file_gb_s_cpu, &pmd_mb);
-    if (read_s <= 0 || fma_s <= 0 || bf16_s < 0 || amx_s < 0) {
-        fprintf(stderr, "machine_limits: could not start threads\n");
+    if (read_s <= 0 || fma_s <= 0 || bf16_s < 0 || amx_s < 0 || amx_l1_s < 0 || amx_l2_s < 0) {
+        fprintf(stderr, "machine_limits: could not start threads or allocate their operands\n");
         return 1;
     }
     double read_gb = (double)slice * threads * sizeof(float) / 1e9;
@@ -334,8 +389,12 @@ int main(int argc, char **argv) {
     else
         printf("\"file_read_gb_s\": null, \"file_read_gb_s_cpu\": null, \"file_pmd_mapped_mb\": null, ");
     if (hasamx)
-        printf("\"amx_bf16_gflop_s\": %.1f, \"amx_bf16_gflop_s_cpu\": %.1f}\n", amx_gflop / amx_s, amx_gflop / amx_cpu);
+        printf("\"amx_bf16_gflop_s\": %.1f, \"amx_bf16_gflop_s_cpu\": %.1f, \"amx_bf16_l1_gflop_s\": %.1f, "
+               "\"amx_bf16_l1_gflop_s_cpu\": %.1f, \"amx_bf16_l2_gflop_s\": %.1f, \"amx_bf16_l2_gflop_s_cpu\": %.1f}\n",
+               amx_gflop / amx_s, amx_gflop / amx_cpu, amx_gflop / amx_l1_s, amx_gflop / amx_l1_cpu,
+               amx_gflop / amx_l2_s, amx_gflop / amx_l2_cpu);
     else
-        printf("\"amx_bf16_gflop_s\": null, \"amx_bf16_gflop_s_cpu\": null}\n");
+        printf("\"amx_bf16_gflop_s\": null, \"amx_bf16_gflop_s_cpu\": null, \"amx_bf16_l1_gflop_s\": null, "
+               "\"amx_bf16_l1_gflop_s_cpu\": null, \"amx_bf16_l2_gflop_s\": null, \"amx_bf16_l2_gflop_s_cpu\": null}\n");
     return 0;
 }
