@@ -170,8 +170,8 @@ __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16(void) {
 enum { L1_A_BYTES = 4 << 10, L1_B_BYTES = 4 << 10, L2_A_BYTES = 128 << 10, L2_B_BYTES = 1 << 20 };
 
 /* amx_bf16's rounds with the four operand tiles loaded before each (two A tiles from a, two B tiles from b,
- * each region read in order and over again): a_bytes and b_bytes of BF16 values in [-2, 2], xorshift, so
- * that the tiles multiply varied data as a GEMM's do.  NULL if the regions cannot be allocated. */
+ * each region read in order and over again): a_bytes and b_bytes of BF16 values in +-[0.5, 2) from a
+ * xorshift, so that the tiles multiply varied data as a GEMM's do.  *ok = 0 if they cannot be allocated. */
 __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16_fed(size_t a_bytes, size_t b_bytes, int *ok) {
     unsigned short *a = aligned_alloc(64, a_bytes), *b = aligned_alloc(64, b_bytes);
     float out[16 * 16];
