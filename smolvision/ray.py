@@ -227,7 +227,11 @@ class ParquetOutput:
         self.path, self.rows_per_part, self.seconds_per_part = path, rows_per_part, seconds_per_part
         self._buffer: list[dict] = []
         self._last_write = time.monotonic()
-        self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # Part names sort in the order they were written, across runs: a rerun started within the same
+        # second by the same process (a script captioning twice) must neither reuse nor precede the
+        # earlier run's names, so the stamp goes down to the microsecond.
+        now = time.time()
+        self._run = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{os.getpid()}"
         self._parts = 0
 
     @staticmethod
@@ -280,7 +284,7 @@ class ParquetOutput:
         table = pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in records], schema=schema)
         tmp = os.path.join(self.path, f".{os.path.basename(final)}.tmp")
         pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        os.replace(tmp, final)  # prepare() rewriting a part it read; flush() names a new one
 
     def close(self) -> None:
         self.flush()

@@ -209,6 +209,19 @@ def test_a_stopped_parquet_job_resumes_without_redoing_images(cluster, mha_dir, 
     assert_each_image_once(records, images, expected)
 
 
+def test_parquet_runs_started_in_the_same_second_keep_each_others_parts(tmp_path, monkeypatch):
+    """A script captioning twice within one second: the second run's part neither replaces nor precedes the
+    first's (names once went down to the second only, and a rerun overwrote the first run's captions)."""
+    monkeypatch.setattr(sv_ray.time, "strftime", lambda *args: "20261201T120000")  # both runs in one second
+    out = str(tmp_path / "captions.parquet")
+    for image in ("first.png", "second.png"):
+        output = sv_ray.ParquetOutput(out)
+        output.prepare([])
+        output.write({"image": image, "text": "a caption", "finish_reason": "stop", "seconds": 0.1})
+        output.close()
+    assert [record["image"] for record in sv_ray.read_output(out)] == ["first.png", "second.png"]
+
+
 def test_a_model_no_actor_can_load_fails_the_job_with_one_clear_error(cluster, tmp_path):
     images = image_folder(tmp_path / "imgs", 2)
     out = tmp_path / "out.jsonl"
