@@ -149,7 +149,7 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
 static void round_scaled_query(const sv_bf16_isa *bf, uint16_t *dst, int64_t ld, const float *q, float scale,
                                int64_t hd, float *scaled) {
     for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * scale;
-    bf->round_rows(dst, ld, scaled, 1, hd);
+    bf->round_rows(dst, ld, scaled, hd, 1, hd);
 }
 
 /* Items: one per query head, rounding its queries (q16[h] = q[:, head h] * scale); then per KV head its
@@ -260,8 +260,8 @@ static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
     uint16_t *row16 = (uint16_t *)sv_pool_scratch(j->pool, thread);
     for (int64_t i = begin; i < end; i++)
         for (int64_t h = 0; h < j->heads; h++) {
-            j->bf->round_rows(j->k16 + (h * j->n + i) * j->hd, j->hd, j->k + i * j->ld + h * j->hd, 1, j->hd);
-            j->bf->round_rows(row16, j->hd, j->v + i * j->ld + h * j->hd, 1, j->hd);
+            j->bf->round_rows(j->k16 + (h * j->n + i) * j->hd, j->hd, j->k + i * j->ld + h * j->hd, j->hd, 1, j->hd);
+            j->bf->round_rows(row16, j->hd, j->v + i * j->ld + h * j->hd, j->hd, 1, j->hd);
             uint16_t *vt = j->vt16 + h * j->hd * j->n + i;
             for (int64_t d = 0; d < j->hd; d++) vt[d * j->n] = row16[d];
         }

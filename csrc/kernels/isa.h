@@ -48,8 +48,8 @@ typedef struct {
  * xb[n, ldx], ldx = W.cols rounded up to even (zero-padded), which every thread then reads. */
 typedef struct {
     const char *name;
-    /* xb[i, :] = x[i, :] rounded to BF16 (nearest even), zero-padded: x[n, k], xb[n, ldx]. */
-    void (*round_rows)(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k);
+    /* xb[i, :] = x[i, :k] rounded to BF16 (nearest even), zero-padded: x's rows ldsrc apart, xb[n, ldx]. */
+    void (*round_rows)(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k);
     /* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1, weights read from the mapping:
      * xb[n, ldx], W BF16, y[n, ldy], b NULL or [W.rows]. */
     void (*dot)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,

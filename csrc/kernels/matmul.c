@@ -104,21 +104,21 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 
 /* xb[i, :] = x[i, :] rounded to BF16, nearest even (finite inputs), zero-padded: the emulated AMX tests'
  * rounding, where there are no AVX512_BF16 kernels. */
-static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k) {
+static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k) {
     for (int64_t i = 0; i < n; i++) {
-        sv_to_bf16_plain(xb + i * ldx, x + i * k, k);
+        sv_to_bf16_plain(xb + i * ldx, x + i * ldsrc, k);
         for (int64_t c = k; c < ldx; c++) xb[i * ldx + c] = 0;
     }
 }
 
-typedef void round_rows_fn(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k);
+typedef void round_rows_fn(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k);
 
 /* The job's rounding to BF16: the BF16 kernels', else plain C (the emulated AMX kernel's tests, any CPU). */
 static round_rows_fn *rounder(const matmul_job *j) { return j->bf16 ? j->bf16->round_rows : round_rows_plain; }
 
 static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
-    rounder(j)(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
+    rounder(j)(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, j->W->cols, end - begin, j->W->cols);
 }
 
 static void bf16_dot_task(void *arg, int64_t begin, int64_t end, int thread) {
@@ -143,30 +143,33 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 }
 
 /* The AMX path's x: xb rounded into whole tiles, each 16 rows x 32 elements contiguous (isa.h,
- * sv_amx_operand); items are blocks of 16 rows, those past n zero.  Quantized W: the columns in the group
- * order of its dequantized rows (bf16_rows). */
+ * sv_amx_operand); items are blocks of 16 rows, those past n zero.  BF16 W: each tile rounded in place from
+ * x's 16 rows.  Quantized W: the columns in the group order of its dequantized rows (bf16_rows), so each row
+ * is rounded and reordered in the thread's scratch, then copied a tile row at a time. */
 static void round_tiles_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
     const int64_t k = j->W->cols, tk = j->amx->k_align, tr = j->amx->row_align, steps = j->ldx / tk;
-    const int quant = sv_dtype_is_quant(j->W->dtype);
     uint16_t *row = (uint16_t *)sv_pool_scratch(j->pool, thread); /* one row rounded, zero-padded to ldx */
     uint16_t *ordered = row + j->ldx;
-    for (int64_t t = begin; t < end; t++)
-        for (int64_t r = 0; r < tr; r++) {
-            int64_t i = t * tr + r;
-            const uint16_t *src = row;
-            if (i < j->n) {
-                rounder(j)(row, j->ldx, j->x + i * k, 1, k);
-                if (quant) {
-                    sv_q_group_order(ordered, row, k);
-                    src = ordered;
-                }
-            } else {
-                memset(row, 0, (size_t)j->ldx * sizeof *row);
-            }
-            for (int64_t s = 0; s < steps; s++)
-                memcpy(j->xb + t * tr * j->ldx + s * tr * tk + r * tk, src + s * tk, (size_t)tk * sizeof *row);
+    for (int64_t t = begin; t < end; t++) {
+        uint16_t *block = j->xb + t * tr * j->ldx;
+        int64_t rows = j->n - t * tr; /* of x, in this block */
+        rows = rows < 0 ? 0 : rows > tr ? tr : rows;
+        for (int64_t s = 0; s < steps; s++) /* rows past n: zero */
+            memset(block + s * tr * tk + rows * tk, 0, (size_t)((tr - rows) * tk) * sizeof *block);
+        if (!sv_dtype_is_quant(j->W->dtype)) {
+            for (int64_t s = 0; s < steps && rows; s++)
+                rounder(j)(block + s * tr * tk, tk, j->x + t * tr * k + s * tk, k, rows,
+                           k - s * tk < tk ? k - s * tk : tk);
+            continue;
         }
+        for (int64_t r = 0; r < rows; r++) {
+            rounder(j)(row, j->ldx, j->x + (t * tr + r) * k, k, 1, k);
+            sv_q_group_order(ordered, row, k);
+            for (int64_t s = 0; s < steps; s++)
+                memcpy(block + s * tr * tk + r * tk, ordered + s * tk, (size_t)tk * sizeof *row);
+        }
+    }
 }
 
 /* Rows [r0, r1) of W as BF16 rows, and their length (the stride and the columns the panels take): BF16
@@ -228,7 +231,7 @@ static int few_operand(matmul_job *j) {
     if (!xt) return 0;
     memset(xt, 0, (size_t)(K / 2 * m) * sizeof *xt);
     for (int64_t i = 0; i < j->n; i++) {
-        rounder(j)(row, K, j->x + i * K, 1, K);
+        rounder(j)(row, K, j->x + i * K, K, 1, K);
         sv_amx_few_column(xt, m, i, row, K);
     }
     j->xb = (uint16_t *)(void *)xt;
@@ -339,7 +342,7 @@ static double race_fp32(const sv_isa *isa, const race_buffers *r) {
 
 static double race_bf16(const sv_bf16_isa *bf, const race_buffers *r) {
     double start = sv_seconds();
-    bf->round_rows(r->xb, RACE_K, r->x, RACE_N, RACE_K);
+    bf->round_rows(r->xb, RACE_K, r->x, RACE_K, RACE_N, RACE_K);
     for (int64_t row = 0; row < RACE_ROWS; row += bf->panel_width) {
         int64_t w = RACE_ROWS - row < bf->panel_width ? RACE_ROWS - row : bf->panel_width;
         bf->pack((uint32_t *)r->panel, r->w, RACE_K, RACE_K, row, row + w);
@@ -536,7 +539,7 @@ int sv_matmul_in_bf16(const sv_ctx *ctx, st_dtype weights) {
 void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
     const sv_bf16_isa *bf16 = sv_bf16_isa_for(sv_isa_selected());
     if (bf16) {
-        bf16->round_rows(dst, n, x, 1, n);
+        bf16->round_rows(dst, n, x, n, 1, n);
         return;
     }
     sv_to_bf16_plain(dst, x, n);

@@ -30,10 +30,10 @@ enum {
 
 #define BH(v) ((__m512bh)(v))
 
-/* xb[i, :] = x[i, :] rounded to BF16 (nearest even), zero-padded to ldx: x[n, k], xb[n, ldx]. */
-static void round_rows(uint16_t *xb, int64_t ldx, const float *x, int64_t n, int64_t k) {
+/* xb[i, :] = x[i, :k] rounded to BF16 (nearest even), zero-padded to ldx: x's rows ldsrc apart, xb[n, ldx]. */
+static void round_rows(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k) {
     for (int64_t i = 0; i < n; i++) {
-        const float *src = x + i * k;
+        const float *src = x + i * ldsrc;
         uint16_t *dst = xb + i * ldx;
         int64_t c = 0;
         for (; c + 16 <= k; c += 16)

@@ -77,7 +77,8 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
 
 static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
     const quant_job *j = arg;
-    j->bf16->round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, end - begin, j->W->cols);
+    j->bf16->round_rows(j->xb + begin * j->ldx, j->ldx, j->x + begin * j->W->cols, j->W->cols, end - begin,
+                        j->W->cols);
 }
 
 /* Scratch: the packed BF16 panel [ceil(K / 2), width] (32-bit pairs), the dequantized rows [width, K] in
@@ -96,7 +97,7 @@ static void bf16_gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     for (int64_t r = r0; r < r1; r += width) {
         int64_t w = r1 - r < width ? r1 - r : width;
         for (int64_t i = 0; i < w; i++) sv_q_dequantize_row(rows + i * K, j->W, r + i);
-        j->bf16->round_rows(rounded, K, rows, w, K);
+        j->bf16->round_rows(rounded, K, rows, K, w, K);
         j->bf16->pack(panel, rounded, K, K, 0, w);
         j->bf16->gemm(j->y + r, j->W->rows, j->xb, j->ldx, j->n, panel, w, j->b ? j->b + r : NULL);
     }
