@@ -254,17 +254,23 @@ typedef struct {
     uint16_t *k16, *vt16;
 } split_job;
 
-/* Tokens [begin, end): k16[h, i, :] = k[i, head h] and vt16[h, :, i] = v[i, head h], rounded to BF16. */
+/* Tokens [begin, end): k16[h, i, :] = k[i, head h] and vt16[h, :, i] = v[i, head h], rounded to BF16, a head
+ * at a time: K's rows in one call, V's into the scratch (as many tokens as it holds), then transposed. */
 static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
     const split_job *j = arg;
-    uint16_t *row16 = (uint16_t *)sv_pool_scratch(j->pool, thread);
-    for (int64_t i = begin; i < end; i++)
-        for (int64_t h = 0; h < j->heads; h++) {
-            j->bf->round_rows(j->k16 + (h * j->n + i) * j->hd, j->hd, j->k + i * j->ld + h * j->hd, j->hd, 1, j->hd);
-            j->bf->round_rows(row16, j->hd, j->v + i * j->ld + h * j->hd, j->hd, 1, j->hd);
-            uint16_t *vt = j->vt16 + h * j->hd * j->n + i;
-            for (int64_t d = 0; d < j->hd; d++) vt[d * j->n] = row16[d];
+    const int64_t hd = j->hd, most = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof(uint16_t));
+    uint16_t *rows16 = (uint16_t *)sv_pool_scratch(j->pool, thread);
+    for (int64_t h = 0; h < j->heads; h++) {
+        j->bf->round_rows(j->k16 + (h * j->n + begin) * hd, hd, j->k + begin * j->ld + h * hd, j->ld, end - begin, hd);
+        for (int64_t i0 = begin; i0 < end; i0 += most) {
+            const int64_t count = end - i0 < most ? end - i0 : most;
+            j->bf->round_rows(rows16, hd, j->v + i0 * j->ld + h * hd, j->ld, count, hd);
+            for (int64_t d = 0; d < hd; d++) {
+                uint16_t *vt = j->vt16 + (h * hd + d) * j->n + i0;
+                for (int64_t i = 0; i < count; i++) vt[i] = rows16[i * hd + d];
+            }
         }
+    }
 }
 
 static size_t self_fused_bytes(const attn_kernels *kn, int64_t n, int64_t heads, int64_t head_dim) {
