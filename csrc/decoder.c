@@ -200,9 +200,9 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
     int64_t d = c->text_hidden, f = c->text_intermediate, hd = c->head_dim, kvd = c->text_kv_heads * hd;
     float eps = (float)c->rms_norm_eps;
     rope_angles(s, hd / 2, n);
+    if (c->text_layers > 0) sv_rmsnorm_rows(ctx, s->xn, s->x, m->text.layers[0].attn_norm, n, d, eps);
     for (int64_t l = 0; l < c->text_layers; l++) {
-        const text_layer *w = &m->text.layers[l];
-        sv_rmsnorm_rows(ctx, s->xn, s->x, w->attn_norm, n, d, eps);
+        const text_layer *w = &m->text.layers[l]; /* xn holds attn_norm(x) */
         const sv_product qkv[] = {{s->q, &w->q, w->q_b}, {s->k, &w->k, w->k_b}, {s->v, &w->v, w->v_b}};
         sv_matmul_shared(ctx, s->xn, n, qkv, 3);
         sv_rope_rows(ctx, s->q, n, c->text_heads, hd, s->cos, s->sin);
@@ -216,14 +216,15 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
             sv_attend_cache_rows(ctx, s->attention, (const sv_kv_cache *const *)s->caches, l, s->att, s->q, n, s->pos);
         }
         sv_matmul(ctx, s->xn, s->att, n, &w->o, w->o_b);
-        sv_add_rows(ctx, s->x, s->xn, n, d);
-
-        sv_rmsnorm_rows(ctx, s->xn, s->x, w->mlp_norm, n, d, eps);
+        sv_add_rmsnorm_rows(ctx, s->x, s->xn, s->xn, w->mlp_norm, n, d, eps); /* x += attention, xn = norm(x) */
         const sv_product gate_up[] = {{s->gate, &w->gate, w->gate_b}, {s->up, &w->up, w->up_b}};
         sv_matmul_shared(ctx, s->xn, n, gate_up, 2);
         sv_silu_mul_rows(ctx, s->gate, s->up, n, f);
         sv_matmul(ctx, s->xn, s->gate, n, &w->down, w->down_b);
-        sv_add_rows(ctx, s->x, s->xn, n, d);
+        if (l + 1 < c->text_layers) /* x += mlp, xn = the next layer's attn_norm(x) */
+            sv_add_rmsnorm_rows(ctx, s->x, s->xn, s->xn, m->text.layers[l + 1].attn_norm, n, d, eps);
+        else
+            sv_add_rows(ctx, s->x, s->xn, n, d);
     }
 }
 

@@ -65,6 +65,13 @@ void sv_layernorm_rows(const sv_ctx *ctx, float *y, const float *x, const float 
                        int64_t dim, float eps);
 /* [norm] y = x / sqrt(mean(x^2) + eps) * w per row: x, y [n, dim]; y may alias x. */
 void sv_rmsnorm_rows(const sv_ctx *ctx, float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps);
+/* [norm] residual += x, then y = layernorm(residual) (as sv_layernorm_rows), a few rows at a time while they
+ * are in cache: the residual add and the norm that reads it in one pass; y may alias x. */
+void sv_add_layernorm_rows(const sv_ctx *ctx, float *residual, const float *x, float *y, const float *w,
+                           const float *b, int64_t n, int64_t dim, float eps);
+/* [norm] residual += x, then y = rmsnorm(residual) (as sv_rmsnorm_rows), as sv_add_layernorm_rows. */
+void sv_add_rmsnorm_rows(const sv_ctx *ctx, float *residual, const float *x, float *y, const float *w, int64_t n,
+                         int64_t dim, float eps);
 /* [activation] x = gelu_tanh(x): x[n, dim]. */
 void sv_gelu_rows(const sv_ctx *ctx, float *x, int64_t n, int64_t dim);
 /* [activation] gate = silu(gate) * up: gate, up [n, dim]. */

@@ -143,26 +143,24 @@ static void embed(const sv_model *m, const vision_shape *s, vision_scratch *sc, 
     for (int64_t t = 0; t < tiles; t++) sv_add_rows(&m->ctx, sc->x + t * P * s->hidden, sc->t, P, s->hidden);
 }
 
-/* One pre-LN encoder layer on x[rows, hidden]. */
-static void encoder_layer(const sv_model *m, const vision_shape *s, const vision_layer *l, vision_scratch *sc,
-                          int64_t tiles) {
+/* One pre-LN encoder layer on x[rows, hidden], t holding ln1(x) already; it leaves t = next(x) for the
+ * layernorm that comes next (the next layer's ln1, or the post-layernorm), fused with the residual add. */
+static void encoder_layer(const sv_model *m, const vision_shape *s, const vision_layer *l, const float *next_w,
+                          const float *next_b, vision_scratch *sc, int64_t tiles) {
     const sv_ctx *ctx = &m->ctx;
     int64_t rows = tiles * s->patches, H = s->hidden, tile = s->patches * H;
     float *q = sc->wide, *k = q + rows * H, *v = k + rows * H;
-    sv_layernorm_rows(ctx, sc->t, sc->x, l->ln1_w, l->ln1_b, rows, H, s->eps);
     const sv_product qkv[] = {{q, &l->q, l->q_b}, {k, &l->k, l->k_b}, {v, &l->v, l->v_b}};
     sv_matmul_shared(ctx, sc->t, rows, qkv, 3);
     for (int64_t t = 0; t < tiles; t++)
         sv_attend_self(ctx, sc->attention, sc->t + t * tile, q + t * tile, k + t * tile, v + t * tile);
     sv_matmul(ctx, q, sc->t, rows, &l->o, l->o_b); /* q is dead: reuse it for the projection */
-    sv_add_rows(ctx, sc->x, q, rows, H);
-
     float *hid = sc->wide; /* q, k, v are dead */
-    sv_layernorm_rows(ctx, sc->t, sc->x, l->ln2_w, l->ln2_b, rows, H, s->eps);
+    sv_add_layernorm_rows(ctx, sc->x, q, sc->t, l->ln2_w, l->ln2_b, rows, H, s->eps); /* x += attention, t = ln2(x) */
     sv_matmul(ctx, hid, sc->t, rows, &l->fc1, l->fc1_b);
     sv_gelu_rows(ctx, hid, rows, s->inter);
     sv_matmul(ctx, sc->t, hid, rows, &l->fc2, l->fc2_b);
-    sv_add_rows(ctx, sc->x, sc->t, rows, H);
+    sv_add_layernorm_rows(ctx, sc->x, sc->t, sc->t, next_w, next_b, rows, H, s->eps); /* x += mlp, t = next(x) */
 }
 
 /* Idefics3Connector.pixel_shuffle, per tile: out[tiles*seq_len, hidden*scale^2] from
@@ -189,10 +187,14 @@ static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch
                         int64_t tiles, float *out) {
     const vision_weights *w = &m->vision;
     int64_t rows = tiles * s->patches;
+    const int layers = m->cfg.vision_layers;
     embed(m, s, sc, pixels, tiles);
-    for (int i = 0; i < m->cfg.vision_layers; i++) encoder_layer(m, s, &w->layers[i], sc, tiles);
-    sv_layernorm_rows(&m->ctx, sc->t, sc->x, w->post_ln_w, w->post_ln_b, rows, s->hidden, s->eps);
-    pixel_shuffle(sc->x, sc->t, s, tiles);
+    sv_layernorm_rows(&m->ctx, sc->t, sc->x, layers ? w->layers[0].ln1_w : w->post_ln_w,
+                      layers ? w->layers[0].ln1_b : w->post_ln_b, rows, s->hidden, s->eps);
+    for (int i = 0; i < layers; i++)
+        encoder_layer(m, s, &w->layers[i], i + 1 < layers ? w->layers[i + 1].ln1_w : w->post_ln_w,
+                      i + 1 < layers ? w->layers[i + 1].ln1_b : w->post_ln_b, sc, tiles);
+    pixel_shuffle(sc->x, sc->t, s, tiles); /* t: post_ln(x) */
     sv_matmul(&m->ctx, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
 }
 
