@@ -144,8 +144,9 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
     return (uint32_t *)(j->ws + j->l.vp) + (g * j->l.v_panels + p) * j->l.v_panel;
 }
 
-/* dst[0:ld] = q[0:hd] * scale rounded to BF16, zero-padded: the query as both BF16 paths (the fused chunks and
- * decode's rows) multiply it; scaled[hd] is the caller's fp32 scratch. */
+/* dst[0:ld] = q[0:hd] * scale rounded to BF16, zero-padded: the query as decode's rows multiply it (the fused
+ * path's prepare_task scales and rounds a head's queries the same way, many at a time); scaled[hd] is the
+ * caller's fp32 scratch. */
 static void round_scaled_query(const sv_bf16_isa *bf, uint16_t *dst, int64_t ld, const float *q, float scale,
                                int64_t hd, float *scaled) {
     for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * scale;
@@ -162,10 +163,14 @@ static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
     int64_t per_kv_head = l->k_panels + l->v_panels, hd = a->head_dim;
     float *scaled = sv_pool_scratch(j->pool, thread);
     for (int64_t item = begin; item < end; item++) {
-        if (item < a->heads) {
-            for (int64_t i = 0; i < a->queries; i++)
-                round_scaled_query(j->kn->bf, q16_of(j, item) + i * l->ldq, l->ldq, o->q + i * o->ldq + item * hd,
-                                   a->scale, hd, scaled);
+        if (item < a->heads) { /* the head's queries scaled in the scratch, as many as it holds, rounded at once */
+            const int64_t most = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *scaled);
+            for (int64_t i0 = 0; i0 < a->queries; i0 += most) {
+                const int64_t count = a->queries - i0 < most ? a->queries - i0 : most;
+                for (int64_t i = 0; i < count; i++)
+                    for (int64_t d = 0; d < hd; d++) scaled[i * hd + d] = o->q[(i0 + i) * o->ldq + item * hd + d] * a->scale;
+                j->kn->bf->round_rows(q16_of(j, item) + i0 * l->ldq, l->ldq, scaled, hd, count, hd);
+            }
             continue;
         }
         int64_t g = (item - a->heads) / per_kv_head, p = (item - a->heads) % per_kv_head;
