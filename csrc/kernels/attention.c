@@ -144,13 +144,13 @@ static uint32_t *v_panel(const attn_job *j, int64_t g, int64_t p) {
     return (uint32_t *)(j->ws + j->l.vp) + (g * j->l.v_panels + p) * j->l.v_panel;
 }
 
-/* dst[0:ld] = q[0:hd] * scale rounded to BF16, zero-padded: the query as decode's rows multiply it (the fused
- * path's prepare_task scales and rounds a head's queries the same way, many at a time); scaled[hd] is the
- * caller's fp32 scratch. */
-static void round_scaled_query(const sv_bf16_isa *bf, uint16_t *dst, int64_t ld, const float *q, float scale,
-                               int64_t hd, float *scaled) {
-    for (int64_t d = 0; d < hd; d++) scaled[d] = q[d] * scale;
-    bf->round_rows(dst, ld, scaled, hd, 1, hd);
+/* dst[i, 0:ld] = q[i, 0:hd] * scale rounded to BF16, zero-padded, for n queries ldq apart: the queries as both
+ * BF16 paths (the fused chunks and decode's rows) multiply them; scaled[n, hd] is the caller's fp32 scratch. */
+static void round_scaled_queries(const sv_bf16_isa *bf, uint16_t *dst, int64_t ld, const float *q, int64_t ldq,
+                                 int64_t n, float scale, int64_t hd, float *scaled) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t d = 0; d < hd; d++) scaled[i * hd + d] = q[i * ldq + d] * scale;
+    bf->round_rows(dst, ld, scaled, hd, n, hd);
 }
 
 /* Items: one per query head, rounding its queries (q16[h] = q[:, head h] * scale); then per KV head its
@@ -165,12 +165,9 @@ static void prepare_task(void *arg, int64_t begin, int64_t end, int thread) {
     for (int64_t item = begin; item < end; item++) {
         if (item < a->heads) { /* the head's queries scaled in the scratch, as many as it holds, rounded at once */
             const int64_t most = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *scaled);
-            for (int64_t i0 = 0; i0 < a->queries; i0 += most) {
-                const int64_t count = a->queries - i0 < most ? a->queries - i0 : most;
-                for (int64_t i = 0; i < count; i++)
-                    for (int64_t d = 0; d < hd; d++) scaled[i * hd + d] = o->q[(i0 + i) * o->ldq + item * hd + d] * a->scale;
-                j->kn->bf->round_rows(q16_of(j, item) + i0 * l->ldq, l->ldq, scaled, hd, count, hd);
-            }
+            for (int64_t i0 = 0; i0 < a->queries; i0 += most)
+                round_scaled_queries(j->kn->bf, q16_of(j, item) + i0 * l->ldq, l->ldq, o->q + i0 * o->ldq + item * hd,
+                                     o->ldq, a->queries - i0 < most ? a->queries - i0 : most, a->scale, hd, scaled);
             continue;
         }
         int64_t g = (item - a->heads) / per_kv_head, p = (item - a->heads) % per_kv_head;
@@ -533,7 +530,7 @@ static void row_task(void *arg, int64_t begin, int64_t end, int thread) {
         if (c->bf16 && a->rows_bf) {
             const uint16_t *K = (const uint16_t *)c->k + base, *Vt = (const uint16_t *)c->vt + base;
             uint16_t *query = a->row_query + (int64_t)thread * hd, *terms = a->row_terms + (int64_t)thread * a->capacity;
-            round_scaled_query(a->rows_bf, query, hd, q, a->scale, hd, out); /* out: free until the last product */
+            round_scaled_queries(a->rows_bf, query, hd, q, hd, 1, a->scale, hd, out); /* out: free until the last product */
             a->rows_bf->dot_rows(scores, query, K, keys, hd, hd, 1.0f);
             float sum = sv_softmax_bf16(terms, keys, scores, keys);
             a->rows_bf->dot_rows(out, terms, Vt, hd, keys, cap, 1.0f / sum);
