@@ -182,18 +182,27 @@ static void pixel_shuffle(float *out, const float *in, const vision_shape *s, in
     }
 }
 
+/* The layernorm that layer i begins with (its ln1), or past the last layer the post-layernorm. */
+static void norm_before(const sv_model *m, int i, const float **w, const float **b) {
+    const vision_weights *v = &m->vision;
+    int last = i >= m->cfg.vision_layers;
+    *w = last ? v->post_ln_w : v->layers[i].ln1_w;
+    *b = last ? v->post_ln_b : v->layers[i].ln1_b;
+}
+
 /* out[tiles*seq_len, text_hidden] = the image features of `tiles` tiles. */
 static void encode_pass(const sv_model *m, const vision_shape *s, vision_scratch *sc, const float *pixels,
                         int64_t tiles, float *out) {
     const vision_weights *w = &m->vision;
     int64_t rows = tiles * s->patches;
-    const int layers = m->cfg.vision_layers;
+    const float *norm_w, *norm_b;
     embed(m, s, sc, pixels, tiles);
-    sv_layernorm_rows(&m->ctx, sc->t, sc->x, layers ? w->layers[0].ln1_w : w->post_ln_w,
-                      layers ? w->layers[0].ln1_b : w->post_ln_b, rows, s->hidden, s->eps);
-    for (int i = 0; i < layers; i++)
-        encoder_layer(m, s, &w->layers[i], i + 1 < layers ? w->layers[i + 1].ln1_w : w->post_ln_w,
-                      i + 1 < layers ? w->layers[i + 1].ln1_b : w->post_ln_b, sc, tiles);
+    norm_before(m, 0, &norm_w, &norm_b);
+    sv_layernorm_rows(&m->ctx, sc->t, sc->x, norm_w, norm_b, rows, s->hidden, s->eps);
+    for (int i = 0; i < m->cfg.vision_layers; i++) {
+        norm_before(m, i + 1, &norm_w, &norm_b);
+        encoder_layer(m, s, &w->layers[i], norm_w, norm_b, sc, tiles);
+    }
     pixel_shuffle(sc->x, sc->t, s, tiles); /* t: post_ln(x) */
     sv_matmul(&m->ctx, out, sc->x, tiles * s->seq_len, &w->connector, NULL);
 }
