@@ -48,7 +48,6 @@ struct job {
     const float *data; /* READ_*: this thread's slice */
     size_t n;          /* READ_*: floats in the slice */
     float sink;        /* keeps the result alive so nothing is optimised away */
-    int ok;            /* AMX_BF16_L1/L2: 0 if its operands could not be allocated */
     double cpu_seconds; /* CPU time this thread got */
 };
 
@@ -169,45 +168,52 @@ __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16(void) {
  * L2, a GEMM's block: 128 KB of A (32 rows of x over K = 2048) against 1 MB of B (the packed weights). */
 enum { L1_A_BYTES = 4 << 10, L1_B_BYTES = 4 << 10, L2_A_BYTES = 128 << 10, L2_B_BYTES = 1 << 20 };
 
-/* amx_bf16's rounds with the four operand tiles loaded before each (two A tiles from a, two B tiles from b,
- * each region read in order and over again): a_bytes and b_bytes of BF16 values in +-[0.5, 2) from a
- * xorshift, so that the tiles multiply varied data as a GEMM's do.  *ok = 0 if they cannot be allocated. */
-__attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16_fed(size_t a_bytes, size_t b_bytes, int *ok) {
-    unsigned short *a = aligned_alloc(64, a_bytes), *b = aligned_alloc(64, b_bytes);
-    float out[16 * 16];
-    *ok = a && b;
-    if (*ok) {
-        uint64_t state = 0x9E3779B97F4A7C15u;
-        for (size_t i = 0; i < a_bytes / 2 + b_bytes / 2; i++) {
-            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
-            unsigned short v = (unsigned short)(0x3f00 | (state & 0x80ff)); /* +-[0.5, 2) */
-            if (i < a_bytes / 2) a[i] = v;
-            else b[i - a_bytes / 2] = v;
-        }
-        _tile_loadconfig(TILE_CONFIG);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        size_t at = 0, bt = 0;
-        for (long i = 0; i < AMX_ROUNDS(fma_iters); i++) {
-            _tile_loadd(4, (const char *)a + at, 64);
-            _tile_loadd(6, (const char *)b + bt, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, (const char *)b + bt + 1024, 64);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_loadd(5, (const char *)a + at + 1024, 64);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-            at = (at + 2048) & (a_bytes - 1);
-            bt = (bt + 2048) & (b_bytes - 1);
-        }
-        _tile_stored(0, out, 64);
-        _tile_release();
+/* The fed tests' operands, A then B (L2_A_BYTES + L2_B_BYTES), made once before any timing and only read
+ * after, by every thread: BF16 values in +-[0.5, 2) from a xorshift, so that the tiles multiply varied data
+ * as a GEMM's do.  NULL until amx_operands_made. */
+static unsigned short *amx_operands;
+
+static int amx_operands_made(void) {
+    const size_t count = (L2_A_BYTES + L2_B_BYTES) / 2;
+    amx_operands = aligned_alloc(64, count * 2);
+    if (!amx_operands) {
+        fprintf(stderr, "machine_limits: cannot allocate the AMX operands: AMX figures skipped\n");
+        return 0;
     }
-    free(a);
-    free(b);
-    return *ok ? out[0] : 0.0f;
+    uint64_t state = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < count; i++) {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        amx_operands[i] = (unsigned short)(0x3f00 | (state & 0x80ff)); /* +-[0.5, 2) */
+    }
+    return 1;
+}
+
+/* amx_bf16's rounds with the four operand tiles loaded before each: two A tiles from the first a_bytes of A,
+ * two B tiles from the first b_bytes of B, each region read in order and over again. */
+__attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16_fed(size_t a_bytes, size_t b_bytes) {
+    const char *a = (const char *)amx_operands, *b = a + L2_A_BYTES;
+    float out[16 * 16];
+    _tile_loadconfig(TILE_CONFIG);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    size_t at = 0, bt = 0;
+    for (long i = 0; i < AMX_ROUNDS(fma_iters); i++) {
+        _tile_loadd(4, a + at, 64);
+        _tile_loadd(6, b + bt, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, b + bt + 1024, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, a + at + 1024, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+        at = (at + 2048) & (a_bytes - 1);
+        bt = (bt + 2048) & (b_bytes - 1);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    return out[0];
 }
 
 /* AMX-TILE and AMX-BF16 (cpuid 7.0 edx bits 24, 22), the OS managing the tile state (XCR0 bits 17, 18),
@@ -241,8 +247,8 @@ static void *run_job(void *arg) {
     case FMA_AVX2: job->sink = fma_avx2(); break;
     case DPBF16: job->sink = dpbf16(); break;
     case AMX_BF16: job->sink = amx_bf16(); break;
-    case AMX_BF16_L1: job->sink = amx_bf16_fed(L1_A_BYTES, L1_B_BYTES, &job->ok); break;
-    case AMX_BF16_L2: job->sink = amx_bf16_fed(L2_A_BYTES, L2_B_BYTES, &job->ok); break;
+    case AMX_BF16_L1: job->sink = amx_bf16_fed(L1_A_BYTES, L1_B_BYTES); break;
+    case AMX_BF16_L2: job->sink = amx_bf16_fed(L2_A_BYTES, L2_B_BYTES); break;
     }
     job->cpu_seconds = seconds_of(CLOCK_THREAD_CPUTIME_ID) - start;
     return NULL;
@@ -251,7 +257,7 @@ static void *run_job(void *arg) {
 /* Best wall seconds of RUNS runs of `test` on `threads` threads; data[n] is
  * split into equal slices for the read tests.  *best_cpu receives the best
  * run's slowest thread CPU time: on a shared machine, what an idle one would
- * show.  -1 if a thread fails to start or to allocate. */
+ * show.  -1 if a thread fails to start. */
 static double best_seconds(enum test test, int threads, const float *data, size_t n, double *best_cpu) {
     pthread_t tid[64];
     struct job jobs[64];
@@ -260,13 +266,12 @@ static double best_seconds(enum test test, int threads, const float *data, size_
     for (int run = 0; run < RUNS; run++) {
         double start = seconds_of(CLOCK_MONOTONIC), cpu = 0;
         for (int t = 0; t < threads; t++) {
-            jobs[t] = (struct job){test, data + t * slice, slice, 0, 1, 0};
+            jobs[t] = (struct job){test, data + t * slice, slice, 0, 0};
             if (pthread_create(&tid[t], NULL, run_job, &jobs[t]) != 0) return -1;
         }
         for (int t = 0; t < threads; t++) {
             pthread_join(tid[t], NULL);
             if (jobs[t].cpu_seconds > cpu) cpu = jobs[t].cpu_seconds;
-            if (!jobs[t].ok) return -1;
         }
         double seconds = seconds_of(CLOCK_MONOTONIC) - start;
         if (best < 0 || seconds < best) best = seconds;
@@ -344,7 +349,7 @@ int main(int argc, char **argv) {
     int has512 = __builtin_cpu_supports("avx512f"), has2 = __builtin_cpu_supports("avx2") &&
                                                          __builtin_cpu_supports("fma");
     int hasbf16 = has512 && __builtin_cpu_supports("avx512bf16");
-    int hasamx = amx_usable();
+    int hasamx = amx_usable() && amx_operands_made();
     if (!has2) {
         fprintf(stderr, "machine_limits: this CPU has no AVX2/FMA\n");
         return 1;
@@ -365,10 +370,11 @@ int main(int argc, char **argv) {
     double amx_l1_s = hasamx ? best_seconds(AMX_BF16_L1, threads, NULL, 0, &amx_l1_cpu) : 0;
     double amx_l2_s = hasamx ? best_seconds(AMX_BF16_L2, threads, NULL, 0, &amx_l2_cpu) : 0;
     free(data);
+    free(amx_operands);
     double file_gb_s = 0, file_gb_s_cpu = 0, pmd_mb = -1;
     int files_read = file_count && file_read(files, file_count, threads, has512, &file_gb_s, &file_gb_s_cpu, &pmd_mb);
     if (read_s <= 0 || fma_s <= 0 || bf16_s < 0 || amx_s < 0 || amx_l1_s < 0 || amx_l2_s < 0) {
-        fprintf(stderr, "machine_limits: could not start threads or allocate their operands\n");
+        fprintf(stderr, "machine_limits: could not start threads\n");
         return 1;
     }
     double read_gb = (double)slice * threads * sizeof(float) / 1e9;
