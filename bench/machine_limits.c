@@ -138,17 +138,22 @@ static const unsigned char TILE_CONFIG[64] = {
 };
 static const unsigned short TILE_ONES[16 * 32] = {[0 ... 16 * 32 - 1] = 0x3f80}; /* BF16 1.0 */
 
+/* Both AMX tests' start: every tile 16 x 64 bytes, the four accumulator tiles (0-3) zero. */
+__attribute__((target("amx-tile"))) static void start_accumulators(void) {
+    _tile_loadconfig(TILE_CONFIG);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
 /* AMX_ROUNDS(fma_iters) rounds of four tdpbf16ps into four independent accumulator tiles (two A tiles
  * times two B tiles, as a GEMM blocks them): each is a 16 x 32 by 32 x 16 BF16 product, 16 * 16 * 32 * 2
  * FLOPs.  Operands stay in the tiles: this is the instruction's own peak, no memory traffic. */
 #define AMX_ROUNDS(iters) ((iters) / 4)
 __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16(void) {
     float out[16 * 16];
-    _tile_loadconfig(TILE_CONFIG);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    start_accumulators();
     _tile_loadd(4, TILE_ONES, 64);
     _tile_loadd(5, TILE_ONES, 64);
     _tile_loadd(6, TILE_ONES, 64);
@@ -193,11 +198,7 @@ static int amx_operands_made(void) {
 __attribute__((target("amx-tile,amx-bf16"))) static float amx_bf16_fed(size_t a_bytes, size_t b_bytes) {
     const char *a = (const char *)amx_operands, *b = a + L2_A_BYTES;
     float out[16 * 16];
-    _tile_loadconfig(TILE_CONFIG);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    start_accumulators();
     size_t at = 0, bt = 0;
     for (long i = 0; i < AMX_ROUNDS(fma_iters); i++) {
         _tile_loadd(4, a + at, 64);
