@@ -197,7 +197,7 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
     const sv_config *c = &m->cfg;
     const sv_ctx *ctx = &m->ctx;
     sv_decoder *s = m->decoder;
-    int64_t d = c->text_hidden, f = c->text_intermediate, hd = c->head_dim, kvd = c->text_kv_heads * hd;
+    int64_t d = c->text_hidden, f = c->text_intermediate, hd = c->head_dim;
     float eps = (float)c->rms_norm_eps;
     rope_angles(s, hd / 2, n);
     if (c->text_layers > 0) sv_rmsnorm_rows(ctx, s->xn, s->x, m->text.layers[0].attn_norm, n, d, eps);
@@ -211,8 +211,7 @@ static void forward_rows(sv_model *m, int64_t n, sv_kv_cache *chunk) {
             sv_kv_cache_store(ctx, chunk, l, s->pos[0], s->k, s->v, n);
             sv_attend_cache(ctx, s->attention, chunk, l, s->att, s->q, n, s->pos[0]);
         } else {
-            for (int64_t r = 0; r < n; r++)
-                sv_kv_cache_store(ctx, s->caches[r], l, s->pos[r], s->k + r * kvd, s->v + r * kvd, 1);
+            sv_kv_cache_store_rows(ctx, s->caches, l, s->pos, s->k, s->v, n);
             sv_attend_cache_rows(ctx, s->attention, (const sv_kv_cache *const *)s->caches, l, s->att, s->q, n, s->pos);
         }
         sv_matmul(ctx, s->xn, s->att, n, &w->o, w->o_b);

@@ -123,6 +123,10 @@ int64_t sv_kv_cache_bytes(const sv_kv_cache *c);
 /* Stores the keys and values k, v [n, kv_heads * head_dim] of positions pos0 .. pos0 + n - 1 in a layer. */
 void sv_kv_cache_store(const sv_ctx *ctx, sv_kv_cache *c, int64_t layer, int64_t pos0, const float *k,
                        const float *v, int64_t n);
+/* Stores row r of k and v [n, kv_heads * head_dim] at position pos[r] of caches[r] (decode steps of several
+ * sequences: one pool run for all of them); the caches alike in shape and dtype. */
+void sv_kv_cache_store_rows(const sv_ctx *ctx, sv_kv_cache *const *caches, int64_t layer, const int64_t *pos,
+                            const float *k, const float *v, int64_t n);
 
 /* Grows a cache to `capacity` positions keeping the first `keep` (their K rows and V^T columns);
  * 0 and the cache as it was if out of memory. */
@@ -148,8 +152,9 @@ void sv_attend_cache_rows(const sv_ctx *ctx, sv_cached_attention *a, const sv_kv
 
 /* ---- single-thread kernels ---- */
 
-/* dst[n] = x[n] rounded to BF16, nearest even. */
-void sv_to_bf16(uint16_t *dst, const float *x, int64_t n);
+/* dst[r * ldd + c] = x[r * ldx + c] rounded to BF16, nearest even, for r < rows, c < n; zero for
+ * n <= c < ldd. */
+void sv_to_bf16_rows(uint16_t *dst, int64_t ldd, const float *x, int64_t ldx, int64_t rows, int64_t n);
 
 /* dst[W.cols] = W[row, :] as fp32 (embedding lookup). */
 void sv_matrix_row(float *dst, const sv_matrix *W, int64_t row);

@@ -682,12 +682,11 @@ sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const floa
              posix_memalign(&workspace, 64, bytes) != 0)
         s = sv_fail(SV_ERR_NOMEM, "out of memory");
     if (s == SV_OK) {
-        for (int64_t g = 0; g < kv_heads; g++)
-            for (int64_t p = 0; p < keys; p++) {
-                sv_to_bf16(k16 + (g * cap + p) * head_dim, k + p * kvd + g * head_dim, head_dim);
-                for (int64_t d = 0; d < head_dim; d++)
-                    sv_to_bf16(vt16 + (g * head_dim + d) * cap + p, v + p * kvd + g * head_dim + d, 1);
-            }
+        for (int64_t g = 0; g < kv_heads; g++) {
+            sv_to_bf16_rows(k16 + g * cap * head_dim, head_dim, k + g * head_dim, kvd, keys, head_dim);
+            for (int64_t d = 0; d < head_dim; d++) /* V^T row d: element d of every key's value, kvd apart */
+                sv_to_bf16_rows(vt16 + (g * head_dim + d) * cap, 1, v + g * head_dim + d, kvd, keys, 1);
+        }
         if (queries == 1) {
             sv_kv_cache c = {1, kv_heads, head_dim, cap, 1, k16, vt16};
             const sv_kv_cache *caches[1] = {&c};

@@ -35,42 +35,61 @@ int64_t sv_kv_cache_bytes(const sv_kv_cache *c) {
 }
 
 typedef struct {
-    sv_kv_cache *c;
+    sv_kv_cache *const *caches; /* rows: one per row; else caches[0] takes every row */
+    const int64_t *pos;         /* rows: row i's position; else row i goes to pos0 + i */
     int64_t layer, pos0;
     const float *k, *v;
+    sv_pool *pool;
 } store_job;
 
-/* Rows [begin, end) of k and v into positions pos0 + begin .. of every KV head of the layer. */
-static void store_task(void *arg, int64_t begin, int64_t end, int thread) {
-    const store_job *j = arg;
-    const sv_kv_cache *c = j->c;
-    int64_t hd = c->head_dim, kvd = c->kv_heads * hd, cap = c->capacity;
+/* n consecutive rows of k and v (kvd values apart) into positions pos .. pos + n - 1 of every KV head of the
+ * layer.  BF16: a head's keys rounded in one call; its values rounded in one call into the thread's scratch,
+ * then written down their V^T columns (the cache's values are rounded exactly once either way). */
+static void store_run(const store_job *j, sv_kv_cache *c, int64_t pos, const float *k, const float *v, int64_t n,
+                      int thread) {
+    const int64_t hd = c->head_dim, kvd = c->kv_heads * hd, cap = c->capacity;
     for (int64_t h = 0; h < c->kv_heads; h++) {
-        int64_t base = (j->layer * c->kv_heads + h) * cap * hd;
-        for (int64_t i = begin; i < end; i++) {
-            const float *k = j->k + i * kvd + h * hd, *v = j->v + i * kvd + h * hd;
-            int64_t pos = j->pos0 + i;
-            if (c->bf16) {
-                uint16_t *kc = (uint16_t *)c->k + base, *vc = (uint16_t *)c->vt + base;
-                sv_to_bf16(kc + pos * hd, k, hd);
-                uint16_t vb[64]; /* v rounded a block at a time, then scattered into its column */
-                for (int64_t e0 = 0; e0 < hd; e0 += 64) {
-                    int64_t len = hd - e0 < 64 ? hd - e0 : 64;
-                    sv_to_bf16(vb, v + e0, len);
-                    for (int64_t e = 0; e < len; e++) vc[(e0 + e) * cap + pos] = vb[e];
-                }
-            } else {
-                float *kc = (float *)c->k + base, *vc = (float *)c->vt + base;
-                memcpy(kc + pos * hd, k, (size_t)hd * sizeof(float));
-                for (int64_t e = 0; e < hd; e++) vc[e * cap + pos] = v[e];
+        const int64_t base = (j->layer * c->kv_heads + h) * cap * hd;
+        if (c->bf16) {
+            uint16_t *kc = (uint16_t *)c->k + base, *vc = (uint16_t *)c->vt + base;
+            uint16_t *vb = (uint16_t *)sv_pool_scratch(j->pool, thread);
+            const int64_t block = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *vb);
+            sv_to_bf16_rows(kc + pos * hd, hd, k + h * hd, kvd, n, hd);
+            for (int64_t t0 = 0; t0 < n; t0 += block) {
+                const int64_t rows = n - t0 < block ? n - t0 : block;
+                sv_to_bf16_rows(vb, hd, v + t0 * kvd + h * hd, kvd, rows, hd);
+                for (int64_t e = 0; e < hd; e++)
+                    for (int64_t t = 0; t < rows; t++) vc[e * cap + pos + t0 + t] = vb[t * hd + e];
             }
+        } else {
+            float *kc = (float *)c->k + base, *vc = (float *)c->vt + base;
+            for (int64_t t = 0; t < n; t++) memcpy(kc + (pos + t) * hd, k + t * kvd + h * hd, (size_t)hd * sizeof *kc);
+            for (int64_t e = 0; e < hd; e++)
+                for (int64_t t = 0; t < n; t++) vc[e * cap + pos + t] = v[t * kvd + h * hd + e];
         }
     }
 }
 
+/* Rows [begin, end) of k and v: a chunk's rows as one run, or each row into its own cache. */
+static void store_task(void *arg, int64_t begin, int64_t end, int thread) {
+    const store_job *j = arg;
+    const int64_t kvd = j->caches[0]->kv_heads * j->caches[0]->head_dim;
+    if (!j->pos) {
+        store_run(j, j->caches[0], j->pos0 + begin, j->k + begin * kvd, j->v + begin * kvd, end - begin, thread);
+        return;
+    }
+    for (int64_t i = begin; i < end; i++) store_run(j, j->caches[i], j->pos[i], j->k + i * kvd, j->v + i * kvd, 1, thread);
+}
+
 void sv_kv_cache_store(const sv_ctx *ctx, sv_kv_cache *c, int64_t layer, int64_t pos0, const float *k,
                        const float *v, int64_t n) {
-    store_job j = {c, layer, pos0, k, v};
+    store_job j = {.caches = &c, .layer = layer, .pos0 = pos0, .k = k, .v = v, .pool = ctx->pool};
+    sv_pool_run(ctx->pool, store_task, &j, n);
+}
+
+void sv_kv_cache_store_rows(const sv_ctx *ctx, sv_kv_cache *const *caches, int64_t layer, const int64_t *pos,
+                            const float *k, const float *v, int64_t n) {
+    store_job j = {.caches = caches, .pos = pos, .layer = layer, .k = k, .v = v, .pool = ctx->pool};
     sv_pool_run(ctx->pool, store_task, &j, n);
 }
 

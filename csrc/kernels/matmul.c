@@ -536,13 +536,16 @@ int sv_matmul_in_bf16(const sv_ctx *ctx, st_dtype weights) {
            bf16_kernels(ctx->precision, sv_isa_selected()) != NULL;
 }
 
-void sv_to_bf16(uint16_t *dst, const float *x, int64_t n) {
+void sv_to_bf16_rows(uint16_t *dst, int64_t ldd, const float *x, int64_t ldx, int64_t rows, int64_t n) {
     const sv_bf16_isa *bf16 = sv_bf16_isa_for(sv_isa_selected());
     if (bf16) {
-        bf16->round_rows(dst, n, x, n, 1, n);
+        bf16->round_rows(dst, ldd, x, ldx, rows, n);
         return;
     }
-    sv_to_bf16_plain(dst, x, n);
+    for (int64_t r = 0; r < rows; r++) {
+        sv_to_bf16_plain(dst + r * ldd, x + r * ldx, n);
+        memset(dst + r * ldd + n, 0, (size_t)(ldd - n) * sizeof *dst);
+    }
 }
 
 void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n) {
