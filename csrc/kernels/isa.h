@@ -213,9 +213,17 @@ sv_isa_level sv_isa_selected(void);
 int sv_isa_parse(const char *name);
 const char *sv_isa_level_name(sv_isa_level level);
 
-/* dst[n] = x[n] rounded to BF16, nearest even, in plain C (finite inputs; sv_to_bf16 where there are no
- * AVX512_BF16 kernels). */
+/* dst[n] = x[n] rounded to BF16, nearest even, in plain C (finite inputs; sv_to_bf16_rows where there are
+ * no AVX512_BF16 kernels). */
 void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n);
+
+/* e^r = 1 + r (C1 + r (C2 + r (C3 + r (C4 + r C5)))) for |r| <= ln2 / 2: ops_impl.h's exp_poly and
+ * ops_avx512.c's exp16 evaluate the same polynomial. */
+#define SV_EXP_C1 0.999999702f
+#define SV_EXP_C2 0.499991506f
+#define SV_EXP_C3 0.166676357f
+#define SV_EXP_C4 0.0418979302f
+#define SV_EXP_C5 0.00829031505f
 
 /* Scalar widening for the portable kernels, branch-free so loops over it vectorise. */
 static inline float sv_bits_to_float(uint32_t bits) {

@@ -15,6 +15,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "isa.h"
 #include "transpose_avx512.h"
 
 #define UNROLL _Pragma("GCC unroll 16")
@@ -65,21 +66,19 @@ static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) { /* BF16 -> fp32
 DOT_ROWS_AVX512(dot_rows, float, load_f32)
 DOT_ROWS_AVX512(dot_rows_bf16, uint16_t, load_bf16)
 
-/* ops_impl.h's exp_poly on 16 lanes: e^x for x clamped to [-87, 88], x = m ln2 + r, e^r by its degree-7
- * Taylor series, times 2^m (vscalefps, exact as ops_impl.h's product with 2^m built in the exponent field). */
+/* ops_impl.h's exp_poly on 16 lanes: e^x for x clamped to [-87, 88], x = m ln2 + r, e^r by its degree-5
+ * polynomial, times 2^m (vscalefps, exact as ops_impl.h's product with 2^m built in the exponent field). */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
     const __m512 round = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
     __m512 m = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), round), round);
     __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693145752f), x);
     r = _mm512_fnmadd_ps(m, _mm512_set1_ps(1.42860677e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(SV_EXP_C5);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SV_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SV_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SV_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SV_EXP_C1));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, m); /* p 2^m in one instruction: m is an integer in [-126, 127] */
 }
