@@ -1,5 +1,6 @@
-/* kv_cache.c - the decoder's KV cache (kernels.h: sv_kv_cache): allocation
- * and storing a chunk's keys and values. */
+/* kv_cache.c - the decoder's KV cache (kernels.h: sv_kv_cache): allocation,
+ * growth, and storing keys and values (a prompt chunk's into one cache, or a
+ * decode step's rows each into its own sequence's cache). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,12 +49,12 @@ typedef struct {
 static void store_run(const store_job *j, sv_kv_cache *c, int64_t pos, const float *k, const float *v, int64_t n,
                       int thread) {
     const int64_t hd = c->head_dim, kvd = c->kv_heads * hd, cap = c->capacity;
+    uint16_t *vb = (uint16_t *)sv_pool_scratch(j->pool, thread); /* BF16: values rounded, [block, hd] */
+    const int64_t block = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *vb);
     for (int64_t h = 0; h < c->kv_heads; h++) {
         const int64_t base = (j->layer * c->kv_heads + h) * cap * hd;
         if (c->bf16) {
             uint16_t *kc = (uint16_t *)c->k + base, *vc = (uint16_t *)c->vt + base;
-            uint16_t *vb = (uint16_t *)sv_pool_scratch(j->pool, thread);
-            const int64_t block = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *vb);
             sv_to_bf16_rows(kc + pos * hd, hd, k + h * hd, kvd, n, hd);
             for (int64_t t0 = 0; t0 < n; t0 += block) {
                 const int64_t rows = n - t0 < block ? n - t0 : block;
