@@ -256,23 +256,15 @@ typedef struct {
     uint16_t *k16, *vt16;
 } split_job;
 
-/* Tokens [begin, end): k16[h, i, :] = k[i, head h] and vt16[h, :, i] = v[i, head h], rounded to BF16, a head
- * at a time: K's rows in one call, V's into the scratch (as many tokens as it holds), then transposed. */
+/* Tokens [begin, end): k16[h, i, :] = k[i, head h] and vt16[h, :, i] = v[i, head h], rounded to BF16 a head
+ * at a time (sv_head_kv_to_bf16). */
 static void split_task(void *arg, int64_t begin, int64_t end, int thread) {
     const split_job *j = arg;
-    const int64_t hd = j->hd, most = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof(uint16_t));
-    uint16_t *rows16 = (uint16_t *)sv_pool_scratch(j->pool, thread);
-    for (int64_t h = 0; h < j->heads; h++) {
-        j->bf->round_rows(j->k16 + (h * j->n + begin) * hd, hd, j->k + begin * j->ld + h * hd, j->ld, end - begin, hd);
-        for (int64_t i0 = begin; i0 < end; i0 += most) {
-            const int64_t count = end - i0 < most ? end - i0 : most;
-            j->bf->round_rows(rows16, hd, j->v + i0 * j->ld + h * hd, j->ld, count, hd);
-            for (int64_t d = 0; d < hd; d++) {
-                uint16_t *vt = j->vt16 + (h * hd + d) * j->n + i0;
-                for (int64_t i = 0; i < count; i++) vt[i] = rows16[i * hd + d];
-            }
-        }
-    }
+    const int64_t hd = j->hd;
+    for (int64_t h = 0; h < j->heads; h++)
+        sv_head_kv_to_bf16(j->bf->round_rows, j->k16 + (h * j->n + begin) * hd, j->vt16 + h * hd * j->n + begin, j->n,
+                           j->k + begin * j->ld + h * hd, j->v + begin * j->ld + h * hd, j->ld, end - begin, hd,
+                           (uint16_t *)sv_pool_scratch(j->pool, thread), SV_POOL_SCRATCH_BYTES);
 }
 
 static size_t self_fused_bytes(const attn_kernels *kn, int64_t n, int64_t heads, int64_t head_dim) {

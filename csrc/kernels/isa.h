@@ -46,10 +46,12 @@ typedef struct {
 /* The BF16 x BF16 kernels of precision "bf16" (matmul_avx512bf16.c): products of BF16 pairs summed in
  * fp32.  Only BF16 weights take them.  The driver rounds the activations once per matmul into
  * xb[n, ldx], ldx = W.cols rounded up to even (zero-padded), which every thread then reads. */
+/* xb[i, :] = x[i, :k] rounded to BF16 (nearest even), zero-padded: x's rows ldsrc apart, xb[n, ldx]. */
+typedef void sv_round_rows_fn(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k);
+
 typedef struct {
     const char *name;
-    /* xb[i, :] = x[i, :k] rounded to BF16 (nearest even), zero-padded: x's rows ldsrc apart, xb[n, ldx]. */
-    void (*round_rows)(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k);
+    sv_round_rows_fn *round_rows;
     /* y[i, r] = xb[i, :] . W[r, :] + b[r] for i < n, r0 <= r < r1, weights read from the mapping:
      * xb[n, ldx], W BF16, y[n, ldy], b NULL or [W.rows]. */
     void (*dot)(float *y, int64_t ldy, const uint16_t *xb, int64_t ldx, int64_t n, const sv_matrix *W,
@@ -216,6 +218,13 @@ const char *sv_isa_level_name(sv_isa_level level);
 /* dst[n] = x[n] rounded to BF16, nearest even, in plain C (finite inputs; sv_to_bf16_rows where there are
  * no AVX512_BF16 kernels). */
 void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n);
+
+/* One KV head's n keys and values (each row ld floats apart, hd values of the head) rounded to BF16 by
+ * round (a round_rows, or sv_to_bf16_rows): keys into kb [n, hd], values transposed into vt [hd, n] (rows
+ * ldvt apart), a block of them at a time through scratch (scratch_bytes).  kv_cache.c's store and the
+ * vision attention's split both lay K and V^T out this way. */
+void sv_head_kv_to_bf16(sv_round_rows_fn *round, uint16_t *kb, uint16_t *vt, int64_t ldvt, const float *k,
+                        const float *v, int64_t ld, int64_t n, int64_t hd, uint16_t *scratch, int64_t scratch_bytes);
 
 /* e^r = 1 + r (C1 + r (C2 + r (C3 + r (C4 + r C5)))) for |r| <= ln2 / 2: ops_impl.h's exp_poly and
  * ops_avx512.c's exp16 evaluate the same polynomial. */

@@ -6,6 +6,7 @@
 
 #include "../kernels.h"
 #include "../quant.h"
+#include "isa.h"
 
 int sv_kv_in_bf16(const sv_ctx *ctx, st_dtype weights) {
     return ctx->precision == SV_PRECISION_BF16 && (weights == ST_BF16 || sv_dtype_is_quant(weights));
@@ -43,25 +44,29 @@ typedef struct {
     sv_pool *pool;
 } store_job;
 
+void sv_head_kv_to_bf16(sv_round_rows_fn *round, uint16_t *kb, uint16_t *vt, int64_t ldvt, const float *k,
+                        const float *v, int64_t ld, int64_t n, int64_t hd, uint16_t *scratch, int64_t scratch_bytes) {
+    const int64_t block = scratch_bytes / (hd * (int64_t)sizeof *scratch);
+    round(kb, hd, k, ld, n, hd);
+    for (int64_t t0 = 0; t0 < n; t0 += block) {
+        const int64_t rows = n - t0 < block ? n - t0 : block;
+        round(scratch, hd, v + t0 * ld, ld, rows, hd);
+        for (int64_t e = 0; e < hd; e++)
+            for (int64_t t = 0; t < rows; t++) vt[e * ldvt + t0 + t] = scratch[t * hd + e];
+    }
+}
+
 /* n consecutive rows of k and v (kvd values apart) into positions pos .. pos + n - 1 of every KV head of the
- * layer.  BF16: a head's keys rounded in one call; its values rounded in one call into the thread's scratch,
- * then written down their V^T columns (the cache's values are rounded exactly once either way). */
+ * layer (BF16: sv_head_kv_to_bf16 for each head, through the thread's scratch). */
 static void store_run(const store_job *j, sv_kv_cache *c, int64_t pos, const float *k, const float *v, int64_t n,
                       int thread) {
     const int64_t hd = c->head_dim, kvd = c->kv_heads * hd, cap = c->capacity;
-    uint16_t *vb = (uint16_t *)sv_pool_scratch(j->pool, thread); /* BF16: values rounded, [block, hd] */
-    const int64_t block = SV_POOL_SCRATCH_BYTES / (hd * (int64_t)sizeof *vb);
     for (int64_t h = 0; h < c->kv_heads; h++) {
         const int64_t base = (j->layer * c->kv_heads + h) * cap * hd;
         if (c->bf16) {
             uint16_t *kc = (uint16_t *)c->k + base, *vc = (uint16_t *)c->vt + base;
-            sv_to_bf16_rows(kc + pos * hd, hd, k + h * hd, kvd, n, hd);
-            for (int64_t t0 = 0; t0 < n; t0 += block) {
-                const int64_t rows = n - t0 < block ? n - t0 : block;
-                sv_to_bf16_rows(vb, hd, v + t0 * kvd + h * hd, kvd, rows, hd);
-                for (int64_t e = 0; e < hd; e++)
-                    for (int64_t t = 0; t < rows; t++) vc[e * cap + pos + t0 + t] = vb[t * hd + e];
-            }
+            sv_head_kv_to_bf16(sv_to_bf16_rows, kc + pos * hd, vc + pos, cap, k + h * hd, v + h * hd, kvd, n, hd,
+                               (uint16_t *)sv_pool_scratch(j->pool, thread), SV_POOL_SCRATCH_BYTES);
         } else {
             float *kc = (float *)c->k + base, *vc = (float *)c->vt + base;
             for (int64_t t = 0; t < n; t++) memcpy(kc + (pos + t) * hd, k + t * kvd + h * hd, (size_t)hd * sizeof *kc);

@@ -102,8 +102,8 @@ static void gemm_task(void *arg, int64_t begin, int64_t end, int thread) {
     }
 }
 
-/* xb[i, :] = x[i, :] rounded to BF16, nearest even (finite inputs), zero-padded: the emulated AMX tests'
- * rounding, where there are no AVX512_BF16 kernels. */
+/* xb[i, :] = x[i, :] rounded to BF16, nearest even (finite inputs), zero-padded: the rounding of the emulated
+ * AMX tests and of sv_to_bf16_rows where there are no AVX512_BF16 kernels. */
 static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k) {
     for (int64_t i = 0; i < n; i++) {
         sv_to_bf16_plain(xb + i * ldx, x + i * ldsrc, k);
@@ -111,10 +111,8 @@ static void round_rows_plain(uint16_t *xb, int64_t ldx, const float *x, int64_t 
     }
 }
 
-typedef void round_rows_fn(uint16_t *xb, int64_t ldx, const float *x, int64_t ldsrc, int64_t n, int64_t k);
-
 /* The job's rounding to BF16: the BF16 kernels', else plain C (the emulated AMX kernel's tests, any CPU). */
-static round_rows_fn *rounder(const matmul_job *j) { return j->bf16 ? j->bf16->round_rows : round_rows_plain; }
+static sv_round_rows_fn *rounder(const matmul_job *j) { return j->bf16 ? j->bf16->round_rows : round_rows_plain; }
 
 static void round_task(void *arg, int64_t begin, int64_t end, int thread) {
     const matmul_job *j = arg;
@@ -542,10 +540,7 @@ void sv_to_bf16_rows(uint16_t *dst, int64_t ldd, const float *x, int64_t ldx, in
         bf16->round_rows(dst, ldd, x, ldx, rows, n);
         return;
     }
-    for (int64_t r = 0; r < rows; r++) {
-        sv_to_bf16_plain(dst + r * ldd, x + r * ldx, n);
-        memset(dst + r * ldd + n, 0, (size_t)(ldd - n) * sizeof *dst);
-    }
+    round_rows_plain(dst, ldd, x, ldx, rows, n);
 }
 
 void sv_to_bf16_plain(uint16_t *dst, const float *x, int64_t n) {
