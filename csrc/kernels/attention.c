@@ -664,21 +664,21 @@ sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const floa
      * head_dim, capacity], with a capacity beyond the keys.  One query takes decode's path (row_task). */
     int64_t cap = keys + 5, kvd = kv_heads * head_dim;
     uint16_t *k16 = malloc((size_t)(kvd * cap) * 2), *vt16 = malloc((size_t)(kvd * cap) * 2);
+    const int64_t block_bytes = 64 * head_dim * (int64_t)sizeof(uint16_t); /* 64 values at a time into V^T */
+    uint16_t *block = malloc((size_t)block_bytes);
     sv_cached_attention rows = {.heads = heads, .max_queries = 1, .capacity = cap, .scale = scale, .rows_bf = kn.bf};
     rows.scores = malloc((size_t)(threads * cap) * sizeof(float));
     rows.row_query = malloc((size_t)(threads * head_dim) * sizeof(uint16_t));
     rows.row_terms = malloc((size_t)(threads * cap) * sizeof(uint16_t));
     void *workspace = NULL;
     if (!bytes) s = sv_fail(SV_ERR_UNSUPPORTED, "the shapes are too big for the fused path");
-    else if (!k16 || !vt16 || !rows.scores || !rows.row_query || !rows.row_terms ||
+    else if (!k16 || !vt16 || !block || !rows.scores || !rows.row_query || !rows.row_terms ||
              posix_memalign(&workspace, 64, bytes) != 0)
         s = sv_fail(SV_ERR_NOMEM, "out of memory");
     if (s == SV_OK) {
-        for (int64_t g = 0; g < kv_heads; g++) {
-            sv_to_bf16_rows(k16 + g * cap * head_dim, head_dim, k + g * head_dim, kvd, keys, head_dim);
-            for (int64_t d = 0; d < head_dim; d++) /* V^T row d: element d of every key's value, kvd apart */
-                sv_to_bf16_rows(vt16 + (g * head_dim + d) * cap, 1, v + g * head_dim + d, kvd, keys, 1);
-        }
+        for (int64_t g = 0; g < kv_heads; g++) /* as the decoder's cache store lays a head out */
+            sv_head_kv_to_bf16(sv_to_bf16_rows, k16 + g * cap * head_dim, vt16 + g * head_dim * cap, cap,
+                               k + g * head_dim, v + g * head_dim, kvd, keys, head_dim, block, block_bytes);
         if (queries == 1) {
             sv_kv_cache c = {1, kv_heads, head_dim, cap, 1, k16, vt16};
             const sv_kv_cache *caches[1] = {&c};
@@ -694,6 +694,7 @@ sv_status sv_debug_attention_bf16_kv(const char *isa, const float *q, const floa
     free(workspace);
     free(k16);
     free(vt16);
+    free(block);
     free(rows.scores);
     free(rows.row_query);
     free(rows.row_terms);
